@@ -1,0 +1,8 @@
+"""`charter introspect` commands."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Not built yet."""
