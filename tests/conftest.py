@@ -1,0 +1,17 @@
+"""Shared fixtures. Models are built locally (no Hub): a BPE tokenizer plus a random-init Llama."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An HF folder (safetensors + tokenizer with a ChatML template), ~65k params."""
+    from charter.toy.tiny import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
