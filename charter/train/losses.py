@@ -1,0 +1,109 @@
+"""Loss maths as small pure functions on tensors (SPEC §4).
+
+Nothing here knows about models, batches or devices, so every formula can be checked
+against a hand computation. Log-probs of a completion are SUMMED over its tokens (the
+DPO paper's sequence log-likelihood); IPO alone uses the per-token average.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each label under `logits` (same shape as labels), 0 where label == -100.
+
+    `logits[..., i, :]` must already be the prediction for `labels[..., i]` (no shift here:
+    callers that gather only the trained positions have aligned them already).
+    """
+    mask = labels != IGNORE
+    safe = labels.masked_fill(~mask, 0)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM convention (labels aligned with input_ids): shift by one, then per row
+    return (sum of completion-token log-probs, number of completion tokens)."""
+    labels = labels[..., 1:]
+    per_tok = token_logps(logits[..., :-1, :], labels)
+    return per_tok.sum(-1), (labels != IGNORE).sum(-1)
+
+
+@dataclass
+class DPOLossOutput:
+    losses: torch.Tensor            # per pair
+    chosen_rewards: torch.Tensor    # beta * (logpi(c) - logpiref(c)), detached
+    rejected_rewards: torch.Tensor  # beta * (logpi(r) - logpiref(r)), detached
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+             ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float,
+             loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+             label_prob: torch.Tensor | None = None,
+             chosen_tokens: torch.Tensor | None = None,
+             rejected_tokens: torch.Tensor | None = None) -> DPOLossOutput:
+    """Per-pair DPO losses from summed sequence log-probs.
+
+    - sigmoid: -(1-e) log s(b D) - e log s(-b D)   (e = label_smoothing, "conservative DPO")
+    - robust:  (-(1-e) log s(b D) + e log s(-b D)) / (1 - 2e)   (unbiased under label noise)
+    - hinge:   relu(1 - b D)
+    - ipo:     (D_avg - 1/(2b))^2 with per-token averaged log-ratios (needs token counts)
+    `label_prob` (AI-feedback soft label, P(chosen preferred)) replaces the hard target
+    for sigmoid: BCE on the margin, -(p log s(b D) + (1-p) log s(-b D)).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r}: expected one of {LOSS_TYPES}")
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    delta = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        p = (1.0 - label_smoothing) if label_prob is None else label_prob.to(delta.dtype)
+        losses = -p * F.logsigmoid(beta * delta) - (1 - p) * F.logsigmoid(-beta * delta)
+    elif loss_type == "robust":
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ValueError("robust DPO needs 0 <= label_smoothing < 0.5")
+        e = label_smoothing
+        losses = (-(1 - e) * F.logsigmoid(beta * delta) + e * F.logsigmoid(-beta * delta)) / (1 - 2 * e)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * delta)
+    else:  # ipo
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("ipo needs chosen_tokens and rejected_tokens (per-token averaged log-ratios)")
+        avg = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        losses = (avg - 1 / (2 * beta)) ** 2
+    return DPOLossOutput(losses, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach())
+
+
+def dpo_metrics(out: DPOLossOutput) -> dict[str, float]:
+    """TRL-named reward metrics; accuracy uses strict > so ties count as wrong."""
+    c, r = out.chosen_rewards, out.rejected_rewards
+    return {"rewards/chosen": c.mean().item(), "rewards/rejected": r.mean().item(),
+            "rewards/accuracies": (c > r).float().mean().item(), "rewards/margins": (c - r).mean().item()}
+
+
+def nll_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-pair negative log-likelihood of the chosen completion, per token (the NLL term)."""
+    return -chosen_logps / chosen_tokens.clamp(min=1)
+
+
+def squared_kl(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+    """Mean over completion tokens of (log pi - log pi_ref)^2: a cheap, always >= 0 KL surrogate."""
+    mask = mask.to(policy_token_logps.dtype)
+    diff = (policy_token_logps - ref_token_logps) * mask
+    return (diff ** 2).sum() / mask.sum().clamp(min=1)
+
+
+def sft_loss(token_logps_sum: torch.Tensor, window_tokens: int | torch.Tensor) -> torch.Tensor:
+    """Token-sum of -log p divided by the trained tokens in the WHOLE accumulation window.
+
+    Dividing each micro-batch by the window's count (not its own) makes the accumulated
+    gradient equal to one big batch's token mean, whatever batch size x accumulation.
+    """
+    return -token_logps_sum.sum() / window_tokens
