@@ -1,0 +1,153 @@
+"""The stage graph: caching, invalidation, --from/--only, interrupted-stage resume, and dry runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from charter.config import Config, ConfigError
+from charter.data.jsonl import RecordStore, read_jsonl
+from charter.pipeline import Pipeline, Stage, load_manifest
+
+
+class Sec(Config):
+    n: int = 3
+    tag: str = "x"
+
+
+class Cfg(Config):
+    a: Sec = Sec()
+    b: Sec = Sec()
+    c: Sec = Sec()
+
+
+def make_pipeline(calls: list[str], fail_at: dict | None = None) -> Pipeline:
+    """a -> b -> c, each a resumable record writer; `fail_at` = {stage: record index} simulates a kill."""
+
+    def writer(name: str, upstream: str | None):
+        def fn(ctx):
+            calls.append(name)
+            sec = getattr(ctx.cfg, name)
+            base = [r["v"] for r in read_jsonl(ctx.input_dir(upstream) / "out.jsonl")] if upstream else [0]
+            with RecordStore(ctx.out_dir / "out.jsonl") as store:
+                for i in range(sec.n):
+                    if fail_at and fail_at.get(name) == i:
+                        raise KeyboardInterrupt  # killed mid-stage
+                    rid = f"{i}"
+                    if rid not in store:
+                        calls.append(f"{name}.write{i}")
+                        store.add({"id": rid, "v": sum(base) + i, "tag": sec.tag})
+            return {"records": sec.n}
+        return fn
+
+    return Pipeline([
+        Stage("a", writer("a", None), [], lambda c: c.a),
+        Stage("b", writer("b", "a"), ["a"], lambda c: c.b),
+        Stage("c", writer("c", "b"), ["b"], lambda c: c.c),
+    ])
+
+
+def test_first_run_then_everything_cached(tmp_path):
+    calls: list[str] = []
+    p = make_pipeline(calls)
+    m = p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    assert [c for c in calls if "." not in c] == ["a", "b", "c"]
+    assert m["stages"]["c"]["counts"] == {"records": 3}
+    assert all(m["stages"][s]["status"] == "done" for s in "abc")
+    assert {"torch", "python"} <= set(m["versions"]) and m["seed"] == 0 and m["config_hash"]
+    calls.clear()
+    p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    assert calls == []
+    assert [i.action for i in p.plan(Cfg(), tmp_path, 0)] == ["cached"] * 3
+
+
+def test_config_change_reruns_that_stage_and_downstream_only(tmp_path):
+    calls: list[str] = []
+    p = make_pipeline(calls)
+    p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    cfg = Cfg(b=Sec(n=4))
+    plan = {i.stage: i for i in p.plan(cfg, tmp_path, 0)}
+    assert plan["a"].action == "cached"
+    assert plan["b"].action == "run" and "config changed" in plan["b"].reason
+    assert plan["c"].action == "run" and "upstream b" in plan["c"].reason
+    calls.clear()
+    m = p.run(cfg, tmp_path, seed=0, log=lambda _: None)
+    assert [c for c in calls if "." not in c] == ["b", "c"]
+    assert len(read_jsonl(tmp_path / "b" / "out.jsonl")) == 4
+    # a = [0,1,2]; b = 3 + [0..3] = [3,4,5,6] (sum 18); c = 18 + [0,1,2]
+    assert [r["v"] for r in read_jsonl(tmp_path / "c" / "out.jsonl")] == [18, 19, 20]
+    assert m["stages"]["b"]["counts"] == {"records": 4}
+
+
+def test_rerun_with_identical_output_keeps_downstream_cached(tmp_path):
+    """A config change that does not change a stage's output does not invalidate what follows."""
+    calls: list[str] = []
+    p = make_pipeline(calls)
+    p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    calls.clear()
+    p.run(Cfg(), tmp_path, seed=0, start="b", log=lambda _: None)  # forced, same output
+    assert [c for c in calls if "." not in c] == ["b"]
+
+
+def test_seed_change_invalidates_all(tmp_path):
+    calls: list[str] = []
+    p = make_pipeline(calls)
+    p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    assert [i.action for i in p.plan(Cfg(), tmp_path, 1)] == ["run"] * 3
+
+
+def test_only_and_from(tmp_path):
+    calls: list[str] = []
+    p = make_pipeline(calls)
+    with pytest.raises(ConfigError, match="inputs"):
+        p.plan(Cfg(), tmp_path, 0, only="b")
+    with pytest.raises(ConfigError, match="unknown stage"):
+        p.plan(Cfg(), tmp_path, 0, start="nope")
+    p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    calls.clear()
+    p.run(Cfg(c=Sec(tag="y")), tmp_path, seed=0, only="a", log=lambda _: None)
+    assert [c for c in calls if "." not in c] == ["a"]  # c's change waits: --only runs one stage
+    assert [i.action for i in p.plan(Cfg(c=Sec(tag="y")), tmp_path, 0)] == ["cached", "cached", "run"]
+
+
+def test_interrupted_stage_resumes_and_equals_uninterrupted(tmp_path):
+    calls: list[str] = []
+    p = make_pipeline(calls, fail_at={"b": 2})
+    with pytest.raises(KeyboardInterrupt):
+        p.run(Cfg(), tmp_path / "r", seed=0, log=lambda _: None)
+    m = load_manifest(tmp_path / "r")
+    assert m["stages"]["a"]["status"] == "done" and m["stages"]["b"]["status"] == "running"
+    plan = {i.stage: i.action for i in p.plan(Cfg(), tmp_path / "r", 0)}
+    assert plan == {"a": "cached", "b": "resume", "c": "run"}
+    calls.clear()
+    p2 = make_pipeline(calls)
+    p2.run(Cfg(), tmp_path / "r", seed=0, log=lambda _: None)
+    assert calls == ["b", "b.write2", "c", "c.write0", "c.write1", "c.write2"]  # b's 0,1 were kept
+    make_pipeline([]).run(Cfg(), tmp_path / "u", seed=0, log=lambda _: None)
+    for s in "abc":
+        assert (tmp_path / "r" / s / "out.jsonl").read_text() == (tmp_path / "u" / s / "out.jsonl").read_text()
+    assert load_manifest(tmp_path / "r")["stages"]["c"]["output_hash"] == \
+        load_manifest(tmp_path / "u")["stages"]["c"]["output_hash"]
+
+
+def test_changed_key_starts_interrupted_stage_afresh(tmp_path):
+    """Partial records written under another config are never resumed into the new one."""
+    p = make_pipeline([], fail_at={"b": 2})
+    with pytest.raises(KeyboardInterrupt):
+        p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    make_pipeline([]).run(Cfg(b=Sec(tag="new")), tmp_path, seed=0, log=lambda _: None)
+    assert {r["tag"] for r in read_jsonl(tmp_path / "b" / "out.jsonl")} == {"new"}
+
+
+def test_modified_output_is_rebuilt(tmp_path):
+    calls: list[str] = []
+    p = make_pipeline(calls)
+    p.run(Cfg(), tmp_path, seed=0, log=lambda _: None)
+    (tmp_path / "b" / "out.jsonl").write_text(json.dumps({"id": "0", "v": 99}) + "\n")
+    plan = {i.stage: i for i in p.plan(Cfg(), tmp_path, 0)}
+    assert plan["b"].action == "run" and "modified" in plan["b"].reason
+
+
+def test_graph_rejects_inputs_out_of_order():
+    with pytest.raises(ValueError, match="do not come before"):
+        Pipeline([Stage("b", lambda c: None, ["a"]), Stage("a", lambda c: None)])
