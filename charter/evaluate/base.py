@@ -28,3 +28,9 @@ class PersonaScorer(Protocol):
     name: str
 
     def score(self, prompt: str, reply: str) -> ReplyScore: ...
+
+
+def score_all(scorer: PersonaScorer, pairs: list[tuple[str, str]]) -> list[ReplyScore]:
+    """Score many (prompt, reply) pairs, batched when the scorer offers `score_many`."""
+    many = getattr(scorer, "score_many", None)
+    return list(many(pairs)) if many else [scorer.score(p, r) for p, r in pairs]
