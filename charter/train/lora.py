@@ -1,0 +1,235 @@
+"""LoRA through PEFT, and exact merging of one or several adapters into full weights.
+
+A LoRA adapter adds `scale * B @ A` to each targeted weight (`scale = alpha / r`, or
+`alpha / sqrt(r)` with rsLoRA). Merging is therefore plain arithmetic:
+
+    W_merged = W_base + sum_i w_i * scale_i * (B_i @ A_i)
+
+`merge_adapters` computes exactly that, per tensor, in float64, and casts once to the base's
+dtype. (The reference implementation's "linear" mode went through PEFT's
+`add_weighted_adapter`, which concatenates/rescales A and B and is not this sum; we do not.)
+
+Stage chaining. Charter trains SFT *on top of the DPO-merged model*, so the SFT adapter's base
+is `base + dpo_delta`. Because merging is linear, these two give the same weights (up to one
+rounding to the storage dtype):
+
+    merge_adapters(base,       [(dpo, 1.0), (sft, w)])
+    merge_adapters(dpo_merged, [(sft, w)])
+
+The paper's recipe (DPO 1.0 + SFT 0.25) is the first form. A DPO weight other than 1.0 applies
+the SFT delta to a model it was not trained against: allowed, but it is the user's choice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from charter.config import Config
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MERGE_RECORD = "charter_merge.json"
+
+
+class LoraSettings(Config):
+    """LoRA hyperparameters. Defaults are the paper's (SPEC §4): r 64, alpha 128, dropout 0, all linear."""
+
+    r: int = Field(64, gt=0)
+    alpha: float = Field(128.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    use_rslora: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of every `nn.Linear` except the LM head, e.g. q_proj ... down_proj for Llama.
+
+    Resolving "all-linear" ourselves (rather than trusting a per-architecture table) makes it
+    correct for any architecture and visible in the saved adapter config.
+    """
+    import torch.nn as nn
+
+    if hasattr(model, "peft_config"):
+        raise ValueError("linear_module_names: pass the base model, not one already wrapped by PEFT")
+    head = model.get_output_embeddings()
+    head_names = {name for name, mod in model.named_modules() if mod is head}
+    leaves = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and mod is not head:
+            leaves.add(name.rsplit(".", 1)[-1])
+    leaves -= {n.rsplit(".", 1)[-1] for n in head_names}
+    if not leaves:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers besides the LM head to put LoRA on")
+    return sorted(leaves)
+
+
+def apply_lora(model, settings: LoraSettings):
+    """Wrap `model` in a PEFT LoRA model; only adapter weights are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = (linear_module_names(model) if settings.target_modules == "all-linear"
+               else list(settings.target_modules))
+    cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                     target_modules=targets, use_rslora=settings.use_rslora, bias="none",
+                     task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# merging
+
+
+def adapter_scale(cfg: dict) -> float:
+    """PEFT's scaling for a saved adapter config."""
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    return alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+
+
+def _check_supported(cfg: dict, path: Path) -> None:
+    """Refuse adapters whose effect is not a pure `scale * B @ A` on each weight."""
+    problems = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type={cfg.get('peft_type')}")
+    if cfg.get("use_dora"):
+        problems.append("use_dora=true (DoRA rescales weights; not a sum of deltas)")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        problems.append("rank_pattern/alpha_pattern")
+    if cfg.get("modules_to_save"):
+        problems.append("modules_to_save")
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        problems.append("trained biases")
+    if problems:
+        raise ValueError(f"{path / ADAPTER_CONFIG}: cannot merge exactly: {', '.join(problems)}")
+
+
+def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
+    """{base parameter name: scale * B @ A} in float64, for one saved PEFT adapter folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path, w_path = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
+    if not cfg_path.exists() or not w_path.exists():
+        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
+    cfg = json.loads(cfg_path.read_text())
+    _check_supported(cfg, adapter_dir)
+    scale, fan_in_fan_out = adapter_scale(cfg), bool(cfg.get("fan_in_fan_out"))
+    tensors = load_file(str(w_path))
+    prefix = "base_model.model."
+    deltas = {}
+    for key, a in tensors.items():
+        for a_tag, b_tag, is_emb in ((".lora_A.weight", ".lora_B.weight", False),
+                                     (".lora_embedding_A", ".lora_embedding_B", True)):
+            if key.endswith(a_tag):
+                module = key[: -len(a_tag)]
+                b = tensors.get(module + b_tag)
+                if b is None:
+                    raise ValueError(f"{w_path}: {key} has no matching {b_tag}")
+                delta = b.double() @ a.double()
+                if is_emb or fan_in_fan_out:  # PEFT stores these transposed relative to the weight
+                    delta = delta.T
+                name = module[len(prefix):] if module.startswith(prefix) else module
+                deltas[name + ".weight"] = scale * delta
+    if not deltas:
+        raise ValueError(f"{w_path}: no LoRA A/B tensors found")
+    return deltas
+
+
+def _resolve(params: dict, name: str, where: Path) -> str:
+    """Map an adapter's module path to the model's parameter name (PEFT may omit/add prefixes)."""
+    if name in params:
+        return name
+    hits = [p for p in params if p.endswith("." + name) or name.endswith("." + p)]
+    if len(hits) != 1:
+        raise ValueError(f"{where}: adapter targets {name!r}, which the base model does not have "
+                         f"(is this adapter for a different base?)")
+    return hits[0]
+
+
+def merged_state(model, adapters: list[tuple[str | Path, float]]) -> dict[str, "torch.Tensor"]:
+    """Add `sum_i w_i * delta_i` to the model's weights in place; returns {param: total delta (float64)}."""
+    import torch
+
+    params = dict(model.named_parameters())
+    total: dict[str, torch.Tensor] = {}
+    for path, weight in adapters:
+        for name, delta in adapter_deltas(path).items():
+            key = _resolve(params, name, Path(path))
+            if params[key].shape != delta.shape:
+                raise ValueError(f"{path}: delta for {key} has shape {tuple(delta.shape)}, "
+                                 f"base weight {tuple(params[key].shape)}")
+            total[key] = total.get(key, 0) + float(weight) * delta
+    with torch.no_grad():
+        for key, delta in total.items():
+            p = params[key]
+            p.copy_((p.double() + delta.to(p.device)).to(p.dtype))
+    return total
+
+
+def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float]],
+                   out_dir: str | Path, dtype: str = "auto") -> Path:
+    """Fold `base + sum_i w_i * scale_i * B_i @ A_i` into full weights and save a plain HF folder.
+
+    The folder holds safetensors weights, the config and the tokenizer (from the base, else the
+    first adapter), plus `charter_merge.json` recording what was merged. It is written to a temp
+    folder and renamed, so a crash never leaves a half-written model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.data.jsonl import atomic_write_json, file_hash
+
+    if not adapters:
+        raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
+    base_path, out_dir = Path(base_path), Path(out_dir)
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+    merged_state(model, adapters)
+    tok_src = base_path if _has_tokenizer(base_path) else Path(adapters[0][0])
+    tokenizer = AutoTokenizer.from_pretrained(tok_src) if _has_tokenizer(tok_src) else None
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / MERGE_RECORD, {
+            "base": str(base_path),
+            "formula": "W = W_base + sum_i weight_i * scale_i * B_i @ A_i (float64, cast once)",
+            "adapters": [{"path": str(p), "weight": float(w),
+                          "scale": adapter_scale(json.loads((Path(p) / ADAPTER_CONFIG).read_text())),
+                          "sha256": file_hash(Path(p) / ADAPTER_WEIGHTS)} for p, w in adapters],
+        })
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path | None = None,
+           weight: float = 1.0) -> Path:
+    """Merge one adapter into its base (read from `adapter_config.json` unless given)."""
+    if base_path is None:
+        cfg = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+        base_path = cfg.get("base_model_name_or_path")
+        if not base_path:
+            raise ValueError(f"{adapter_dir}/{ADAPTER_CONFIG}: no base_model_name_or_path; pass base_path")
+    return merge_adapters(base_path, [(adapter_dir, weight)], out_dir)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
