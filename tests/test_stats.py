@@ -101,3 +101,12 @@ def test_paired_bootstrap():
     assert paired_bootstrap(a, a[::-1], seed=3) == paired_bootstrap(a, a[::-1], seed=3)
     with pytest.raises(ValueError):
         paired_bootstrap([1, 2], [1])
+
+
+def test_accuracy_macro_f1_by_hand():
+    from charter.evaluate.stats import accuracy_macro_f1
+
+    r = accuracy_macro_f1(["a", "a", "b", "b"], ["a", "b", "b", None])
+    # a: P=1, R=1/2, F1=2/3 ; b: P=1/2, R=1/2, F1=1/2
+    assert r["accuracy"] == 0.5 and r["n"] == 4
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)

@@ -250,3 +250,24 @@ def bootstrap_mean_ci(values: Sequence[float], samples: int = 2000, seed: int = 
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def accuracy_macro_f1(y_true: Sequence[Hashable], y_pred: Sequence[Hashable | None]) -> dict:
+    """Accuracy and macro-F1 over the true labels' classes; a None prediction is always wrong."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+    n = len(y_true)
+    correct = sum(t == p for t, p in zip(y_true, y_pred))
+    per = {}
+    for c in sorted(set(y_true), key=str):
+        tp = sum(t == c and p == c for t, p in zip(y_true, y_pred))
+        fp = sum(t != c and p == c for t, p in zip(y_true, y_pred))
+        fn = sum(t == c and p != c for t, p in zip(y_true, y_pred))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        per[str(c)] = {"precision": prec, "recall": rec,
+                       "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "support": tp + fn}
+    lo, hi = wilson_ci(correct, n) if n else (float("nan"), float("nan"))
+    return {"accuracy": correct / n if n else float("nan"), "lo": lo, "hi": hi, "n": n,
+            "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else float("nan"),
+            "per_label": per}
