@@ -1,0 +1,156 @@
+"""Local transformers generation: batched, left-padded, KV-cached, with stop strings.
+
+This is the embedded default backend. Requests are expanded to `n` rows, sorted by
+prompt length (so a batch wastes little padding), generated `batch_size` rows at a time
+with `model.generate`, and returned in the original order. Left padding keeps every
+row's last prompt token at the right edge, where generation starts; position ids come
+from the attention mask, so batched greedy output equals per-prompt greedy output.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from charter.backends.base import Completion, GenerationRequest, RequestLike, SamplingParams, as_request
+
+
+def _stop_index(text: str, stops: list[str]) -> int:
+    """Index of the earliest stop string in `text`, or -1."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _make_stop_criteria(tokenizer, stops: list[str], prompt_len: int):
+    """Per-row stopping once the decoded tail of the completion contains a stop string."""
+    import torch
+    from transformers import StoppingCriteria
+
+    window = max(len(s) for s in stops) + 8  # tokens: each decodes to >= 1 char, with margin for byte pieces
+
+    class _StopStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(input_ids[:, max(prompt_len, input_ids.shape[1] - window):],
+                                           skip_special_tokens=True)
+            return torch.tensor([_stop_index(t, stops) >= 0 for t in tails], device=input_ids.device)
+
+    return _StopStrings()
+
+
+class HFGenerator:
+    """`Generator` over a local transformers causal LM, optionally with a LoRA adapter."""
+
+    def __init__(self, model: Any, tokenizer: Any = None, adapter: str | None = None,
+                 batch_size: int = 32, device: str | None = None, dtype: str | None = None,
+                 chat: bool | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(model, str):
+            self.name = model
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        else:
+            self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+            if tokenizer is None:
+                raise ValueError("HFGenerator: pass the tokenizer along with an in-memory model")
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            self.name = f"{self.name}+{adapter}"
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        from charter.chat import has_chat_template
+
+        self.chat = has_chat_template(tokenizer) if chat is None else chat
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = sorted(set(eos))
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+        """Chat requests use the chat template (or base-model fallback); raw prompts are tokenized as-is."""
+        if req.messages is not None:
+            from charter.chat import check_messages, fallback_render, render_prompt
+
+            if self.chat:
+                text = render_prompt(self.tokenizer, req.messages)
+            else:  # base model: plain transcript even if the tokenizer ships a template
+                tok = self.tokenizer
+                text = fallback_render(check_messages(req.messages), True, tok.bos_token, tok.eos_token)
+            text += req.prefill
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(req.prompt + req.prefill, add_special_tokens=True)["input_ids"]
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, requests: list[RequestLike], params: SamplingParams,
+                 progress: bool = False) -> list[list[Completion]]:
+        import torch
+        from tqdm.auto import tqdm
+
+        reqs = [as_request(r) for r in requests]
+        ids = [self.prompt_ids(r) for r in reqs]
+        rows = [(i, k) for i in range(len(reqs)) for k in range(params.n)]
+        rows.sort(key=lambda r: -len(ids[r[0]]))  # similar lengths together: less padding
+        out: list[list[Completion | None]] = [[None] * params.n for _ in reqs]
+        batches = [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
+        for b, batch in enumerate(tqdm(batches, desc=f"generate {self.name}", disable=not progress)):
+            if params.seed is not None:
+                torch.manual_seed(params.seed + b)
+            comps = self._generate_batch([ids[i] for i, _ in batch], params)
+            for (i, k), c in zip(batch, comps):
+                out[i][k] = c
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, batch_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        width = max(len(x) for x in batch_ids)
+        input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for r, x in enumerate(batch_ids):  # left padding
+            input_ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            attention[r, width - len(x):] = 1
+        sample = params.temperature > 0
+        gen_cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None, top_k=params.top_k if sample else None,
+            repetition_penalty=params.repetition_penalty, eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id, use_cache=True,
+        )
+        criteria = StoppingCriteriaList([_make_stop_criteria(self.tokenizer, params.stop, width)] if params.stop else [])
+        with torch.no_grad():
+            seqs = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+                                       generation_config=gen_cfg, stopping_criteria=criteria)
+        new = seqs[:, width:].tolist()
+        return [self._finish(toks, len(x), params) for toks, x in zip(new, batch_ids)]
+
+    def _finish(self, toks: list[int], prompt_len: int, params: SamplingParams) -> Completion:
+        """Cut at EOS or the first stop string; a row that filled the budget otherwise is 'length'.
+
+        Rows that stopped early (stop string) are right-padded by `generate`; the stop
+        criterion halts on the token that completes the stop string, so the unpadded
+        length is the completion's token count.
+        """
+        eos_at = next((j for j, t in enumerate(toks) if t in self.eos_ids), None)
+        if eos_at is not None:
+            toks = toks[:eos_at]
+        n = len(toks)
+        while eos_at is None and n and toks[n - 1] == self.pad_id:
+            n -= 1
+        text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+        cut = _stop_index(text, params.stop) if params.stop else -1
+        if cut >= 0:
+            return Completion(text[:cut], "stop", prompt_len, n)
+        if eos_at is not None:
+            return Completion(text, "stop", prompt_len, eos_at + 1)
+        return Completion(text, "length" if n >= params.max_new_tokens else "stop", prompt_len, n)

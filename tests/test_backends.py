@@ -1,0 +1,89 @@
+"""hf backend: batched left-padded generation equals per-prompt generation; stop, length, n, seeds."""
+from __future__ import annotations
+
+import pytest
+
+from charter.backends import BackendConfig, make_generator
+from charter.backends.base import GenerationRequest, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir):
+    return make_generator(BackendConfig(kind="hf", model=str(tiny_model_dir), batch_size=4))
+
+
+def _requests():
+    # different lengths so the batch really is left-padded
+    chats = [[{"role": "user", "content": "hello " * (i + 1)}] for i in range(5)]
+    return chats + ["The cat is on the", "Tell me a story about the sea and the"]
+
+
+def test_batched_greedy_equals_per_prompt_greedy(gen):
+    reqs = _requests()
+    batched = gen.generate(reqs, GREEDY)
+    for r, b in zip(reqs, batched):
+        single = gen.generate([r], GREEDY)[0][0]
+        assert b[0].text == single.text
+        assert b[0].completion_tokens == single.completion_tokens == 10
+        assert b[0].finish_reason == "length"
+    # prompt token counts are the unpadded lengths
+    assert [b[0].prompt_tokens for b in batched] == [len(gen.prompt_ids(GenerationRequest(messages=r) if isinstance(r, list)
+                                                                       else GenerationRequest(prompt=r))) for r in reqs]
+    assert len({b[0].prompt_tokens for b in batched}) > 3
+
+
+def test_prefill_is_appended_to_the_rendered_prompt(gen):
+    msgs = [{"role": "user", "content": "hello"}]
+    plain = gen.prompt_ids(GenerationRequest(messages=msgs))
+    pre = gen.prompt_ids(GenerationRequest(messages=msgs, prefill="Sure"))
+    assert pre[:len(plain)] == plain and len(pre) > len(plain)
+    assert gen.tokenizer.decode(plain).endswith("<|im_start|>assistant\n")
+
+
+def test_stop_string_trims_and_reports_stop(gen):
+    req = ["The cat is on the"]
+    full = gen.generate(req, SamplingParams(temperature=0, max_new_tokens=16))[0][0]
+    assert full.finish_reason == "length"
+    stop = full.text[5:8]  # a substring from the middle of the greedy output
+    assert stop.strip(), full.text
+    cut = gen.generate(req, SamplingParams(temperature=0, max_new_tokens=16, stop=[stop]))[0][0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[:full.text.find(stop)]
+    assert cut.completion_tokens < 16
+
+
+def test_eos_token_gives_stop(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.backends.hf import HFGenerator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    g = HFGenerator(model, tok)
+    first = g.generate(["Tell me"], GREEDY)[0][0]
+    prompt = torch.tensor([g.prompt_ids(GenerationRequest(prompt="Tell me"))])
+    ids = model.generate(prompt, do_sample=False, max_new_tokens=10)[0, prompt.shape[1]:].tolist()
+    model.generation_config.eos_token_id = ids[3]  # make the 4th greedy token an end-of-sequence token
+    g2 = HFGenerator(model, tok)
+    c = g2.generate(["Tell me"], GREEDY)[0][0]
+    assert c.finish_reason == "stop" and c.completion_tokens <= 4 and first.text.startswith(c.text)
+
+
+def test_n_samples_and_seed(gen):
+    p = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, n=3, seed=7)
+    a = gen.generate(["Hello", "The sea"], p)
+    b = gen.generate(["Hello", "The sea"], p)
+    assert [len(x) for x in a] == [3, 3]
+    assert [[c.text for c in x] for x in a] == [[c.text for c in x] for x in b]  # same seed, same samples
+    assert len({c.text for c in a[0]}) > 1  # the n samples differ
+    assert all(c.finish_reason == "length" and c.completion_tokens == 8 for x in a for c in x)
+
+
+def test_make_generator_requires_model():
+    from charter.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model"):
+        make_generator(BackendConfig(kind="hf"))
