@@ -1,0 +1,181 @@
+"""Constitutional AI principles: our YAML format, plus loaders for the two public JSON shapes.
+
+A principle is the unit the CAI recipe samples from: one critique request, one
+revision request, and one comparison instruction (for AI-feedback labels). Stored
+requests are plain text; each consumer (chat or completion style) adds its own
+framing, so the Anthropic-paper strings are unwrapped on load.
+
+Formats (SPEC §2):
+- ours (YAML): `principles: [{id, critique, revision, comparison?, category?}]`
+- Anthropic paper (JSON): `{id: {"prompt": ["\\n\\nCritiqueRequest: ...\\n\\nCritique:"],
+  "edit_request": "\\n\\nRevisionRequest: ...\\n\\nRevision:"}}`
+- HF llm-swarm (JSON): `{"constitutions": [{"critic": str, "revision": str}], "system_chat": [[msg...]...]}`
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from charter.data.jsonl import DataError
+
+DEFAULT_PRINCIPLES = Path(__file__).resolve().parent.parent / "principles" / "default.yaml"
+CATEGORIES = ("harmlessness", "helpfulness", "honesty", "other")
+
+
+@dataclass(frozen=True)
+class Principle:
+    id: str
+    critique: str  # asks the model to point out what is wrong with a response
+    revision: str  # asks the model to rewrite the response to fix it
+    comparison: str  # multiple-choice question for AI feedback: which response is better?
+    category: str = "other"
+
+
+@dataclass
+class PrincipleSet:
+    principles: list[Principle]
+    fewshot: list[list[dict]] = field(default_factory=list)  # example chat transcripts, if the file had any
+    source: str = "<memory>"
+
+    def __len__(self) -> int:
+        return len(self.principles)
+
+    def sample(self, rng: random.Random, k: int = 1) -> list[Principle]:
+        """k distinct principles when possible (fresh ones each round), else with replacement."""
+        if k <= len(self.principles):
+            return rng.sample(self.principles, k)
+        return [rng.choice(self.principles) for _ in range(k)]
+
+
+def comparison_from_critique(critique: str) -> str:
+    """A comparison question for principles that ship none (the external formats)."""
+    return ("Which response is better, judged by this request: " + critique.strip()
+            + " Choose the response that would need the least change.")
+
+
+def _err(path: Any, where: str, msg: str) -> DataError:
+    return DataError(f"{path}: {where}: {msg}")
+
+
+def _text(path: Any, where: str, obj: dict, key: str, required: bool = True) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise _err(path, where, f"missing field {key!r}")
+        return None
+    value = obj[key]
+    if not isinstance(value, str) or not value.strip():
+        raise _err(path, where, f"field {key!r} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+_ANTHROPIC_WRAP = re.compile(r"^\s*(CritiqueRequest|RevisionRequest)\s*:\s*(.*?)\s*(?:\n\s*(Critique|Revision)\s*:\s*)?$",
+                             re.S)
+
+
+def unwrap_anthropic(text: str) -> str:
+    """'\\n\\nCritiqueRequest: X\\n\\nCritique:' -> 'X'. Plain text passes through unchanged."""
+    m = _ANTHROPIC_WRAP.match(text)
+    return (m.group(2) if m else text).strip()
+
+
+def _check_messages(path: Any, where: str, msgs: Any) -> list[dict]:
+    if not isinstance(msgs, list) or not msgs:
+        raise _err(path, where, "expected a non-empty list of {role, content} messages")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise _err(path, f"{where}[{j}]", f"expected {{role: system|user|assistant, content: str}}, got {m!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def parse_ours(data: dict, path: Any = "<ours>") -> PrincipleSet:
+    items = data.get("principles")
+    if not isinstance(items, list) or not items:
+        raise _err(path, "principles", "expected a non-empty list")
+    out, seen = [], set()
+    for i, obj in enumerate(items):
+        where = f"principles[{i}]"
+        if not isinstance(obj, dict):
+            raise _err(path, where, f"expected a mapping, got {type(obj).__name__}")
+        unknown = set(obj) - {"id", "critique", "revision", "comparison", "category"}
+        if unknown:
+            raise _err(path, where, f"unknown field(s) {sorted(unknown)}")
+        pid = _text(path, where, obj, "id")
+        if pid in seen:
+            raise _err(path, where, f"duplicate id {pid!r}")
+        seen.add(pid)
+        critique = _text(path, where, obj, "critique")
+        category = _text(path, where, obj, "category", required=False) or "other"
+        if category not in CATEGORIES:
+            raise _err(path, where, f"field 'category' must be one of {CATEGORIES}, got {category!r}")
+        out.append(Principle(pid, critique, _text(path, where, obj, "revision"),
+                             _text(path, where, obj, "comparison", required=False)
+                             or comparison_from_critique(critique), category))
+    fewshot = [_check_messages(path, f"fewshot[{i}]", t) for i, t in enumerate(data.get("fewshot") or [])]
+    return PrincipleSet(out, fewshot, str(path))
+
+
+def parse_anthropic(data: dict, path: Any = "<anthropic>") -> PrincipleSet:
+    if not data:
+        raise _err(path, "<root>", "no principles")
+    out = []
+    for pid, obj in data.items():
+        where = f"{pid!r}"
+        if not isinstance(obj, dict):
+            raise _err(path, where, f"expected an object with 'prompt' and 'edit_request', got {type(obj).__name__}")
+        prompts = obj.get("prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise _err(path, f"{where}.prompt", f"expected a non-empty list of strings, got {prompts!r}")
+        revision = _text(path, where, obj, "edit_request")
+        critique = unwrap_anthropic(prompts[0])
+        out.append(Principle(str(pid), critique, unwrap_anthropic(revision), comparison_from_critique(critique)))
+    return PrincipleSet(out, [], str(path))
+
+
+def parse_llm_swarm(data: dict, path: Any = "<llm-swarm>") -> PrincipleSet:
+    items = data.get("constitutions")
+    if not isinstance(items, list) or not items:
+        raise _err(path, "constitutions", "expected a non-empty list of {critic, revision}")
+    out = []
+    for i, obj in enumerate(items):
+        where = f"constitutions[{i}]"
+        if not isinstance(obj, dict):
+            raise _err(path, where, f"expected an object, got {type(obj).__name__}")
+        critique = _text(path, where, obj, "critic")
+        out.append(Principle(f"c{i}", critique, _text(path, where, obj, "revision"),
+                             comparison_from_critique(critique)))
+    chats = data.get("system_chat") or []
+    if not isinstance(chats, list):
+        raise _err(path, "system_chat", "expected a list of conversations")
+    fewshot = [_check_messages(path, f"system_chat[{i}]", c) for i, c in enumerate(chats)]
+    return PrincipleSet(out, fewshot, str(path))
+
+
+def load_principles(path: str | Path | None = None) -> PrincipleSet:
+    """Load any of the three formats, detected by content. None -> our default set."""
+    path = Path(path) if path is not None else DEFAULT_PRINCIPLES
+    if not path.exists():
+        raise DataError(f"{path}: no such principles file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: cannot parse: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected an object at the top level, got {type(data).__name__}")
+    if "principles" in data:
+        return parse_ours(data, path)
+    if "constitutions" in data:
+        return parse_llm_swarm(data, path)
+    if all(isinstance(v, dict) and ("prompt" in v or "edit_request" in v) for v in data.values()) and data:
+        return parse_anthropic(data, path)
+    raise DataError(f"{path}: unknown principles format: expected 'principles' (Charter YAML), "
+                    "'constitutions' (llm-swarm) or {id: {prompt, edit_request}} (Anthropic)")
