@@ -52,12 +52,14 @@ class LoraSettings(Config):
 
 
 def linear_module_names(model) -> list[str]:
-    """Leaf names of every `nn.Linear` except the LM head, e.g. q_proj ... down_proj for Llama.
+    """Leaf names of every linear layer except the LM head, e.g. q_proj ... down_proj for Llama.
 
+    "Linear" means `nn.Linear` and transformers' `Conv1D` (GPT-2 style, stored transposed).
     Resolving "all-linear" ourselves (rather than trusting a per-architecture table) makes it
     correct for any architecture and visible in the saved adapter config.
     """
     import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
 
     if hasattr(model, "peft_config"):
         raise ValueError("linear_module_names: pass the base model, not one already wrapped by PEFT")
@@ -65,7 +67,7 @@ def linear_module_names(model) -> list[str]:
     head_names = {name for name, mod in model.named_modules() if mod is head}
     leaves = set()
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and mod is not head:
+        if isinstance(mod, (nn.Linear, Conv1D)) and mod is not head:
             leaves.add(name.rsplit(".", 1)[-1])
     leaves -= {n.rsplit(".", 1)[-1] for n in head_names}
     if not leaves:
@@ -77,11 +79,15 @@ def apply_lora(model, settings: LoraSettings):
     """Wrap `model` in a PEFT LoRA model; only adapter weights are trainable."""
     from peft import LoraConfig, get_peft_model
 
+    from transformers.pytorch_utils import Conv1D
+
     targets = (linear_module_names(model) if settings.target_modules == "all-linear"
                else list(settings.target_modules))
+    # Conv1D stores its weight as (in, out): PEFT must know, and so must merging (fan_in_fan_out)
+    conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
     cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                      target_modules=targets, use_rslora=settings.use_rslora, bias="none",
-                     task_type="CAUSAL_LM")
+                     fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
