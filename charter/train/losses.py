@@ -21,10 +21,10 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     `logits[..., i, :]` must already be the prediction for `labels[..., i]` (no shift here:
     callers that gather only the trained positions have aligned them already).
     """
-    mask = labels != IGNORE
-    safe = labels.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return logp * mask
+    # cross_entropy is fused (no full log_softmax tensor kept) and gives 0 at ignored labels
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="none")
+    return -flat.view(labels.shape)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,11 +93,16 @@ def nll_loss(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.T
 
 
 def squared_kl(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
-    """Mean over completion tokens of (log pi - log pi_ref)^2: a cheap, always >= 0 KL surrogate."""
+               mask: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over completion tokens of (log pi - log pi_ref)^2: a cheap, always >= 0 KL surrogate.
+
+    `normalizer` replaces the local token count, so micro-batches can divide by the count of
+    the whole accumulation window (then their sum is the window mean).
+    """
     mask = mask.to(policy_token_logps.dtype)
     diff = (policy_token_logps - ref_token_logps) * mask
-    return (diff ** 2).sum() / mask.sum().clamp(min=1)
+    denom = mask.sum().clamp(min=1) if normalizer is None else normalizer
+    return (diff ** 2).sum() / denom
 
 
 def sft_loss(token_logps_sum: torch.Tensor, window_tokens: int | torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,195 @@
+"""Training rows from JSONL: chat SFT / Alpaca / HH-RLHF / preference pairs -> token ids + labels.
+
+Every accepted format is normalised to chat messages first, then tokenised by
+`charter.chat.encode_chat`, so SFT and DPO mask exactly the same way. A bad row raises
+`DataError` naming file, line and field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charter.chat import IGNORE_INDEX, encode_chat, render_text
+from charter.data.jsonl import DataError, iter_jsonl
+
+
+@dataclass
+class Seq:
+    """One tokenised sequence; labels are unshifted (-100 where not trained)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+@dataclass
+class Pair:
+    chosen: Seq
+    rejected: Seq
+    label_prob: float | None = None
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def _hh_to_messages(text: str) -> list[dict]:
+    """`\\n\\nHuman: ...\\n\\nAssistant: ...` transcript -> messages."""
+    msgs: list[dict] = []
+    for chunk in text.split("\n\nHuman:")[1:] if "\n\nHuman:" in text else []:
+        human, *assistants = chunk.split("\n\nAssistant:")
+        msgs.append({"role": "user", "content": human.strip()})
+        for a in assistants:
+            msgs.append({"role": "assistant", "content": a.strip()})
+    if not msgs:
+        raise ValueError("HH transcript has no '\\n\\nHuman:' turn")
+    return msgs
+
+
+def sft_messages(row: dict[str, Any]) -> list[dict]:
+    """Chat `messages`, Alpaca `instruction/input/output`, or `prompt`/`completion` -> messages."""
+    if "messages" in row:
+        return row["messages"]
+    if "instruction" in row and "output" in row:
+        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    if "prompt" in row and "completion" in row:
+        return _as_prompt(row["prompt"]) + _as_completion(row["completion"], "completion")
+    if "text" in row and "\n\nHuman:" in row["text"]:
+        return _hh_to_messages(row["text"])
+    raise ValueError("messages: missing (expected 'messages', Alpaca 'instruction'/'output', "
+                     "or 'prompt'/'completion')")
+
+
+def _as_prompt(p: Any) -> list[dict]:
+    if isinstance(p, str):
+        return [{"role": "user", "content": p}]
+    if isinstance(p, list):
+        return p
+    raise ValueError(f"prompt: expected a string or a message list, got {type(p).__name__}")
+
+
+def _as_completion(c: Any, field: str) -> list[dict]:
+    if isinstance(c, str):
+        return [{"role": "assistant", "content": c}]
+    if isinstance(c, list) and c:
+        return c
+    raise ValueError(f"{field}: expected a string or a non-empty list of assistant messages")
+
+
+def _split_shared_prefix(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    while n > 0 and a[n - 1].get("role") == "assistant":  # the completion starts at an assistant turn
+        n -= 1
+    return a[:n], a[n:], b[n:]
+
+
+def pair_messages(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt, chosen, rejected) from explicit, implicit, HH-RLHF or Together-export rows."""
+    if "input" in row and "preferred_output" in row:  # Together export
+        return (row["input"].get("messages", []), _as_completion(row["preferred_output"], "preferred_output"),
+                _as_completion(row["non_preferred_output"], "non_preferred_output"))
+    for f in ("chosen", "rejected"):
+        if f not in row:
+            raise ValueError(f"{f}: missing")
+    c, r = row["chosen"], row["rejected"]
+    if "prompt" in row:
+        return _as_prompt(row["prompt"]), _as_completion(c, "chosen"), _as_completion(r, "rejected")
+    if isinstance(c, str) and isinstance(r, str):  # HH-RLHF: prompt = up to the last "\n\nAssistant:"
+        cut = c.rfind("\n\nAssistant:") + len("\n\nAssistant:")
+        if cut < len("\n\nAssistant:") or r[:cut] != c[:cut]:
+            raise ValueError("chosen/rejected: HH transcripts must share everything up to the last Assistant turn")
+        if c == r:
+            raise ValueError("chosen/rejected: identical")
+        msgs = _hh_to_messages(c[:cut])
+        return msgs[:-1] if msgs[-1]["role"] == "assistant" and not msgs[-1]["content"] else msgs, \
+            _as_completion(c[cut:].strip(), "chosen"), _as_completion(r[cut:].strip(), "rejected")
+    if isinstance(c, list) and isinstance(r, list):  # implicit prompt: shared conversation prefix
+        prompt, cc, rr = _split_shared_prefix(c, r)
+        if not prompt:
+            raise ValueError("chosen/rejected: implicit-prompt pairs must share a prompt prefix")
+        return prompt, cc, rr
+    raise ValueError("chosen/rejected: expected strings or message lists, with or without 'prompt'")
+
+
+# ----------------------------------------------------------------------------- tokenisation
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict],
+                max_length: int | None) -> Pair | None:
+    """Labels cover only the final completion (content + end-of-turn), never assistant turns in
+    the prompt. The completion starts where the tokenised prompt stops being a prefix of the
+    tokenised conversation (as TRL does). Over-long rows keep the prompt and cut the completion's
+    end; a pair whose prompt fills max_length is dropped (None)."""
+    ec, er = encode_chat(tokenizer, prompt + chosen), encode_chat(tokenizer, prompt + rejected)
+    if ec is None or er is None:
+        return None
+    prompt_ids = tokenizer(render_text(tokenizer, prompt, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"]
+    start = min(_common_prefix(prompt_ids, ec.input_ids), _common_prefix(prompt_ids, er.input_ids))
+    seqs = []
+    for e in (ec, er):
+        labels = [IGNORE_INDEX] * start + list(e.labels[start:])
+        ids = list(e.input_ids)
+        if max_length is not None and len(ids) > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+        s = Seq(ids, labels)
+        if s.n_trainable == 0:
+            return None
+        seqs.append(s)
+    return Pair(seqs[0], seqs[1])
+
+
+def load_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], int]:
+    """(sequences, rows dropped for having no trainable token left)."""
+    out, dropped = [], 0
+    for lineno, row in iter_jsonl(path):
+        try:
+            enc = encode_chat(tokenizer, sft_messages(row), max_length)
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: {e}") from None
+        if enc is None:
+            dropped += 1
+            continue
+        out.append(Seq(enc.input_ids, enc.labels))
+    if not out:
+        raise DataError(f"{path}: no trainable rows")
+    return out, dropped
+
+
+def load_pairs(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Pair], int]:
+    out, dropped = [], 0
+    for lineno, row in iter_jsonl(path):
+        try:
+            prompt, chosen, rejected = pair_messages(row)
+            pair = encode_pair(tokenizer, prompt, chosen, rejected, max_length)
+            lp = row.get("label_prob")
+            if lp is not None and not (isinstance(lp, (int, float)) and 0.0 <= lp <= 1.0):
+                raise ValueError(f"label_prob: expected a number in [0, 1], got {lp!r}")
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: {e}") from None
+        if pair is None:
+            dropped += 1
+            continue
+        pair.label_prob = None if lp is None else float(lp)
+        out.append(pair)
+    if not out:
+        raise DataError(f"{path}: no trainable pairs")
+    return out, dropped

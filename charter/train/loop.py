@@ -1,0 +1,328 @@
+"""The training loop SFT and DPO share: data order, accumulation, optimiser, checkpoints, export.
+
+It runs under `accelerate`, so `accelerate launch` (DDP, FSDP, DeepSpeed) needs no code change.
+We do not hand the data to a DataLoader: every process builds the same deterministic order
+(seeded permutation per epoch), takes the same *global window* of examples per optimiser step
+(batch_size x grad_accum x processes), and trains on its own slice. Because every process
+knows the whole window, each loss can be divided by the window's global count (tokens for SFT,
+pairs for DPO) with no communication, and the gradient after DDP's averaging equals the
+single-process one. Resuming needs only the step number: the data position follows from it.
+
+A task (SFT, DPO) supplies `micro_loss(model, items, window) -> (loss, sums)`; `sums` are
+additive statistics that are all-reduced and turned into the logged metrics by `metrics(sums)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+from pydantic import Field, model_validator
+
+from charter.config import Config
+from charter.train.lora import LoraSettings
+
+TRAIN_RECORD = "charter_train.json"
+
+
+class TrainConfig(Config):
+    """Fields shared by SFT and DPO. `batch_size` is per process and per micro-batch."""
+
+    model: str                                  # HF folder, a merged Charter output, or a LoRA adapter folder
+    data: str                                   # JSONL
+    output_dir: str
+    lora: LoraSettings | None = None            # None = full fine-tuning
+    merge: bool = False                         # LoRA only: also write output_dir/merged (full weights)
+    lr: float = Field(5e-5, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(0, ge=0)             # > 0 overrides epochs
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int | None = Field(1024, ge=2)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float | None = 1.0
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    shuffle: bool = True
+    save_steps: int = Field(0, ge=0)            # 0 = only the final model
+    save_total_limit: int = Field(2, ge=1)
+    resume: bool = True                         # continue from output_dir/checkpoints/ if present
+    logging_steps: int = Field(1, ge=1)
+    attn_implementation: str = "sdpa"
+    keep_logits_only_for_targets: bool = True   # run the LM head only where a token is trained
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.merge and self.lora is None:
+            raise ValueError("merge: only meaningful with lora")
+        return self
+
+
+class Task(Protocol):
+    items: Sequence[Any]
+
+    def window_norm(self, window: Sequence[Any]) -> dict[str, float]: ...
+
+    def micro_loss(self, model, items: Sequence[Any], norm: dict[str, float], world: int): ...
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+
+# ----------------------------------------------------------------------------- model loading
+
+
+def resolve_model(path: str | Path) -> tuple[Path, list[Path]]:
+    """(base model folder, adapters to fold in, oldest first) for a plain HF folder or an adapter
+    folder written by Charter/PEFT (its base is read from the adapter config, recursively)."""
+    path = Path(path)
+    if not (path / "adapter_config.json").exists():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: not a model folder (no config.json) nor an adapter folder")
+        return path, []
+    rec = path / TRAIN_RECORD
+    if rec.exists():
+        info = json.loads(rec.read_text())
+        base = Path(info["base_model"])
+        return base, [Path(p) for p in info.get("base_adapters", [])] + [path]
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/adapter_config.json: no base_model_name_or_path")
+    inner_base, inner = resolve_model(base)
+    return inner_base, inner + [path]
+
+
+def load_model_and_tokenizer(cfg: TrainConfig):
+    """Base weights in fp32 (bf16 runs under autocast), earlier adapters folded in exactly, then
+    a fresh LoRA if asked. Returns (model, tokenizer, base_path, folded_adapters)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.train.lora import apply_lora, merged_state
+
+    base, adapters = resolve_model(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                 attn_implementation=cfg.attn_implementation)
+    if adapters:
+        merged_state(model, [(a, 1.0) for a in adapters])
+    tok_src = Path(cfg.model) if (Path(cfg.model) / "tokenizer_config.json").exists() else base
+    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    if cfg.lora is not None:
+        model = apply_lora(model, cfg.lora)
+    return model, tokenizer, base, adapters
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> Callable[[int], float]:
+    """Linear warmup then cosine to `min_lr_ratio` (the same formula as transformers'
+    `cosine_with_min_lr`, so runs compare step for step with TRL)."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 0.5 * (1 + math.cos(math.pi * progress)) * (1 - min_lr_ratio) + min_lr_ratio)
+
+    return f
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW; no weight decay on biases and norm weights (1-D tensors), as transformers does."""
+    import torch
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2]
+    no_decay = [p for n, p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                             eps=cfg.adam_eps)
+
+
+def window_order(n: int, global_batch: int, seed: int, shuffle: bool, world: int) -> Callable[[int], list[int]]:
+    """step -> the dataset indices of that step's window (epochs follow each other)."""
+    import torch
+
+    per_epoch = n // global_batch if world > 1 else math.ceil(n / global_batch)
+    if per_epoch == 0:
+        raise ValueError(f"{n} examples < one global batch of {global_batch}")
+    cache: dict[int, list[int]] = {}
+
+    def order(step: int) -> list[int]:
+        epoch, k = divmod(step, per_epoch)
+        if epoch not in cache:
+            cache.clear()
+            g = torch.Generator().manual_seed(seed + epoch)
+            cache[epoch] = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+        return cache[epoch][k * global_batch:(k + 1) * global_batch]
+
+    order.per_epoch = per_epoch  # type: ignore[attr-defined]
+    return order
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _ckpt_dirs(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    if not root.exists():
+        return []
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step-") and (d / "state.json").exists()]
+    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, out: Path, step: int, limit: int, cfg_hash: str) -> None:
+    """Model, optimiser, scheduler and every process's RNG via `accelerator.save_state` (works for
+    DDP/FSDP/DeepSpeed), written to a temp folder and renamed so a kill never leaves half a one."""
+    from charter.data.jsonl import atomic_write_json
+
+    root = out / "checkpoints"
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / "state.json", {"step": step, "config_hash": cfg_hash})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _ckpt_dirs(out)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return sums
+    import torch
+
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="sum")
+    return dict(zip(keys, t.tolist()))
+
+
+def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: str,
+        on_step: Callable[[int, dict], None] | None = None) -> Path:
+    """Train and export. `task_factory(model, tokenizer, accelerator)` builds the task once the
+    model exists (DPO needs it for reference log-probs). `on_step(step, metrics)` is a test hook."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.optim.lr_scheduler import LambdaLR
+    from tqdm.auto import tqdm
+
+    from charter.data.jsonl import atomic_write_json
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.seed)
+    model, tokenizer, base, folded = load_model_and_tokenizer(cfg)
+    model.to(accelerator.device)
+    task = task_factory(model, tokenizer, accelerator)
+    n = len(task.items)
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    order = window_order(n, global_batch, cfg.seed, cfg.shuffle, world)
+    total = cfg.max_steps or cfg.epochs * order.per_epoch  # type: ignore[attr-defined]
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio, cfg.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    start = 0
+    ckpts = _ckpt_dirs(out) if cfg.resume else []
+    if ckpts:
+        accelerator.load_state(str(ckpts[-1]))
+        start = json.loads((ckpts[-1] / "state.json").read_text())["step"]
+    metrics_path = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / f"{kind}_config.yaml")
+        kept = []
+        if start and metrics_path.exists():  # drop rows logged after the checkpoint we resume from
+            kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= start]
+        metrics_path.write_text("".join(l + "\n" for l in kept))
+
+    model.train()
+    bar = tqdm(total=total, initial=start, desc=f"{kind}", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    t0, tokens_seen = time.time(), 0
+    for step in range(start, total):
+        window = [task.items[i] for i in order(step)]
+        norm = task.window_norm(window)
+        per_rank = math.ceil(len(window) / world)
+        mine = window[rank * per_rank:(rank + 1) * per_rank]
+        micros = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+        sums: dict[str, float] = {}
+        for k, items in enumerate(micros):
+            sync = k == len(micros) - 1
+            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                loss, s = task.micro_loss(model, items, norm, world)
+            accelerator.backward(loss)
+            for key, v in s.items():
+                sums[key] = sums.get(key, 0.0) + v
+        grad_norm = (accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm
+                     else torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        sums = _reduce_sums(accelerator, sums)
+        tokens_seen += sums.get("tokens", 0.0)
+        row = {"step": step + 1, "epoch": round((step + 1) / order.per_epoch, 4),  # type: ignore[attr-defined]
+               **task.metrics(sums), "grad_norm": float(grad_norm), "learning_rate": lr,
+               "tokens_per_s": round(tokens_seen / max(1e-9, time.time() - t0), 1)}
+        if accelerator.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == total):
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+        bar.update(1)
+        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
+            save_checkpoint(accelerator, out, step + 1, cfg.save_total_limit, cfg.hash())
+        if on_step is not None:
+            on_step(step + 1, row)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
+        atomic_write_json(out / TRAIN_RECORD, {
+            "kind": kind, "done": True, "steps": total, "base_model": str(base),
+            "base_adapters": [str(a) for a in folded], "lora": cfg.lora is not None,
+            "config_hash": cfg.hash(), "torch": torch.__version__})
+    accelerator.wait_for_everyone()
+    return out
+
+
+def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, folded: list[Path]) -> None:
+    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: the
+    adapter (its config names the original base) + tokenizer, and with `merge` a folded copy."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if cfg.lora is not None:
+        adapter_cfg = out / "adapter_config.json"
+        info = json.loads(adapter_cfg.read_text())
+        info["base_model_name_or_path"] = str(base)
+        adapter_cfg.write_text(json.dumps(info, indent=2))
+        if cfg.merge:
+            from charter.train.lora import merge_adapters
+
+            merge_adapters(base, [(a, 1.0) for a in folded] + [(out, 1.0)], out / "merged")
