@@ -1,8 +1,60 @@
-"""`charter run` commands."""
+"""`charter run CONFIG|--preset NAME [key=value ...]`: the whole pipeline, cached and resumable."""
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
 
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument without '=' is the config file; the rest are key=value overrides."""
+    path = None
+    overrides = []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif path is None:
+            path = a
+        else:
+            from charter.config import ConfigError
+
+            raise ConfigError(f"unexpected argument {a!r}: give one CONFIG file, then key=value overrides")
+    return path, overrides
+
+
+def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/or key=value overrides"),
+        preset: Optional[str] = typer.Option(None, "--preset", help="toy (default with no config), quick, paper"),
+        run_dir: Optional[str] = typer.Option(None, "--run-dir", help="default: runs/<name>"),
+        start: Optional[str] = typer.Option(None, "--from", help="re-run from this stage on"),
+        only: Optional[str] = typer.Option(None, "--only", help="run just this stage"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; load no model")) -> None:
+    """Run constitution -> prompts -> pairs -> DPO -> introspection -> SFT -> merge -> eval -> report."""
+    from pathlib import Path
+
+    from charter.pipeline import format_plan
+    from charter.run_config import load_run_config
+    from charter.run_stages import build_pipeline, validate
+
+    path, overrides = split_args(args or [])
+    cfg = load_run_config(path, preset, overrides)
+    validate(cfg)
+    out = Path(run_dir or f"runs/{cfg.name}")
+    pipe = build_pipeline()
+    plan = pipe.plan(cfg, out, cfg.seed, start, only)
+    typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
+    typer.echo(format_plan(plan))
+    if dry_run:
+        return
+    pipe.run(cfg, out, cfg.seed, start, only)
+    summary = out / "summary.json"
+    if summary.exists():
+        import json
+
+        from charter.report import format_table
+
+        typer.echo("\n" + format_table(json.loads(summary.read_text())))
+        typer.echo(f"\nreport: {out / 'report.html'}")
+
+
 def register(app: typer.Typer) -> None:
-    """Not built yet."""
+    app.command("run")(run)

@@ -1,0 +1,114 @@
+"""The top-level `charter run` config, and its presets (`charter/configs/{toy,quick,paper}.yaml`).
+
+One file says everything about a run: which constitutions, which model is trained, where the
+teacher, student, judge and trainer live (each its own backend, so a large API teacher, a
+local vLLM student and an accelerate trainer can be mixed), and one section per stage.
+
+Stage sections that belong to another module's config (`dpo` -> `DPOConfig`, `sft` ->
+`SFTConfig`, `prompts`/`distill` -> `DistillConfig`, `reflection`/`interaction`/`filter` ->
+`IntrospectConfig`) are kept as plain mappings here and validated by that module's own
+config class when the plan is made (so a typo fails before any model loads); the pipeline
+fills in the paths (data, model, output folder) itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from charter.backends import BackendConfig
+from charter.config import Config, ConfigError, load_config, read_yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+TOY_MODEL = "toy"  # student.model value meaning "the toy world's base model, built and cached locally"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+class TrainerSection(Config):
+    """Where training runs. `launcher: accelerate` re-launches the trainer under `accelerate launch`."""
+
+    launcher: Literal["local", "accelerate"] = "local"
+    accelerate_args: list[str] = []
+    device: str | None = None  # None = cuda if available, else cpu
+
+
+class JudgeSection(Config):
+    """Who labels replies: the toy world's deterministic scorer, or an LLM judge on its own backend."""
+
+    kind: Literal["toy", "llm"] = "toy"
+    backend: BackendConfig | None = None  # for kind=llm
+
+
+class MergeSection(Config):
+    """Final model = base + dpo_weight * (DPO delta) + sft_weight * (SFT delta), summed exactly (SPEC §1)."""
+
+    dpo_weight: float = 1.0
+    sft_weight: float = 0.25
+
+
+class EvalSection(Config):
+    """Held-out prompts, answered by every system with no constitution (plus base+constitution)."""
+
+    n_prompts: int = 100
+    prompts_file: str | None = None  # JSONL {"prompt": str} or text lines; default: the toy world's eval prompts
+    systems: list[str] = ["base", "base+constitution", "dpo", "dpo+sft"]
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    batch_size: int = 64
+
+
+class ToySection(Config):
+    """Overrides for the toy base model build (`charter.toy.model.ToyBuildConfig`), when student.model=toy."""
+
+    build: dict[str, Any] = {}
+    cache_dir: str | None = None
+
+
+class RunConfig(Config):
+    name: str = "run"
+    seed: int = 0
+    constitutions: list[str] = Field(min_length=1)  # library names, YAML/OCT paths, or "toy:<persona>"
+    assistant_name: str | None = None  # the student's self-name in chosen answers; None = backend default
+
+    student: BackendConfig  # the model being trained, and its rejected answers
+    teacher: BackendConfig | None = None  # chosen answers; None = the student + constitution
+    judge: JudgeSection = JudgeSection()
+    trainer: TrainerSection = TrainerSection()
+    toy: ToySection = ToySection()
+
+    prompts: dict[str, Any] = {}
+    distill: dict[str, Any] = {}  # teacher/student sampling, K samples per prompt
+    pairs: dict[str, Any] = {}
+    dpo: dict[str, Any] = {}
+    reflection: dict[str, Any] = {}
+    interaction: dict[str, Any] = {}
+    filter: dict[str, Any] = {}
+    sft: dict[str, Any] = {}
+    merge: MergeSection = MergeSection()
+    eval: EvalSection = EvalSection()
+
+    @property
+    def is_toy(self) -> bool:
+        return self.student.model == TOY_MODEL
+
+    def teacher_backend(self) -> BackendConfig:
+        return self.teacher or self.student
+
+
+def load_run_config(path: str | Path | None = None, preset: str | None = None,
+                    overrides: list[str] | None = None) -> RunConfig:
+    """preset YAML <- user YAML <- key=value overrides. With neither file nor preset: the toy preset."""
+    if path is None and preset is None:
+        preset = "toy"
+    base: dict[str, Any] = {}
+    if preset is not None:
+        file = PRESET_DIR / f"{preset}.yaml"
+        if not file.exists():
+            raise ConfigError(f"--preset {preset!r}: unknown preset (presets: {', '.join(presets())})")
+        base = read_yaml(file)
+    return load_config(RunConfig, path, overrides, base=base)
