@@ -151,3 +151,106 @@ def test_modified_output_is_rebuilt(tmp_path):
 def test_graph_rejects_inputs_out_of_order():
     with pytest.raises(ValueError, match="do not come before"):
         Pipeline([Stage("b", lambda c: None, ["a"]), Stage("a", lambda c: None)])
+
+
+# ---------------------------------------------------------------- the real graph and CLI
+
+def _real_graph_with_stub_fns():
+    """The real stage names, inputs and config slices, with each stage writing a marker file."""
+    from charter.run_stages import build_pipeline
+
+    pipe = build_pipeline()
+    ran: list[str] = []
+    for s in pipe.stages:
+        def fn(ctx, name=s.name):
+            ran.append(name)
+            (ctx.out_dir / "out.txt").write_text(name + json.dumps(ctx.cfg.to_dict(), sort_keys=True))
+        s.fn = fn
+    return pipe, ran
+
+
+def test_real_graph_invalidation(tmp_path):
+    from charter.run_config import load_run_config
+
+    over = ["constitutions=[sarcasm]", "eval.prompts_file=p.jsonl"]
+    cfg = load_run_config(preset="paper", overrides=over)
+    pipe, ran = _real_graph_with_stub_fns()
+    pipe.run(cfg, tmp_path, cfg.seed, log=lambda _: None)
+    assert ran == pipe.names()
+    cfg2 = load_run_config(preset="paper", overrides=over + ["dpo.beta=0.2"])
+    actions = {i.stage: i.action for i in pipe.plan(cfg2, tmp_path, cfg2.seed)}
+    upstream = ["base", "prompts", "teacher", "student", "pairs"]
+    assert all(actions[s] == "cached" for s in upstream)
+    assert all(actions[s] == "run" for s in pipe.names() if s not in upstream)
+    cfg3 = load_run_config(preset="paper", overrides=over + ["eval.n_prompts=7"])
+    actions = {i.stage: i.action for i in pipe.plan(cfg3, tmp_path, cfg3.seed)}
+    assert [s for s, a in actions.items() if a == "run"] == ["eval", "report"]
+
+
+def test_dry_run_paper_preset_needs_no_model(tmp_path, monkeypatch):
+    """The plan is printed for a model that exists nowhere; nothing is loaded or written."""
+    import charter.backends
+
+    from typer.testing import CliRunner
+
+    from charter.cli import app
+
+    def boom(*a, **k):
+        raise AssertionError("dry run must not build a generator")
+
+    monkeypatch.setattr(charter.backends, "make_generator", boom)
+    run_dir = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--preset", "paper", "student.model=no-org/no-such-model-70B",
+                                   "teacher.base_url=http://127.0.0.1:9/v1", "--run-dir", str(run_dir),
+                                   "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "no-org/no-such-model-70B" in res.output
+    for stage in ("prompts", "teacher", "student", "pairs", "dpo", "reflection", "interaction", "filter",
+                  "sft", "merge", "eval", "report"):
+        assert f"  {stage} " in res.output
+    assert not run_dir.exists()
+
+
+def test_bad_override_names_the_field(tmp_path):
+    from charter.run_config import load_run_config
+
+    with pytest.raises(ConfigError, match="merge.dpo_weight"):
+        load_run_config(preset="paper", overrides=["merge.dpo_weight=lots"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_run_config(preset="nope")
+
+
+def test_chat_resolves_stage_models(tmp_path):
+    from charter.commands.chat import resolve_model
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.json").write_text(json.dumps({"path": "/m/base"}))
+    for stage in ("dpo", "sft"):
+        for p in ("warm", "poetic"):
+            (tmp_path / stage / p).mkdir(parents=True)
+            (tmp_path / stage / p / "done.json").write_text(json.dumps({"model": f"/m/{stage}/{p}"}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {
+        "base": {"status": "done"}, "dpo": {"status": "done"}, "sft": {"status": "done"},
+        "merge": {"status": "running"}}}))
+    assert resolve_model(str(tmp_path)) == "/m/sft/poetic"  # latest finished stage, first persona
+    assert resolve_model(str(tmp_path), "dpo", "warm") == "/m/dpo/warm"
+    assert resolve_model(str(tmp_path), "base") == "/m/base"
+    with pytest.raises(ConfigError, match="merge"):
+        resolve_model(str(tmp_path), "merge")
+    assert resolve_model("org/model") == "org/model"
+
+
+def test_chat_streams_and_keeps_history(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.commands.chat import chat_loop, respond
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    chunks: list[str] = []
+    reply = respond(model, tok, [{"role": "user", "content": "hello"}], chunks.append, 8, temperature=0)
+    assert chunks and "".join(chunks).strip() == reply
+    lines = iter(["hi", "/reset", "again", "/exit"])
+    msgs = chat_loop(lambda m, w: respond(model, tok, m, w, 4, 0), "be kind",
+                     read=lambda: next(lines), write=lambda s: None)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[1]["content"] == "again"
