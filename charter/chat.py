@@ -162,7 +162,7 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
             raise TemplateError(f"chat template renders assistant message {i} as nothing")
         segment = full[start:end]
         content = m["content"].strip()
-        k = segment.find(content) if content else -1
+        k = segment.rfind(content) if content else -1  # rfind: headers come before the content
         if k < 0:  # empty, or the template rewrote the content: everything up to end-of-turn is the turn
             spans.append((start, start, start, end))
             continue

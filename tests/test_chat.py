@@ -246,3 +246,10 @@ def test_agrees_with_generation_marker_masks(toks):
     enc = encode_chat(tok, CONV)
     assert enc.input_ids == list(ref["input_ids"])
     assert [int(lab != IGNORE_INDEX) for lab in enc.labels] == list(ref["assistant_masks"])
+
+
+def test_header_inside_turn_is_skipped_even_when_content_repeats_it(toks):
+    """Template without a generation prompt: the span holds `<|im_start|>assistant\\n` + content."""
+    tok = toks["no_gen_prompt"]
+    enc = encode_chat(tok, [{"role": "user", "content": "say assistant"}, {"role": "assistant", "content": "assistant"}])
+    assert labelled_runs(tok, enc) == ["assistant<|im_end|>"]
