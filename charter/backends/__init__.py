@@ -22,6 +22,8 @@ class BackendConfig(Config):
     concurrency: int = 8  # openai: requests in flight
     timeout: float = 120.0  # openai: seconds per request
     max_retries: int = 5  # openai: on 429 / 5xx / timeouts / connection errors
+    dialect: Literal["vllm", "transformers", "openai"] = "vllm"  # openai: which extras the server accepts
+    tokenizer: str | None = None  # openai: local tokenizer to render chats where the server lacks prefill
     batch_size: int = 32  # hf: rows per generate call
     dtype: str | None = None  # hf/vllm: "bfloat16", "float16", "float32" or None/"auto"
     device: str | None = None  # hf: "cpu", "cuda", "cuda:1"; None = cuda if available

@@ -1,0 +1,60 @@
+"""The offline vLLM engine: LoRA adapters and tensor parallelism on GPU machines.
+
+vLLM is an optional extra (`pip install charter[vllm]`); it is imported only when this
+backend is built, so everything else works without it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from charter.backends.base import Completion, GenerationRequest, RequestLike, SamplingParams, as_request
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError("the 'vllm' backend needs vLLM: pip install 'charter[vllm]' (GPU machines only), "
+                          "or use kind: hf / kind: openai with a running `vllm serve`") from e
+    return vllm
+
+
+class VLLMGenerator:
+    def __init__(self, model: str, adapter: str | None = None, tensor_parallel: int = 1, dtype: str | None = None,
+                 chat: bool | None = None, max_lora_rank: int = 64):
+        vllm = _import_vllm()
+        self.name = model + (f"+{adapter}" if adapter else "")
+        self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel, dtype=dtype or "auto",
+                            enable_lora=adapter is not None, max_lora_rank=max_lora_rank)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.lora = vllm.lora.request.LoRARequest("adapter", 1, adapter) if adapter else None
+        from charter.chat import has_chat_template
+
+        self.chat = has_chat_template(self.tokenizer) if chat is None else chat
+        self._vllm = vllm
+
+    @classmethod
+    def from_config(cls, cfg) -> "VLLMGenerator":
+        return cls(cfg.model, cfg.adapter, cfg.tensor_parallel, cfg.dtype, cfg.chat)
+
+    def _text(self, req: GenerationRequest) -> str:
+        if req.prompt is not None:
+            return req.prompt + req.prefill
+        from charter.chat import check_messages, fallback_render, render_prompt
+
+        if self.chat:
+            return render_prompt(self.tokenizer, req.messages) + req.prefill
+        tok = self.tokenizer
+        return fallback_render(check_messages(req.messages), True, tok.bos_token, tok.eos_token) + req.prefill
+
+    def generate(self, requests: list[RequestLike], params: SamplingParams,
+                 progress: bool = False) -> list[list[Completion]]:
+        reqs = [as_request(r) for r in requests]
+        sp = self._vllm.SamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
+            repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None, seed=params.seed)
+        outs: list[Any] = self.llm.generate([self._text(r) for r in reqs], sp, use_tqdm=progress,
+                                            lora_request=self.lora)
+        return [[Completion(o.text, "length" if o.finish_reason == "length" else "stop",
+                            len(out.prompt_token_ids), len(o.token_ids)) for o in out.outputs] for out in outs]
