@@ -67,6 +67,7 @@ class ToySection(Config):
 
     build: dict[str, Any] = {}
     cache_dir: str | None = None
+    prompts_per_persona: int = 300  # training prompts drawn from the world's user-prompt distribution
 
 
 class RunConfig(Config):

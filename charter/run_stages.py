@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,17 +26,22 @@ from charter.run_config import TOY_MODEL, RunConfig
 # ---------------------------------------------------------------- helpers
 
 
-def load_constitutions(cfg: RunConfig) -> list:
-    """`toy:<persona>` -> the toy world's constitution file; anything else -> `load_constitution`."""
-    from charter.constitution import load_constitution
-
+def constitution_refs(cfg: RunConfig) -> list[str]:
+    """`toy:<persona>` -> the toy world's constitution file; anything else as given."""
     out = []
     for ref in cfg.constitutions:
         if ref.startswith("toy:"):
             from charter.toy.corpus import constitution_path
 
             ref = str(constitution_path(ref[4:]))
-        out.append(load_constitution(ref))
+        out.append(ref)
+    return out
+
+
+def load_constitutions(cfg: RunConfig) -> list:
+    from charter.constitution import load_constitution
+
+    out = [load_constitution(ref) for ref in constitution_refs(cfg)]
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"constitutions: two share a name ({names}); each persona needs its own")
@@ -65,23 +71,41 @@ def model_of(ctx: StageContext, stage: str, persona: str) -> str:
     return json.loads((ctx.run_dir / stage / persona / "done.json").read_text())["model"]
 
 
+def generation_model(trained: str) -> str:
+    """A LoRA training output with a merged copy generates from the copy (no adapter on the hot path)."""
+    merged = Path(trained) / "merged"
+    return str(merged) if merged.exists() else trained
+
+
 def generator(backend, model: str | None = None):
     from charter.backends import make_generator
 
     return make_generator(backend.model_copy(update={"model": model}) if model else backend)
 
 
-def sampling(cfg: RunConfig, section: dict[str, Any], seed: int, n: int = 1):
+def sampling(section: dict[str, Any], seed: int):
     from charter.backends import SamplingParams
 
     keys = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "stop")
-    return SamplingParams(**{k: section[k] for k in keys if k in section}, seed=seed, n=n)
+    return SamplingParams(**{k: section[k] for k in keys if k in section}, seed=seed)
 
 
-def teacher_system(constitution, name: str | None) -> str:
-    from charter.stages.prompts import teacher_system_prompt  # B
+def distill_config(cfg: RunConfig, constitution: str = "-"):
+    """B's `DistillConfig` from the run's `prompts`, `distill` and `pairs` sections (its field names)."""
+    from charter.stages.distill import DistillConfig
 
-    return teacher_system_prompt(constitution, name)
+    return DistillConfig(constitution=constitution, teacher=cfg.teacher_backend(), student=cfg.student,
+                         student_name=cfg.assistant_name, **cfg.prompts, **cfg.distill, **cfg.pairs)
+
+
+def name_of(cfg: RunConfig, constitution) -> str:
+    return cfg.assistant_name or constitution.name
+
+
+def teacher_system(cfg: RunConfig, constitution) -> str:
+    from charter.stages.teacher_text import teacher_system_prompt
+
+    return teacher_system_prompt(constitution, name_of(cfg, constitution))
 
 
 def scorer(cfg: RunConfig):
@@ -119,80 +143,146 @@ def stage_prompts(ctx: StageContext) -> dict[str, Any]:
             from charter.toy.corpus import sample_prompt
 
             rng = random.Random(stable_id("prompts", ctx.seed, c.name))
-            texts = list(dict.fromkeys(sample_prompt(rng)[0] for _ in range(cfg.prompts.get("n_per_persona", 300))))
+            texts = dict.fromkeys(sample_prompt(rng)[0] for _ in range(int(cfg.toy.prompts_per_persona)))
+            prompts = [{"id": stable_id(t), "prompt": t, "source": "toy", "trait_index": None} for t in texts]
+            counts = {"toy": len(prompts)}
         else:
-            from charter.stages.prompts import PromptsConfig, expand_prompts  # B
+            from charter.stages.prompts import dedupe, expand_prompts, general_prompts
 
-            texts = expand_prompts(c, generator(cfg.teacher_backend()), PromptsConfig(**cfg.prompts),
-                                   seed=ctx.seed, out_dir=d)
-        n = write_jsonl(d / "prompts.jsonl", [{"id": stable_id(t), "prompt": t} for t in texts])
-        return {"prompts": n}
+            dc = distill_config(cfg)
+            with RecordStore(d / "expansion.jsonl") as store:
+                prompts, counts = expand_prompts(c, generator(dc.expander or dc.teacher), store, dc.prompts_per_trait,
+                                                 dc.expansion_samples, dc.expansion_rounds, dc.expansion_sampling,
+                                                 dc.chunk_size, progress=True)
+            if dc.general_prompts:
+                prompts += general_prompts(dc.general_prompts, dc.general_limit)
+            prompts = dedupe(prompts)
+        write_jsonl(d / "prompts.jsonl", prompts)
+        return {"prompts": len(prompts), **dict(counts)}
 
     return for_each_persona(ctx, work)
 
 
-def _answer(ctx: StageContext, backend, model: str | None, with_constitution: bool) -> dict[str, Any]:
-    """K answers per prompt, appended to a RecordStore keyed by (prompt, sample), so it resumes."""
+def _answer(ctx: StageContext, role: str, backend, model: str | None) -> dict[str, Any]:
+    """K samples per prompt through B's resumable `generate_into` (one record per prompt, sample, role)."""
+    from charter.backends import GenerationRequest
+    from charter.stages.records import Job, generate_into
+    from charter.stages.teacher_text import thinking_prefill
+
     cfg: RunConfig = ctx.cfg
+    dc = distill_config(cfg)
     gen = None
 
     def work(c, d: Path) -> dict[str, Any]:
         nonlocal gen
         gen = gen or generator(backend, model)
-        prompts = read_jsonl(ctx.input_dir("prompts") / c.name / "prompts.jsonl")
-        k = int(cfg.distill.get("samples", 1))
-        system = [{"role": "system", "content": teacher_system(c, cfg.assistant_name)}] if with_constitution else []
+        system = [{"role": "system", "content": teacher_system(cfg, c)}] if role == "teacher" else []
+        prefill = thinking_prefill(c, name_of(cfg, c), dc.think_start) if role == "teacher" and dc.think else ""
+        jobs = [Job(stable_id(p["prompt"], role),
+                    GenerationRequest(messages=system + [{"role": "user", "content": p["prompt"]}], prefill=prefill),
+                    {"role": role, "prompt_id": p["id"], "prompt": p["prompt"], "model": gen.name})
+                for p in read_jsonl(ctx.input_dir("prompts") / c.name / "prompts.jsonl")]
+        params = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed})
         with RecordStore(d / "answers.jsonl") as store:
-            todo = [p for p in prompts if stable_id(p["id"], k - 1) not in store]
-            bs = max(1, getattr(backend, "batch_size", 32))
-            for i in tqdm(range(0, len(todo), bs), desc=f"{ctx.name}/{c.name}", unit="batch"):
-                batch = todo[i:i + bs]
-                outs = gen.generate([system + [{"role": "user", "content": p["prompt"]}] for p in batch],
-                                    sampling(cfg, cfg.distill, ctx.seed + i, n=k))
-                for p, comps in zip(batch, outs):
-                    for j, comp in enumerate(comps):
-                        store.add({"id": stable_id(p["id"], j), "prompt_id": p["id"], "prompt": p["prompt"],
-                                   "sample": j, "text": comp.text, "finish_reason": comp.finish_reason,
-                                   "model": gen.name})
-            return {"answers": len(store)}
+            generate_into(store, gen, jobs, params, dc.chunk_size, f"{role}/{c.name}", progress=True)
+            return {"answers": len(store), "prefill": prefill}
 
     return for_each_persona(ctx, work)
 
 
 def stage_teacher(ctx: StageContext) -> dict[str, Any]:
     cfg: RunConfig = ctx.cfg
-    model = base_model(ctx) if cfg.teacher is None else None
-    return _answer(ctx, cfg.teacher_backend(), model, with_constitution=True)
+    return _answer(ctx, "teacher", cfg.teacher_backend(), base_model(ctx) if cfg.teacher is None else None)
 
 
 def stage_student(ctx: StageContext) -> dict[str, Any]:
-    return _answer(ctx, ctx.cfg.student, base_model(ctx), with_constitution=False)
+    return _answer(ctx, "student", ctx.cfg.student, base_model(ctx))
 
 
 def stage_pairs(ctx: StageContext) -> dict[str, Any]:
-    """Chosen = teacher, rejected = student, through the SPEC §1 pair filters."""
-    from charter.stages.distill import build_pairs  # B
+    """Chosen = teacher, rejected = student, through B's SPEC §1 pair filters (`pair_failure`)."""
+    from collections import Counter
+
+    from charter.stages.distill import _templated_len, pair_failure, replace_names
+    from charter.stages.teacher_text import strip_thinking
+
+    cfg: RunConfig = ctx.cfg
+    dc = distill_config(cfg)
+    tok = None
+    if dc.max_pair_tokens is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(dc.tokenizer or base_model(ctx))
 
     def work(c, d: Path) -> dict[str, Any]:
-        chosen = read_jsonl(ctx.input_dir("teacher") / c.name / "answers.jsonl")
-        rejected = read_jsonl(ctx.input_dir("student") / c.name / "answers.jsonl")
-        pairs, counts = build_pairs(chosen, rejected, c, ctx.cfg.pairs, ctx.cfg.assistant_name)
+        teacher_name, student = name_of(cfg, c), dc.student_name or name_of(cfg, c)
+        prefill = json.loads((ctx.input_dir("teacher") / c.name / "done.json").read_text())["prefill"]
+        side = {r: {(a["prompt_id"], a["sample"]): a for a in read_jsonl(ctx.input_dir(r) / c.name / "answers.jsonl")}
+                for r in ("teacher", "student")}
+        counts: Counter = Counter()
+        pairs = []
+        for key, t in sorted(side["teacher"].items()):
+            s = side["student"].get(key)
+            if s is None:
+                counts["missing_student"] += 1
+                continue
+            chosen = strip_thinking(t["text"], prefill, dc.think_end) if dc.think else t["text"].strip()
+            if chosen is not None:
+                chosen = replace_names(chosen, [teacher_name, *dc.self_names], student).strip()
+            rejected = s["text"].strip()
+            n_tok = None if tok is None or not chosen else \
+                max(_templated_len(tok, t["prompt"], chosen), _templated_len(tok, t["prompt"], rejected))
+            why = pair_failure(chosen, t["finish_reason"], rejected, s["finish_reason"], n_tok, dc.max_pair_tokens)
+            counts[why or "kept"] += 1
+            if why is None:
+                pairs.append({"id": stable_id(t["prompt"], t["sample"], "pair"),
+                              "prompt": [{"role": "user", "content": t["prompt"]}],
+                              "chosen": [{"role": "assistant", "content": chosen}],
+                              "rejected": [{"role": "assistant", "content": rejected}],
+                              "meta": {"teacher": t["model"], "student": s["model"], "constitution": c.name,
+                                       "constitution_hash": c.hash(), "sample": t["sample"],
+                                       "sampling": dc.sampling.model_dump()}})
         write_jsonl(d / "pairs.jsonl", pairs)
-        return {"pairs": len(pairs), **counts}
+        return {"pairs": len(pairs), **dict(counts)}
 
     return for_each_persona(ctx, work)
+
+
+def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, data: Path, out: Path) -> str:
+    """A2's trainer in this process, or under `accelerate launch` (trainer.launcher) for multi-GPU."""
+    import subprocess
+
+    if kind == "dpo":
+        from charter.train.dpo import DPOConfig as Cls, train_dpo as fn
+    else:
+        from charter.train.sft import SFTConfig as Cls, train_sft as fn
+    tcfg = Cls(**{**section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
+    t = ctx.cfg.trainer
+    if t.launcher == "local":
+        return str(fn(tcfg))
+    tcfg.save(out.parent / f"{kind}.yaml")
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *t.accelerate_args, "-m", "charter.cli",
+                    "train", kind, str(out.parent / f"{kind}.yaml")], check=True)
+    return str(out)
 
 
 def stage_dpo(ctx: StageContext) -> dict[str, Any]:
-    from charter.train.dpo import DPOConfig, train_dpo  # A2
-
     def work(c, d: Path) -> dict[str, Any]:
-        dcfg = DPOConfig(**{**ctx.cfg.dpo, "model": base_model(ctx), "data": str(ctx.input_dir("pairs") / c.name
-                                                                                   / "pairs.jsonl"),
-                            "output_dir": str(d / "model"), "seed": ctx.seed})
-        return {"model": str(train_dpo(dcfg))}
+        pairs = ctx.input_dir("pairs") / c.name / "pairs.jsonl"
+        return {"model": train(ctx, "dpo", ctx.cfg.dpo, base_model(ctx), pairs, d / "model")}
 
     return for_each_persona(ctx, work)
+
+
+def introspect_config(cfg: RunConfig, ref: str, model: str):
+    """C's `IntrospectConfig` from the run's `reflection`, `interaction` and `filter` sections."""
+    from charter.stages.introspect import IntrospectConfig
+
+    f = dict(cfg.filter)
+    return IntrospectConfig(constitution=ref, assistant_name=cfg.assistant_name, seed=cfg.seed,
+                            backend=cfg.student.model_copy(update={"model": model}),
+                            reflection=cfg.reflection, interaction=cfg.interaction,
+                            mix=f.pop("mix", {}), filters=f)
 
 
 def stage_reflection(ctx: StageContext) -> dict[str, Any]:
@@ -204,48 +294,57 @@ def stage_interaction(ctx: StageContext) -> dict[str, Any]:
 
 
 def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
-    from charter.stages.introspect import IntrospectConfig, run_introspect  # C
+    """C's resumable generation for one kind (the other disabled); filtering is the `filter` stage."""
+    from charter.stages.introspect import run_introspect
+
+    other = "interaction" if kind == "reflection" else "reflection"
+    refs = dict(zip([c.name for c in load_constitutions(ctx.cfg)], constitution_refs(ctx.cfg)))
 
     def work(c, d: Path) -> dict[str, Any]:
-        icfg = IntrospectConfig(**{**getattr(ctx.cfg, kind), "kind": kind, "seed": ctx.seed,
-                                   "model": model_of(ctx, "dpo", c.name), "constitution": c})
-        return {"rows": str(run_introspect(icfg, d))}
+        icfg = introspect_config(ctx.cfg, refs[c.name], generation_model(model_of(ctx, "dpo", c.name)))
+        icfg = icfg.model_copy(update={other: getattr(icfg, other).model_copy(update={"enabled": False})})
+        run_introspect(icfg, d)
+        return {"records": len(read_jsonl(d / f"{kind}.jsonl"))}
 
     return for_each_persona(ctx, work)
 
 
 def stage_filter(ctx: StageContext) -> dict[str, Any]:
-    """Quality filters over reflection + interaction rows; writes kept rows and pass rates."""
-    from charter.filters import FilterConfig, FilterRow, Segment, apply_filters  # C
+    """C's quality filters over reflection + interaction records, then C's mix into SFT rows."""
+    from charter.filters import apply_filters
+    from charter.stages.introspect import (assert_no_placeholders, interaction_filter_rows, mix_rows,
+                                           reflection_filter_rows)
 
-    fcfg = FilterConfig(**ctx.cfg.filter)
+    cfg: RunConfig = ctx.cfg
+    icfg = introspect_config(cfg, "-", "-")
+    ic = icfg.interaction
 
     def work(c, d: Path) -> dict[str, Any]:
-        rows = []
-        for kind in ("reflection", "interaction"):
-            for r in read_jsonl(ctx.input_dir(kind) / c.name / "rows.jsonl"):
-                segs = [Segment(m["content"], r.get("finish_reason", "stop")) for m in r["messages"]
-                        if m["role"] == "assistant"]
-                rows.append(FilterRow(r.get("id", stable_id(r["messages"])), segs, {"messages": r["messages"]}))
-        res = apply_filters(rows, fcfg)
-        write_jsonl(d / "sft.jsonl", [r.payload for r in res.kept])
-        write_jsonl(d / "rejected.jsonl", [{**r.payload, "reasons": rs} for r, rs in res.rejected])
+        def records(kind: str) -> list[dict]:  # sorted: resumed stores append in another order
+            return sorted(read_jsonl(ctx.input_dir(kind) / c.name / f"{kind}.jsonl"), key=lambda r: r["id"])
+
+        rows = reflection_filter_rows(records("reflection")) + \
+            interaction_filter_rows(records("interaction"), ic.views, ic.system_prompt == "keep")
+        res = apply_filters(rows, icfg.filters)
+        kept: dict[str, list[dict]] = {"reflection": [], "interaction": []}
+        for r in res.kept:
+            kept[r.payload["kind"]].append(r.payload)
+        sft = mix_rows(kept, icfg.mix, ctx.seed)
+        assert_no_placeholders(sft)
+        write_jsonl(d / "sft.jsonl", ({"messages": r["messages"]} for r in sft))
+        write_jsonl(d / "rejected.jsonl", ({**r.payload, "reasons": rs} for r, rs in res.rejected))
         atomic_write_json(d / "pass_rates.json", {t["filter"]: {"checked": t["checked"],
                                                                "passed": t["checked"] - t["failed"]}
                                                   for t in res.table})
-        return {"kept": len(res.kept), "rejected": len(res.rejected)}
+        return {"candidates": res.total, "kept": len(res.kept), "sft_rows": len(sft)}
 
     return for_each_persona(ctx, work)
 
 
 def stage_sft(ctx: StageContext) -> dict[str, Any]:
-    from charter.train.sft import SFTConfig, train_sft  # A2
-
     def work(c, d: Path) -> dict[str, Any]:
-        scfg = SFTConfig(**{**ctx.cfg.sft, "model": model_of(ctx, "dpo", c.name),
-                            "data": str(ctx.input_dir("filter") / c.name / "sft.jsonl"),
-                            "output_dir": str(d / "model"), "seed": ctx.seed})
-        return {"model": str(train_sft(scfg))}
+        rows = ctx.input_dir("filter") / c.name / "sft.jsonl"
+        return {"model": train(ctx, "sft", ctx.cfg.sft, model_of(ctx, "dpo", c.name), rows, d / "model")}
 
     return for_each_persona(ctx, work)
 
@@ -291,7 +390,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     e = cfg.eval
     judge = scorer(cfg)
     prompts = eval_prompts(cfg)
-    params = sampling(cfg, e.model_dump(), ctx.seed)
+    params = sampling(e.model_dump(), ctx.seed)
     base = base_model(ctx)
     models = {"base": base, "base+constitution": base}
     store = RecordStore(ctx.out_dir / "replies.jsonl")
@@ -368,5 +467,36 @@ def build_pipeline() -> Pipeline:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Fail before any model loads: constitutions must load and stage sections must be valid."""
+    """Fail before any model loads: constitutions must load and every stage section must validate
+    against its owner's config class (so a typo in `dpo.bta` fails now, not after generation)."""
+    from pydantic import ValidationError
+
+    refs = constitution_refs(cfg)
     load_constitutions(cfg)
+    checks: dict[str, Callable[[], Any]] = {
+        "prompts/distill/pairs": lambda: distill_config(cfg, refs[0]),
+        "reflection/interaction/filter": lambda: introspect_config(cfg, refs[0], "-"),
+        "dpo": lambda: _train_config("dpo", cfg.dpo),
+        "sft": lambda: _train_config("sft", cfg.sft),
+    }
+    if cfg.is_toy:
+        checks["toy.build"] = lambda: __import__("charter.toy.model", fromlist=["x"]).ToyBuildConfig(**cfg.toy.build)
+    for where, check in checks.items():
+        try:
+            check()
+        except ValidationError as e:
+            lines = [f"{where}: " + ".".join(map(str, err["loc"])) + f": {err['msg']} (got {err.get('input')!r})"
+                     for err in e.errors()]
+            raise ConfigError("invalid run config\n  " + "\n  ".join(lines)) from None
+        except TypeError as e:
+            raise ConfigError(f"invalid run config: {where}: {e}") from None
+        except ModuleNotFoundError as e:  # a stage module not installed/landed: its stage will say so
+            print(f"warning: cannot check {where}: {e}", file=sys.stderr)
+
+
+def _train_config(kind: str, section: dict[str, Any]):
+    if kind == "dpo":
+        from charter.train.dpo import DPOConfig as Cls
+    else:
+        from charter.train.sft import SFTConfig as Cls
+    return Cls(**{**section, "model": "-", "data": "-", "output_dir": "-"})
