@@ -164,3 +164,16 @@ def test_merge_refuses_what_is_not_a_sum_of_deltas(tiny_model_dir, adapters, tmp
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter"):
         merge_adapters(tiny_model_dir, [(tmp_path, 1.0)], tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_bf16_base_is_merged_in_float64_and_rounded_once(tiny_model_dir, adapters, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    dpo_dir, dpo, _ = adapters["dpo"]
+    out = merge_adapters(tmp_path / "bf16", [(dpo_dir, 0.5)], tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto").state_dict()
+    for key, (a, b, s) in dpo.items():
+        assert merged[key].dtype == torch.bfloat16
+        assert torch.equal(merged[key], (base[key].double() + 0.5 * s * (b @ a)).to(torch.bfloat16)), key
