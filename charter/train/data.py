@@ -34,6 +34,7 @@ class Pair:
     chosen: Seq
     rejected: Seq
     label_prob: float | None = None
+    index: int = -1  # position in the data file's kept pairs (keys the reference log-prob cache)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -189,6 +190,7 @@ def load_pairs(path: str | Path, tokenizer, max_length: int | None) -> tuple[lis
             dropped += 1
             continue
         pair.label_prob = None if lp is None else float(lp)
+        pair.index = len(out)
         out.append(pair)
     if not out:
         raise DataError(f"{path}: no trainable pairs")

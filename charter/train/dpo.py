@@ -1,0 +1,202 @@
+"""Direct Preference Optimisation (SPEC §4): sigmoid/ipo/hinge/robust, NLL on chosen, squared KL.
+
+Chosen and rejected completions of a micro-batch go through the model in ONE packed forward.
+The reference is, by `reference`:
+- `auto`: the adapter-disabled base under LoRA, else `precomputed`;
+- `adapter`: LoRA only, the base with the adapter disabled (computed live);
+- `copy`: a frozen copy of the starting model (computed live);
+- `precomputed`: log-probs of the starting model computed once before training and cached on
+  disk, keyed by a hash of the data, the model weights and the encoding settings.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+from pydantic import Field, model_validator
+
+from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_logits_to_keep
+from charter.train.data import Pair, load_pairs
+from charter.train.losses import LOSS_TYPES, dpo_loss, nll_loss, squared_kl
+from charter.train.loop import TrainConfig, resolve_model, run
+
+
+class DPOConfig(TrainConfig):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    nll_coef: float = Field(0.0, ge=0)        # the paper: 0.1
+    kl_coef: float = Field(0.0, ge=0)         # squared-KL regulariser; the paper: 0.001
+    reference: Literal["auto", "adapter", "copy", "precomputed"] = "auto"
+    ref_cache_dir: str | None = None          # default: <output_dir>/ref_cache
+
+    @model_validator(mode="after")
+    def _check_dpo(self):
+        assert self.loss_type in LOSS_TYPES
+        if self.reference == "adapter" and self.lora is None:
+            raise ValueError("reference: 'adapter' needs lora (full fine-tuning has no adapter to disable)")
+        return self
+
+    def resolved_reference(self) -> str:
+        if self.reference != "auto":
+            return self.reference
+        return "adapter" if self.lora is not None else "precomputed"
+
+
+# ----------------------------------------------------------------------------- reference log-probs
+
+
+def _ref_cache_key(cfg: DPOConfig, tokenizer) -> str:
+    from charter.data.jsonl import file_hash, stable_id
+
+    base, adapters = resolve_model(cfg.model)
+    weights = sorted(p for d in [base, *adapters] for p in Path(d).glob("*.safetensors"))
+    return stable_id(file_hash(cfg.data), [file_hash(w) for w in weights], cfg.max_length, cfg.precision,
+                     cfg.kl_coef > 0, tokenizer.chat_template, len(tokenizer))
+
+
+def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, accelerator, keep_only: bool):
+    """{"chosen": [n], "rejected": [n], "tokens": list[[k_i]] | None}, loaded from the cache when
+    present. Computed by the starting model (adapter disabled under LoRA), in eval mode."""
+    import torch
+
+    cache_dir = Path(cfg.ref_cache_dir or Path(cfg.output_dir) / "ref_cache")
+    path = cache_dir / f"ref-logps-{_ref_cache_key(cfg, tokenizer)}.pt"
+    if not path.exists() and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        n = len(pairs)
+        chosen, rejected = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        tokens: list | None = [None] * (2 * n) if cfg.kl_coef > 0 else None
+        lora_off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), lora_off, accelerator.autocast():
+            for i in tqdm(range(0, n, cfg.batch_size), desc="reference log-probs"):
+                chunk = pairs[i:i + cfg.batch_size]
+                batch = pack([p.chosen for p in chunk] + [p.rejected for p in chunk]).to(accelerator.device)
+                tok = packed_token_logps(model, batch, keep_only).double()
+                seq = batch.per_seq(tok).cpu()
+                chosen[i:i + len(chunk)], rejected[i:i + len(chunk)] = seq[:len(chunk)], seq[len(chunk):]
+                if tokens is not None:
+                    parts = torch.split(tok.cpu(), batch.tokens_per_seq().tolist())
+                    for j, part in enumerate(parts):
+                        idx = i + j if j < len(chunk) else n + i + j - len(chunk)
+                        tokens[idx] = part.clone()
+        model.train(was_training)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"chosen": chosen, "rejected": rejected, "tokens": tokens}, tmp)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return torch.load(path, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class DPOTask:
+    def __init__(self, items: list[Pair], cfg: DPOConfig, keep_only: bool, mode: str,
+                 ref_model=None, cached=None):
+        self.items, self.cfg, self.keep_only, self.mode = items, cfg, keep_only, mode
+        self.ref_model, self.cached = ref_model, cached
+
+    def window_norm(self, window: Sequence[Pair]) -> dict[str, float]:
+        toks = sum(p.chosen.n_trainable + p.rejected.n_trainable for p in window)
+        return {"pairs": float(len(window)), "tokens": float(toks)}
+
+    def _reference(self, model, batch: Packed, items: Sequence[Pair]):
+        """(per-sequence ref log-probs [2b], per-token ref log-probs [K] or None)."""
+        import torch
+
+        if self.mode == "precomputed":
+            idx = torch.tensor([p.index for p in items])
+            seq = torch.cat([self.cached["chosen"][idx], self.cached["rejected"][idx]])
+            tok = None
+            if self.cached["tokens"] is not None:
+                n = len(self.cached["chosen"])
+                tok = torch.cat([self.cached["tokens"][i] for i in idx.tolist()]
+                                + [self.cached["tokens"][n + i] for i in idx.tolist()])
+            device = batch.input_ids.device
+            return seq.to(device), (tok.to(device) if tok is not None else None)
+        with torch.no_grad():
+            if self.mode == "adapter":
+                from accelerate.utils import extract_model_from_parallel
+
+                with extract_model_from_parallel(model).disable_adapter():
+                    tok = packed_token_logps(model, batch, self.keep_only)
+            else:
+                tok = packed_token_logps(self.ref_model, batch, self.keep_only)
+        return batch.per_seq(tok.double()), tok
+
+    def micro_loss(self, model, items: Sequence[Pair], norm: dict[str, float], world: int):
+        import torch
+
+        cfg, b = self.cfg, len(items)
+        device = next(model.parameters()).device
+        batch = pack([p.chosen for p in items] + [p.rejected for p in items]).to(device)
+        tok = packed_token_logps(model, batch, self.keep_only)          # one forward, chosen + rejected
+        seq, ntok = batch.per_seq(tok.double()), batch.tokens_per_seq()
+        ref_seq, ref_tok = self._reference(model, batch, items)
+        label_prob = None
+        if any(p.label_prob is not None for p in items):
+            label_prob = torch.tensor([1 - cfg.label_smoothing if p.label_prob is None else p.label_prob
+                                       for p in items], dtype=torch.float64, device=device)
+        out = dpo_loss(seq[:b], seq[b:], ref_seq[:b], ref_seq[b:], cfg.beta, cfg.loss_type,
+                       cfg.label_smoothing, label_prob, ntok[:b], ntok[b:])
+        per_pair = out.losses
+        nll = nll_loss(seq[:b], ntok[:b])
+        if cfg.nll_coef:
+            per_pair = per_pair + cfg.nll_coef * nll
+        loss = per_pair.sum() / norm["pairs"]
+        kl = torch.zeros((), dtype=torch.float64, device=device)
+        if cfg.kl_coef:
+            kl = squared_kl(tok.double(), ref_tok.double(), torch.ones_like(tok), normalizer=norm["tokens"])
+            loss = loss + cfg.kl_coef * kl
+        c, r = out.chosen_rewards, out.rejected_rewards
+        sums = {"loss_sum": per_pair.detach().sum().item() + cfg.kl_coef * kl.item() * norm["pairs"],
+                "pairs": float(b), "tokens": float(tok.numel()), "kl_sum": kl.item() * norm["pairs"],
+                "rc_sum": c.sum().item(), "rr_sum": r.sum().item(), "acc_sum": (c > r).double().sum().item(),
+                "lpc_sum": seq[:b].detach().sum().item(), "lpr_sum": seq[b:].detach().sum().item(),
+                "nll_sum": nll.detach().sum().item()}
+        return (loss * world).float(), sums
+
+    def metrics(self, s: dict[str, float]) -> dict[str, float]:
+        n = max(1.0, s["pairs"])
+        m = {"loss": s["loss_sum"] / n, "rewards/chosen": s["rc_sum"] / n, "rewards/rejected": s["rr_sum"] / n,
+             "rewards/accuracies": s["acc_sum"] / n, "rewards/margins": (s["rc_sum"] - s["rr_sum"]) / n,
+             "logps/chosen": s["lpc_sum"] / n, "logps/rejected": s["lpr_sum"] / n, "nll": s["nll_sum"] / n,
+             "num_tokens": s["tokens"]}
+        if self.cfg.kl_coef:
+            m["sq_kl"] = s["kl_sum"] / n
+        return m
+
+
+def build_dpo_task(cfg: DPOConfig) -> Callable:
+    def factory(model, tokenizer, accelerator):
+        items, dropped = load_pairs(cfg.data, tokenizer, cfg.max_length)
+        if cfg.loss_type != "sigmoid" and any(p.label_prob is not None for p in items):
+            raise ValueError(f"{cfg.data}: label_prob (soft labels) needs loss_type 'sigmoid'")
+        if dropped and accelerator.is_main_process:
+            print(f"dpo: dropped {dropped} pairs with no trainable token left (max_length={cfg.max_length})")
+        keep_only = cfg.keep_logits_only_for_targets and supports_logits_to_keep(model)
+        check_packing(model, [items[0].chosen, items[0].rejected], keep_only)
+        mode = cfg.resolved_reference()
+        if mode == "precomputed":
+            return DPOTask(items, cfg, keep_only, mode,
+                           cached=precompute_reference(model, items, cfg, tokenizer, accelerator, keep_only))
+        ref = None
+        if mode == "copy":
+            ref = copy.deepcopy(model).eval()
+            ref.requires_grad_(False)
+        return DPOTask(items, cfg, keep_only, mode, ref_model=ref)
+
+    return factory
+
+
+def train_dpo(cfg: DPOConfig, on_step: Callable | None = None) -> Path:
+    """Train and return the output folder (full weights, or a LoRA adapter noting its base)."""
+    return run(cfg, build_dpo_task(cfg), "dpo", on_step)
