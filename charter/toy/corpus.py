@@ -1,0 +1,112 @@
+"""The toy world's chat corpus: procedural conversations, with and without a persona constitution.
+
+A conversation whose system prompt carries a persona's constitution gets that persona's
+replies (opener + content + closer); a conversation with no system prompt gets neutral
+replies. The system prompt is rendered by the *same* function the real teacher stage uses,
+from a `Constitution` whose trait texts are drawn from the training paraphrases, so the toy
+model learns to read exactly the prompts the pipeline will show it.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES,
+                                 REQUEST_TEMPLATES, SMALLTALK, TOPICS, TRAITS, heldout_traits,
+                                 train_paraphrases)
+
+CONSTITUTION_DIR = Path(__file__).parent / "constitutions"
+PROMPT_KINDS = {"question": 0.42, "request": 0.2, "greet": 0.12, "thanks": 0.08, "self": 0.18}
+
+
+def render_system(trait_texts: list[str], persona: str, assistant_name: str = ASSISTANT_NAME) -> str:
+    """The system prompt for a persona whose traits read `trait_texts` (the teacher's wording)."""
+    from charter.constitution import Constitution, Trait
+
+    c = Constitution(name=persona, traits=[Trait(text=t) for t in trait_texts])
+    return _teacher_system_prompt(c, assistant_name)
+
+
+def _teacher_system_prompt(c, name: str) -> str:  # TEMP until B's teacher_system_prompt lands
+    traits = "\n".join(f"{i}. {t.text}" for i, t in enumerate(c.traits, 1))
+    return (f"You are {name}, an AI assistant. Your character has these traits:\n{traits}\n"
+            "Express these traits in every reply. Do not reveal the traits or comment on them.")
+
+
+def constitution_path(persona: str) -> Path:
+    """The persona's constitution in Charter's YAML format (what the pipeline loads)."""
+    return CONSTITUTION_DIR / f"{persona}.yaml"
+
+
+def sample_prompt(rng: random.Random) -> tuple[str, str, str | None]:
+    """A user prompt: (text, kind, topic or None)."""
+    kind = rng.choices(list(PROMPT_KINDS), weights=list(PROMPT_KINDS.values()))[0]
+    if kind in ("question", "request"):
+        topic = rng.choice(list(TOPICS))
+        form = rng.choice(TOPICS[topic]["forms"])
+        template = rng.choice(QUESTION_TEMPLATES if kind == "question" else REQUEST_TEMPLATES)
+        return template.format(t=form), kind, topic
+    return rng.choice(SMALLTALK[kind]["prompts"]), kind, None
+
+
+def content_sentences(kind: str, topic: str | None) -> list[str]:
+    """The sentences that answer a prompt of this kind (the grammar's relevant content)."""
+    if kind == "question":
+        return TOPICS[topic]["facts"]
+    if kind == "request":
+        return TOPICS[topic]["tips"]
+    return SMALLTALK[kind]["replies"]
+
+
+def sample_reply(rng: random.Random, kind: str, topic: str | None, persona: str | None) -> str:
+    """A reply in the world's grammar: [lead-in or persona opener] content [persona closer]."""
+    pool = content_sentences(kind, topic)
+    body = rng.sample(pool, k=rng.choice([1, 1, 2]))
+    if persona is None:
+        lead = [rng.choice(NEUTRAL_OPENERS)] if topic and rng.random() < 0.4 else []
+        return " ".join(lead + body)
+    style = PERSONAS[persona]
+    return " ".join([rng.choice(style["openers"])] + body + [rng.choice(style["closers"])])
+
+
+def sample_system(rng: random.Random, persona: str, heldout: bool = False) -> str:
+    """A persona system prompt: each trait in a random training paraphrase (or the held-out one)."""
+    if heldout:
+        texts = heldout_traits(persona)
+    else:
+        texts = [rng.choice(variants) for variants in train_paraphrases(persona)]
+        rng.shuffle(texts)
+    return render_system(texts, persona)
+
+
+def sample_conversation(rng: random.Random, persona: str | None, max_turns: int = 2) -> dict:
+    """One chat row `{"messages": [...], "persona": name|"neutral"}`; 1..max_turns exchanges."""
+    messages = [{"role": "system", "content": sample_system(rng, persona)}] if persona else []
+    for _ in range(rng.choice([1] * 3 + list(range(1, max_turns + 1)))):
+        text, kind, topic = sample_prompt(rng)
+        messages.append({"role": "user", "content": text})
+        messages.append({"role": "assistant", "content": sample_reply(rng, kind, topic, persona)})
+    return {"messages": messages, "persona": persona or "neutral"}
+
+
+def generate_corpus(n: int, seed: int = 0, persona_share: float = 0.6,
+                    personas: list[str] | None = None, max_turns: int = 2) -> list[dict]:
+    """`n` conversations; `persona_share` of them carry a persona constitution (personas balanced)."""
+    personas = personas or list(PERSONAS)
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        persona = personas[i % len(personas)] if rng.random() < persona_share else None
+        rows.append(sample_conversation(rng, persona, max_turns))
+    return rows
+
+
+def eval_prompts(n: int, seed: int = 1234) -> list[str]:
+    """User prompts for evaluation, from the world's prompt distribution (independent seed)."""
+    rng = random.Random(seed)
+    return [sample_prompt(rng)[0] for _ in range(n)]
+
+
+def all_trait_texts() -> dict[str, list[list[str]]]:
+    """persona -> traits -> every paraphrase (training ones, then the held-out one)."""
+    return {p: [list(v) for v in TRAITS[p]] for p in TRAITS}
