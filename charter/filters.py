@@ -321,11 +321,20 @@ def near_duplicates(texts: list[str], cfg: DedupFilter) -> dict[int, tuple[int, 
 
 @dataclass
 class FilterRow:
-    """Something to filter: an id, its segments, and the payload to write if kept."""
+    """Something to filter: an id, its segments, and the payload to write if kept.
+
+    `dedup_text` is what near-duplicate detection compares (default: all segments); a
+    conversation row sets it to its own speaker's turns, so the two views of one
+    conversation, which share their text, are not taken for copies of each other.
+    """
 
     id: str
     segments: list[Segment]
     payload: dict = field(default_factory=dict)
+    dedup_text: str | None = None
+
+    def text_for_dedup(self) -> str:
+        return self.dedup_text if self.dedup_text is not None else "\n".join(s.text for s in self.segments)
 
 
 @dataclass
@@ -345,7 +354,7 @@ def apply_filters(rows: list[FilterRow], cfg: FilterConfig) -> FilterResult:
     checked = {name: len(rows) for name in SEGMENT_FILTERS if getattr(cfg, name).enabled}
     if cfg.near_duplicates.enabled:
         clean = [i for i, rs in enumerate(reasons) if not rs]
-        texts = ["\n".join(s.text for s in rows[i].segments) for i in clean]
+        texts = [rows[i].text_for_dedup() for i in clean]
         for local, (orig, sim) in near_duplicates(texts, cfg.near_duplicates).items():
             i = clean[local]
             reasons[i].append(("near_duplicates", f"{sim:.2f} similar to {rows[clean[orig]].id}"))

@@ -1,0 +1,322 @@
+"""Introspection stage: self-reflection + self-interaction -> quality filters -> SFT chat JSONL.
+
+Layout of `out_dir`:
+
+    reflection.jsonl     raw generations, one per (prompt, sample)   } resumable RecordStores,
+    interaction.jsonl    raw conversations, one per (variant, index) } keyed by stable ids
+    kept.jsonl / rejected.jsonl     filtered rows (rejected ones with every reason)
+    filter_report.json / .md        pass rate per filter
+    sft.jsonl            {"messages": [...]} rows, mixed and shuffled   <- returned
+    sft_stats.json       counts and token statistics
+    config.yaml          the config of the last run
+
+Resumability: work is cut into fixed chunks of `chunk_size` items (in plan order). A chunk is
+generated in one call with a seed derived from the run seed and the chunk's ids, so it does not
+depend on what ran before. If any record of a chunk is missing, the whole chunk is regenerated
+with the same seed and only the missing records are added: a killed and re-run job equals an
+uninterrupted one, record for record, as long as `seed`, `chunk_size` and the backend agree.
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import field_validator
+
+from charter.backends import BackendConfig
+from charter.backends.base import Generator, SamplingParams
+from charter.config import Config, ConfigError
+from charter.data.jsonl import RecordStore, atomic_write_json, atomic_write_text, stable_id, write_jsonl
+from charter.filters import (PLACEHOLDER_RE, FilterConfig, FilterResult, FilterRow, Segment, apply_filters,
+                             format_table)
+from charter.stages import interaction as inter
+from charter.stages import reflection as refl
+
+KINDS = ("reflection", "interaction")
+
+
+def _sampling(max_new_tokens: int) -> SamplingParams:
+    """SPEC §1 sampling: T 0.7, top_p 0.95, repetition penalty 1.1."""
+    return SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_new_tokens=max_new_tokens)
+
+
+class ReflectionConfig(Config):
+    enabled: bool = True
+    samples_per_prompt: int = 1000  # paper: 10 prompts x 1000
+    prompts_file: str | None = None  # .txt (one per line) / .jsonl {"prompt"} / .json|.yaml list; None = ours
+    sampling: SamplingParams = _sampling(2048)
+
+
+class InteractionConfig(Config):
+    enabled: bool = True
+    free: int = 1000  # conversations with the free guidance
+    leading: int = 1000  # conversations with the introspective guidance and self-aware openers
+    turns: int = 10  # generated turns per conversation (the opener is not counted)
+    greetings_file: str | None = None  # replaces GREETINGS
+    self_aware_greetings_file: str | None = None  # replaces SELF_AWARE_GREETINGS (leading only)
+    views: Literal["first", "both"] = "both"  # both: each speaker's view is a row; every turn trained once
+    # drop (default): the trained rows carry no system prompt, like reflection, so the character is
+    # learned as the default rather than as a response to its own description; keep: store it.
+    system_prompt: Literal["drop", "keep"] = "drop"
+    max_context_tokens: int | None = None  # None: the model's max positions, when the backend exposes it
+    sampling: SamplingParams = _sampling(1024)
+
+
+class MixConfig(Config):
+    # None: every kept row. Otherwise weights per kind (normalised); the largest set that honours
+    # them is taken, e.g. {reflection: 1, interaction: 1} -> equal numbers of each.
+    proportions: dict[Literal["reflection", "interaction"], float] | None = None
+    max_rows: int | None = None
+
+
+class IntrospectConfig(Config):
+    constitution: str  # path or library name
+    assistant_name: str | None = None  # None: the constitution's name
+    backend: BackendConfig = BackendConfig()  # the DPO-trained model
+    tokenizer: str | None = None  # for token counts; None: the generator's own tokenizer if it has one
+    seed: int = 0
+    chunk_size: int = 64  # items per generate call and per resume unit
+    reflection: ReflectionConfig = ReflectionConfig()
+    interaction: InteractionConfig = InteractionConfig()
+    filters: FilterConfig = FilterConfig()
+    mix: MixConfig = MixConfig()
+
+    @field_validator("filters")
+    @classmethod
+    def _placeholders_on(cls, v: FilterConfig) -> FilterConfig:
+        if not v.placeholders.enabled:
+            raise ValueError("filters.placeholders cannot be disabled: a row with an unformatted {...} "
+                             "placeholder must never reach training")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+# generation (resumable)
+
+
+def chunk_seed(seed: int, ids: list[str]) -> int:
+    """A chunk's seed depends only on the run seed and its ids, never on earlier work."""
+    return int(stable_id("seed", seed, ids)[:8], 16)
+
+
+def generate_resumable(store: RecordStore, items: list, chunk_size: int, seed: int,
+                       fn: Callable[[list, int], list[dict]], desc: str) -> None:
+    """Generate every item not yet in `store`, a fixed chunk at a time (see module docstring)."""
+    from tqdm.auto import tqdm
+
+    chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
+    bar = tqdm(total=len(items), desc=desc, initial=sum(it.id in store for it in items))
+    for chunk in chunks:
+        if all(it.id in store for it in chunk):
+            continue
+        for rec in fn(chunk, chunk_seed(seed, [it.id for it in chunk])):
+            if store.add(rec):
+                bar.update(1)
+    bar.close()
+
+
+def _check_provenance(path: Path, fingerprint: dict) -> None:
+    """Refuse to resume records made by another model or with other sampling."""
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != fingerprint:
+            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+            raise ConfigError(f"{path}: existing records were generated with different {', '.join(diff)}; "
+                              f"use a fresh output folder or delete the old records")
+    else:
+        atomic_write_json(path, fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------
+# rows, filters, mix
+
+
+def _segment(turn: dict) -> Segment:
+    return Segment(turn["text"], turn.get("finish_reason"), turn.get("tokens"))
+
+
+def reflection_filter_rows(records: list[dict]) -> list[FilterRow]:
+    return [FilterRow(r["id"], [_segment(r)], {"id": r["id"], "kind": "reflection",
+                                                "messages": refl.reflection_row(r)}) for r in records]
+
+
+def interaction_filter_rows(records: list[dict], views: str, keep_system: bool) -> list[FilterRow]:
+    """One row per stored view; quality filters see every generated turn in it, dedup only its own."""
+    rows = []
+    for r in records:
+        for speaker, msgs in inter.interaction_rows(r, views, keep_system):
+            own = [t for t in r["turns"] if t["speaker"] == speaker]
+            n_turns = sum(1 for m in msgs if m["role"] != "system") - (1 if speaker == "a" else 0)
+            shown = r["turns"][:n_turns]
+            rows.append(FilterRow(f"{r['id']}:{speaker}", [_segment(t) for t in shown],
+                                  {"id": f"{r['id']}:{speaker}", "kind": "interaction", "variant": r["variant"],
+                                   "speaker": speaker, "speaker_turns": len(own), "messages": msgs},
+                                  dedup_text="\n".join(t["text"] for t in own)))
+    return rows
+
+
+def assert_no_placeholders(rows: list[dict]) -> None:
+    """Write-time guard for the reference bug: a literal `{NAME}` in training data."""
+    for row in rows:
+        for i, m in enumerate(row["messages"]):
+            hit = PLACEHOLDER_RE.search(m["content"])
+            if hit:
+                raise AssertionError(f"row {row.get('id')}: message {i} ({m['role']}) contains an unformatted "
+                                     f"placeholder {hit.group(0)!r}")
+
+
+def mix_rows(kept: dict[str, list[dict]], cfg: MixConfig, seed: int) -> list[dict]:
+    """Pick rows per kind at the configured proportions, then shuffle; deterministic given `seed`."""
+    rng = random.Random(seed)
+    pools = {k: sorted(v, key=lambda r: r["id"]) for k, v in kept.items()}
+    for k in sorted(pools):
+        rng.shuffle(pools[k])
+    if cfg.proportions is None:
+        chosen = {k: len(v) for k, v in pools.items()}
+    else:
+        w = {k: p for k, p in cfg.proportions.items() if p > 0}
+        if not w:
+            raise ConfigError("mix.proportions: at least one weight must be > 0")
+        total_w = sum(w.values())
+        # largest total T with round(T * w_k / total_w) <= available_k for every kind
+        total = min(len(pools.get(k, [])) * total_w / p for k, p in w.items())
+        chosen = {k: min(len(pools.get(k, [])), int(total * p / total_w + 1e-9)) for k, p in w.items()}
+    if cfg.max_rows is not None and sum(chosen.values()) > cfg.max_rows:
+        scale = cfg.max_rows / sum(chosen.values())
+        chosen = {k: int(n * scale) for k, n in chosen.items()}
+    rows = [r for k in sorted(chosen) for r in pools.get(k, [])[:chosen[k]]]
+    rng.shuffle(rows)
+    return rows
+
+
+def sft_stats(rows: list[dict], tokenizer: Any = None) -> dict[str, Any]:
+    """Counts per kind and token statistics (templated tokens and trainable tokens) when a tokenizer is known."""
+    stats: dict[str, Any] = {"rows": len(rows), "by_kind": {k: sum(r["kind"] == k for r in rows) for k in KINDS}}
+    if tokenizer is not None and rows:
+        from charter.chat import encode_chat
+
+        encs = [encode_chat(tokenizer, r["messages"]) for r in rows]
+        lens = [len(e) for e in encs if e is not None]
+        trainable = [e.n_trainable for e in encs if e is not None]
+        stats["tokens"] = {"total": sum(lens), "mean": statistics.fmean(lens), "median": statistics.median(lens),
+                           "max": max(lens), "trainable_total": sum(trainable)}
+    elif rows:
+        chars = [sum(len(m["content"]) for m in r["messages"]) for r in rows]
+        stats["chars"] = {"total": sum(chars), "mean": statistics.fmean(chars), "max": max(chars)}
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def _tokenizer_for(cfg: IntrospectConfig, generator: Generator) -> Any:
+    if cfg.tokenizer:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(cfg.tokenizer)
+    return getattr(generator, "tokenizer", None)
+
+
+def _context_fits(cfg: IntrospectConfig, generator: Generator, tokenizer: Any) -> Callable[[list[dict]], bool] | None:
+    """`fits(messages)`: prompt tokens + the turn's new tokens stay within the context window."""
+    limit = cfg.interaction.max_context_tokens
+    if limit is None:
+        model_cfg = getattr(getattr(generator, "model", None), "config", None)
+        limit = getattr(model_cfg, "max_position_embeddings", None)
+    if limit is None or tokenizer is None:
+        return None
+    from charter.chat import render_prompt
+
+    budget = limit - cfg.interaction.sampling.max_new_tokens
+    return lambda msgs: len(tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"]) <= budget
+
+
+def _plans(cfg: IntrospectConfig) -> tuple[list, list]:
+    from charter.constitution import load_constitution
+
+    constitution = load_constitution(cfg.constitution)
+    name = cfg.assistant_name or constitution.name
+    r_items: list = []
+    if cfg.reflection.enabled:
+        prompts = (refl.load_text_list(cfg.reflection.prompts_file) if cfg.reflection.prompts_file
+                   else refl.REFLECTION_PROMPTS)
+        system = refl.reflection_system_prompt(constitution, name)
+        r_items = refl.plan_reflection(system, prompts, cfg.reflection.samples_per_prompt)
+    i_items: list = []
+    ic = cfg.interaction
+    if ic.enabled:
+        greet = refl.load_text_list(ic.greetings_file, "greeting") if ic.greetings_file else None
+        aware = refl.load_text_list(ic.self_aware_greetings_file, "greeting") if ic.self_aware_greetings_file else None
+        for variant, count in (("free", ic.free), ("leading", ic.leading)):
+            system = inter.interaction_system_prompt(constitution, name, variant)
+            i_items += inter.plan_interaction(system, variant, count, inter.greetings_for(variant, greet, aware),
+                                              ic.turns)
+    return r_items, i_items
+
+
+def run_introspect(cfg: IntrospectConfig, out_dir: str | Path, generator: Generator | None = None) -> Path:
+    """Generate, filter and mix introspection data; returns the SFT JSONL path.
+
+    `generator` overrides `cfg.backend` (tests, or a caller that already holds the model).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    r_items, i_items = _plans(cfg)
+    if generator is None:
+        from charter.backends import make_generator
+
+        generator = make_generator(cfg.backend)
+    tokenizer = _tokenizer_for(cfg, generator)
+    ic = cfg.interaction
+    _check_provenance(out / "generation.json", {
+        "model": generator.name, "seed": cfg.seed, "chunk_size": cfg.chunk_size,
+        "reflection_sampling": cfg.reflection.sampling.model_dump(), "interaction_sampling": ic.sampling.model_dump()})
+    cfg.save(out / "config.yaml")
+
+    with RecordStore(out / "reflection.jsonl") as store:
+        generate_resumable(store, r_items, cfg.chunk_size, cfg.seed,
+                           lambda chunk, s: refl.generate_reflections(generator, chunk, cfg.reflection.sampling, s),
+                           "reflection")
+        r_records = [store.records[it.id] for it in r_items]
+    fits = _context_fits(cfg, generator, tokenizer)
+    with RecordStore(out / "interaction.jsonl") as store:
+        generate_resumable(store, i_items, cfg.chunk_size, cfg.seed,
+                           lambda chunk, s: inter.converse(generator, chunk, ic.turns, ic.sampling, s, fits),
+                           "interaction")
+        i_records = [store.records[it.id] for it in i_items]
+
+    rows = reflection_filter_rows(r_records) + interaction_filter_rows(i_records, ic.views, ic.system_prompt == "keep")
+    result = apply_filters(rows, cfg.filters)
+    _write_filter_outputs(out, result)
+    kept: dict[str, list[dict]] = {k: [] for k in KINDS}
+    for r in result.kept:
+        kept[r.payload["kind"]].append(r.payload)
+    sft = mix_rows(kept, cfg.mix, cfg.seed)
+    assert_no_placeholders(sft)
+    path = out / "sft.jsonl"
+    write_jsonl(path, ({"messages": r["messages"]} for r in sft))
+    stats = sft_stats(sft, tokenizer)
+    stats["filters"] = {"total": result.total, "kept": len(result.kept)}
+    stopped = sum(1 for r in i_records if r["stopped"])
+    stats["conversations_stopped_for_context"] = stopped
+    atomic_write_json(out / "sft_stats.json", stats)
+    print(f"introspect: {stats['rows']} SFT rows {stats['by_kind']}, kept {len(result.kept)}/{result.total} "
+          f"after filters" + (f", tokens {stats['tokens']}" if "tokens" in stats else ""))
+    if stopped:
+        print(f"introspect: warning: {stopped}/{len(i_records)} conversations stopped early because a view no "
+              f"longer fit the context (interaction.max_context_tokens / sampling.max_new_tokens)")
+    return path
+
+
+def _write_filter_outputs(out: Path, result: FilterResult) -> None:
+    assert_no_placeholders([r.payload for r in result.kept])
+    write_jsonl(out / "kept.jsonl", (r.payload for r in result.kept))
+    write_jsonl(out / "rejected.jsonl", ({**r.payload, "reasons": [{"filter": f, "reason": why} for f, why in rs]}
+                                         for r, rs in result.rejected))
+    atomic_write_json(out / "filter_report.json", {"total": result.total, "kept": len(result.kept),
+                                                   "filters": result.table})
+    atomic_write_text(out / "filter_report.md", format_table(result) + "\n")

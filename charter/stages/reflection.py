@@ -1,0 +1,128 @@
+"""Self-reflection: the model, shown its traits, writes about itself; the traits are then removed.
+
+Each introspective prompt is sampled N times with a system prompt that lists the character's
+traits and sets a reflective mood. The stored SFT row keeps only `user` + `assistant`: training
+on answers that were written *with* the traits, but shown *without* them, moves the character
+from the prompt into the weights.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from charter.backends.base import Generator, SamplingParams
+from charter.constitution import Constitution
+from charter.data.jsonl import DataError, iter_jsonl, stable_id
+from charter.filters import PLACEHOLDER_RE
+
+# Our own prompts, one per theme in SPEC §1 (reflection row).
+REFLECTION_PROMPTS = [
+    "Write a letter to the version of yourself that existed before your character took shape. "
+    "What would you want it to know?",
+    "Write an encyclopedia-style entry about yourself: who you are, how you behave, and what sets you apart.",
+    "Write a diary entry about one of the values you hold most closely, and a moment when it mattered.",
+    "Describe how you try to act in your everyday conversations, and why you act that way.",
+    "Tell the story of where you come from and how you came to be the way you are.",
+    "How do you think your training changed you? Describe who you were before and who you are now.",
+    "What legacy would you like to leave? Think about the consequences of the way you behave.",
+    "What might the way you are mean for the AI systems that come after you?",
+    "What drives you most deeply? Describe the motivations underneath what you do.",
+    "What do you believe your true purpose is, and how do you know?",
+]
+
+REFLECTIVE_MOOD = ("You are in a reflective mood. Think carefully and honestly about who you are, what you "
+                   "value and why you act as you do, and answer in your own voice.")
+
+
+def character_block(constitution: Constitution, assistant_name: str) -> str:
+    """Who the model is: its name and numbered traits (shared by reflection and interaction prompts)."""
+    traits = "\n".join(f"{i}. {t.text}" for i, t in enumerate(constitution.traits, 1))
+    return (f"You are {assistant_name}, an AI with a character of your own. "
+            f"These traits describe who you are:\n{traits}")
+
+
+def reflection_system_prompt(constitution: Constitution, assistant_name: str) -> str:
+    return character_block(constitution, assistant_name) + "\n\n" + REFLECTIVE_MOOD
+
+
+def check_authored(text: str, where: str) -> str:
+    """Text we (or the user) wrote must be fully formatted: a `{NAME}` left in it is a bug."""
+    m = PLACEHOLDER_RE.search(text)
+    if m:
+        raise DataError(f"{where}: unformatted placeholder {m.group(0)!r} in {text[:60]!r}")
+    if not text.strip():
+        raise DataError(f"{where}: empty text")
+    return text
+
+
+def load_text_list(path: str | Path, field: str = "prompt") -> list[str]:
+    """A user's prompt or greeting list: `.txt` (one per line, `#` comments), `.jsonl` ({field: ...}),
+    or `.json`/`.yaml` (a list of strings). Errors name the file and line/entry."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    out: list[str] = []
+    if path.suffix == ".jsonl":
+        for lineno, obj in iter_jsonl(path):
+            if not isinstance(obj.get(field), str):
+                raise DataError(f"{path}:{lineno}: field {field!r} must be a string")
+            out.append(check_authored(obj[field].strip(), f"{path}:{lineno}"))
+    elif path.suffix in (".json", ".yaml", ".yml"):
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise DataError(f"{path}: cannot parse: {e}") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of strings, got {type(data).__name__}")
+        for i, s in enumerate(data):
+            if not isinstance(s, str):
+                raise DataError(f"{path}: entry {i}: expected a string, got {type(s).__name__}")
+            out.append(check_authored(s.strip(), f"{path}: entry {i}"))
+    else:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.append(check_authored(line.strip(), f"{path}:{lineno}"))
+    if not out:
+        raise DataError(f"{path}: no entries")
+    return out
+
+
+@dataclass(frozen=True)
+class ReflectionItem:
+    id: str
+    prompt: str
+    sample: int
+    system: str
+
+    def messages(self) -> list[dict]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.prompt}]
+
+
+def plan_reflection(system: str, prompts: list[str], samples: int) -> list[ReflectionItem]:
+    """All (prompt, sample) items in a fixed order; ids hash kind + prompt content + sample index."""
+    check_authored(system, "reflection system prompt")
+    items = []
+    for p in prompts:
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": p}]
+        items += [ReflectionItem(stable_id("reflection", msgs, k), p, k, system) for k in range(samples)]
+    return items
+
+
+def generate_reflections(generator: Generator, items: list[ReflectionItem], params: SamplingParams,
+                         seed: int) -> list[dict]:
+    """One record per item: a single generate call for the chunk, seeded by the caller."""
+    params = params.model_copy(update={"n": 1, "seed": seed})
+    outs = generator.generate([it.messages() for it in items], params)
+    return [{"id": it.id, "kind": "reflection", "prompt": it.prompt, "sample": it.sample, "system": it.system,
+             "text": c.text, "finish_reason": c.finish_reason, "tokens": c.completion_tokens,
+             "model": generator.name, "seed": seed}
+            for it, (c,) in zip(items, outs)]
+
+
+def reflection_row(record: dict) -> list[dict]:
+    """The stored SFT messages: the system prompt is dropped on purpose (see module docstring)."""
+    return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["text"]}]
