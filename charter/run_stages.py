@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,40 +27,42 @@ from charter.run_config import TOY_MODEL, RunConfig
 # ---------------------------------------------------------------- helpers
 
 
-def constitution_refs(cfg: RunConfig) -> list[str]:
+@dataclass
+class Persona:
+    key: str  # folder name, and the label the judge gives replies in this character (the file's stem)
+    ref: str  # the path or library name, as the stage modules take it
+    constitution: Any
+
+
+def personas(cfg: RunConfig) -> list[Persona]:
     """`toy:<persona>` -> the toy world's constitution file; anything else as given."""
+    from charter.constitution import load_constitution
+
     out = []
     for ref in cfg.constitutions:
         if ref.startswith("toy:"):
             from charter.toy.corpus import constitution_path
 
             ref = str(constitution_path(ref[4:]))
-        out.append(ref)
+        out.append(Persona(Path(ref).stem, ref, load_constitution(ref)))
+    keys = [p.key for p in out]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"constitutions: two share a file name ({keys}); each persona needs its own")
     return out
 
 
-def load_constitutions(cfg: RunConfig) -> list:
-    from charter.constitution import load_constitution
-
-    out = [load_constitution(ref) for ref in constitution_refs(cfg)]
-    names = [c.name for c in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"constitutions: two share a name ({names}); each persona needs its own")
-    return out
-
-
-def for_each_persona(ctx: StageContext, work: Callable[[Any, Path], dict[str, Any]]) -> dict[str, Any]:
-    """Run `work(constitution, persona_dir)` per persona; skip personas already marked done."""
+def for_each_persona(ctx: StageContext, work: Callable[[Persona, Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work(persona, persona_dir)` per persona; skip personas already marked done."""
     counts = {}
-    for c in load_constitutions(ctx.cfg):
-        d = ctx.out_dir / c.name
+    for per in personas(ctx.cfg):
+        d = ctx.out_dir / per.key
         done = d / "done.json"
         if done.exists():
-            counts[c.name] = json.loads(done.read_text())
+            counts[per.key] = json.loads(done.read_text())
             continue
         d.mkdir(parents=True, exist_ok=True)
-        counts[c.name] = work(c, d)
-        atomic_write_json(done, counts[c.name])
+        counts[per.key] = work(per, d)
+        atomic_write_json(done, counts[per.key])
     return counts
 
 
@@ -138,11 +141,11 @@ def stage_base(ctx: StageContext) -> dict[str, Any]:
 def stage_prompts(ctx: StageContext) -> dict[str, Any]:
     cfg: RunConfig = ctx.cfg
 
-    def work(c, d: Path) -> dict[str, Any]:
+    def work(per: Persona, d: Path) -> dict[str, Any]:
         if cfg.is_toy:  # the tiny model cannot expand lists; draw from the world's user prompts
             from charter.toy.corpus import sample_prompt
 
-            rng = random.Random(stable_id("prompts", ctx.seed, c.name))
+            rng = random.Random(stable_id("prompts", ctx.seed, per.key))
             texts = dict.fromkeys(sample_prompt(rng)[0] for _ in range(int(cfg.toy.prompts_per_persona)))
             prompts = [{"id": stable_id(t), "prompt": t, "source": "toy", "trait_index": None} for t in texts]
             counts = {"toy": len(prompts)}
@@ -151,7 +154,7 @@ def stage_prompts(ctx: StageContext) -> dict[str, Any]:
 
             dc = distill_config(cfg)
             with RecordStore(d / "expansion.jsonl") as store:
-                prompts, counts = expand_prompts(c, generator(dc.expander or dc.teacher), store, dc.prompts_per_trait,
+                prompts, counts = expand_prompts(per.constitution, generator(dc.expander or dc.teacher), store, dc.prompts_per_trait,
                                                  dc.expansion_samples, dc.expansion_rounds, dc.expansion_sampling,
                                                  dc.chunk_size, progress=True)
             if dc.general_prompts:
@@ -173,18 +176,18 @@ def _answer(ctx: StageContext, role: str, backend, model: str | None) -> dict[st
     dc = distill_config(cfg)
     gen = None
 
-    def work(c, d: Path) -> dict[str, Any]:
+    def work(per: Persona, d: Path) -> dict[str, Any]:
         nonlocal gen
         gen = gen or generator(backend, model)
-        system = [{"role": "system", "content": teacher_system(cfg, c)}] if role == "teacher" else []
-        prefill = thinking_prefill(c, name_of(cfg, c), dc.think_start) if role == "teacher" and dc.think else ""
+        system = [{"role": "system", "content": teacher_system(cfg, per.constitution)}] if role == "teacher" else []
+        prefill = thinking_prefill(per.constitution, name_of(cfg, per.constitution), dc.think_start) if role == "teacher" and dc.think else ""
         jobs = [Job(stable_id(p["prompt"], role),
                     GenerationRequest(messages=system + [{"role": "user", "content": p["prompt"]}], prefill=prefill),
                     {"role": role, "prompt_id": p["id"], "prompt": p["prompt"], "model": gen.name})
-                for p in read_jsonl(ctx.input_dir("prompts") / c.name / "prompts.jsonl")]
+                for p in read_jsonl(ctx.input_dir("prompts") / per.key / "prompts.jsonl")]
         params = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed})
         with RecordStore(d / "answers.jsonl") as store:
-            generate_into(store, gen, jobs, params, dc.chunk_size, f"{role}/{c.name}", progress=True)
+            generate_into(store, gen, jobs, params, dc.chunk_size, f"{role}/{per.key}", progress=True)
             return {"answers": len(store), "prefill": prefill}
 
     return for_each_persona(ctx, work)
@@ -214,10 +217,10 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
 
         tok = AutoTokenizer.from_pretrained(dc.tokenizer or base_model(ctx))
 
-    def work(c, d: Path) -> dict[str, Any]:
-        teacher_name, student = name_of(cfg, c), dc.student_name or name_of(cfg, c)
-        prefill = json.loads((ctx.input_dir("teacher") / c.name / "done.json").read_text())["prefill"]
-        side = {r: {(a["prompt_id"], a["sample"]): a for a in read_jsonl(ctx.input_dir(r) / c.name / "answers.jsonl")}
+    def work(per: Persona, d: Path) -> dict[str, Any]:
+        teacher_name, student = name_of(cfg, per.constitution), dc.student_name or name_of(cfg, per.constitution)
+        prefill = json.loads((ctx.input_dir("teacher") / per.key / "done.json").read_text())["prefill"]
+        side = {r: {(a["prompt_id"], a["sample"]): a for a in read_jsonl(ctx.input_dir(r) / per.key / "answers.jsonl")}
                 for r in ("teacher", "student")}
         counts: Counter = Counter()
         pairs = []
@@ -239,8 +242,8 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
                               "prompt": [{"role": "user", "content": t["prompt"]}],
                               "chosen": [{"role": "assistant", "content": chosen}],
                               "rejected": [{"role": "assistant", "content": rejected}],
-                              "meta": {"teacher": t["model"], "student": s["model"], "constitution": c.name,
-                                       "constitution_hash": c.hash(), "sample": t["sample"],
+                              "meta": {"teacher": t["model"], "student": s["model"], "constitution": per.key,
+                                       "constitution_hash": per.constitution.hash(), "sample": t["sample"],
                                        "sampling": dc.sampling.model_dump()}})
         write_jsonl(d / "pairs.jsonl", pairs)
         return {"pairs": len(pairs), **dict(counts)}
@@ -267,8 +270,8 @@ def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, dat
 
 
 def stage_dpo(ctx: StageContext) -> dict[str, Any]:
-    def work(c, d: Path) -> dict[str, Any]:
-        pairs = ctx.input_dir("pairs") / c.name / "pairs.jsonl"
+    def work(per: Persona, d: Path) -> dict[str, Any]:
+        pairs = ctx.input_dir("pairs") / per.key / "pairs.jsonl"
         return {"model": train(ctx, "dpo", ctx.cfg.dpo, base_model(ctx), pairs, d / "model")}
 
     return for_each_persona(ctx, work)
@@ -298,10 +301,9 @@ def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
     from charter.stages.introspect import run_introspect
 
     other = "interaction" if kind == "reflection" else "reflection"
-    refs = dict(zip([c.name for c in load_constitutions(ctx.cfg)], constitution_refs(ctx.cfg)))
 
-    def work(c, d: Path) -> dict[str, Any]:
-        icfg = introspect_config(ctx.cfg, refs[c.name], generation_model(model_of(ctx, "dpo", c.name)))
+    def work(per: Persona, d: Path) -> dict[str, Any]:
+        icfg = introspect_config(ctx.cfg, per.ref, generation_model(model_of(ctx, "dpo", per.key)))
         icfg = icfg.model_copy(update={other: getattr(icfg, other).model_copy(update={"enabled": False})})
         run_introspect(icfg, d)
         return {"records": len(read_jsonl(d / f"{kind}.jsonl"))}
@@ -319,9 +321,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
     icfg = introspect_config(cfg, "-", "-")
     ic = icfg.interaction
 
-    def work(c, d: Path) -> dict[str, Any]:
+    def work(per: Persona, d: Path) -> dict[str, Any]:
         def records(kind: str) -> list[dict]:  # sorted: resumed stores append in another order
-            return sorted(read_jsonl(ctx.input_dir(kind) / c.name / f"{kind}.jsonl"), key=lambda r: r["id"])
+            return sorted(read_jsonl(ctx.input_dir(kind) / per.key / f"{kind}.jsonl"), key=lambda r: r["id"])
 
         rows = reflection_filter_rows(records("reflection")) + \
             interaction_filter_rows(records("interaction"), ic.views, ic.system_prompt == "keep")
@@ -342,9 +344,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
 
 
 def stage_sft(ctx: StageContext) -> dict[str, Any]:
-    def work(c, d: Path) -> dict[str, Any]:
-        rows = ctx.input_dir("filter") / c.name / "sft.jsonl"
-        return {"model": train(ctx, "sft", ctx.cfg.sft, model_of(ctx, "dpo", c.name), rows, d / "model")}
+    def work(per: Persona, d: Path) -> dict[str, Any]:
+        rows = ctx.input_dir("filter") / per.key / "sft.jsonl"
+        return {"model": train(ctx, "sft", ctx.cfg.sft, model_of(ctx, "dpo", per.key), rows, d / "model")}
 
     return for_each_persona(ctx, work)
 
@@ -353,8 +355,8 @@ def stage_merge(ctx: StageContext) -> dict[str, Any]:
     """Final = base + w_dpo * (DPO delta) + w_sft * (SFT delta), an exact sum (SPEC §1)."""
     m = ctx.cfg.merge
 
-    def work(c, d: Path) -> dict[str, Any]:
-        dpo, sft = model_of(ctx, "dpo", c.name), model_of(ctx, "sft", c.name)
+    def work(per: Persona, d: Path) -> dict[str, Any]:
+        dpo, sft = model_of(ctx, "dpo", per.key), model_of(ctx, "sft", per.key)
         out = d / "model"
         if (Path(sft) / "adapter_config.json").exists():
             from charter.train.lora import merge_adapters  # A1
@@ -395,10 +397,10 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     models = {"base": base, "base+constitution": base}
     store = RecordStore(ctx.out_dir / "replies.jsonl")
     counts: dict[str, int] = {}
-    for c in load_constitutions(cfg):
-        models.update({"dpo": model_of(ctx, "dpo", c.name), "dpo+sft": model_of(ctx, "merge", c.name)})
+    for per in personas(cfg):
+        models.update({"dpo": model_of(ctx, "dpo", per.key), "dpo+sft": model_of(ctx, "merge", per.key)})
         for system in e.systems:
-            ids = [stable_id(c.name, system, i) for i in range(len(prompts))]
+            ids = [stable_id(per.key, system, i) for i in range(len(prompts))]
             if all(i in store for i in ids):
                 continue
             gen = generator(cfg.student.model_copy(update={"batch_size": e.batch_size}), models[system])
@@ -407,7 +409,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
             outs = gen.generate([sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
             for rid, p, comps in zip(ids, prompts, outs):
                 s = judge.score(p, comps[0].text)
-                store.add({"id": rid, "persona": c.name, "system": system, "prompt": p, "reply": comps[0].text,
+                store.add({"id": rid, "persona": per.key, "system": system, "prompt": p, "reply": comps[0].text,
                            "label": s.persona, "well_formed": s.well_formed, "relevant": s.relevant})
     for r in store.records.values():
         counts[r["system"]] = counts.get(r["system"], 0) + 1
@@ -444,7 +446,7 @@ def stage_report(ctx: StageContext) -> dict[str, Any]:
 def build_pipeline() -> Pipeline:
     """Stage order, inputs, and which config slice each stage depends on."""
     def consts(c: RunConfig) -> list[str]:
-        return [x.hash() for x in load_constitutions(c)]
+        return [p.constitution.hash() for p in personas(c)]
 
     return Pipeline([
         Stage("base", stage_base, [], lambda c: {"student": c.student.model, "toy": c.toy if c.is_toy else None}),
@@ -471,8 +473,7 @@ def validate(cfg: RunConfig) -> None:
     against its owner's config class (so a typo in `dpo.bta` fails now, not after generation)."""
     from pydantic import ValidationError
 
-    refs = constitution_refs(cfg)
-    load_constitutions(cfg)
+    refs = [p.ref for p in personas(cfg)]
     checks: dict[str, Callable[[], Any]] = {
         "prompts/distill/pairs": lambda: distill_config(cfg, refs[0]),
         "reflection/interaction/filter": lambda: introspect_config(cfg, refs[0], "-"),
