@@ -1,0 +1,139 @@
+"""SFT trainer: objective equivalences, masking vs a plain forward, exact resume, chaining, export."""
+import json
+import random
+
+import pytest
+import torch
+
+from charter.data.jsonl import DataError, write_jsonl
+from charter.toy.tiny import tiny_corpus
+from charter.train.losses import sequence_logps
+from charter.train.lora import LoraSettings
+from charter.train.sft import SFTConfig, train_sft
+
+
+def _rows(n=16, seed=0):
+    lines, rng = tiny_corpus(100, seed=3), random.Random(seed)
+    rows = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": rng.choice(lines)}, {"role": "assistant", "content": rng.choice(lines)}]
+        if i % 3 == 0:  # multi-turn: every assistant turn is trained
+            msgs += [{"role": "user", "content": rng.choice(lines)}, {"role": "assistant", "content": rng.choice(lines)}]
+        rows.append({"messages": msgs})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "sft.jsonl"
+    write_jsonl(path, _rows())
+    return path
+
+
+def _cfg(model, data, out, **kw):
+    base = dict(model=str(model), data=str(data), output_dir=str(out), lr=1e-3, max_steps=4, batch_size=8,
+                warmup_ratio=0.0, resume=False)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_batch_times_accum_is_the_same_objective(tiny_model_dir, sft_data, tmp_path):
+    a = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "a", batch_size=8, grad_accum=1))
+    b = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "b", batch_size=2, grad_accum=4))
+    la, lb = [r["loss"] for r in _metrics(a)], [r["loss"] for r in _metrics(b)]
+    assert len(la) == 4 and la[0] != la[-1]
+    assert la == pytest.approx(lb, abs=1e-5)
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_step1_loss_is_assistant_token_mean_of_plain_forward(tiny_model_dir, sft_data, tmp_path):
+    """Packed, LM-head-on-targets-only loss == HF forward of each row, masked by encode_chat."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.chat import encode_chat
+
+    out = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "o", max_steps=1, shuffle=False, batch_size=16))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in _rows():
+            enc = encode_chat(tok, row["messages"])
+            s, n = sequence_logps(model(torch.tensor([enc.input_ids])).logits, torch.tensor([enc.labels]))
+            total, count = total - s.item(), count + n.item()
+    assert _metrics(out)[0]["loss"] == pytest.approx(total / count, abs=1e-5)
+    assert _metrics(out)[0]["num_tokens"] == count
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path):
+    full = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "full", max_steps=5, batch_size=4, save_steps=2))
+
+    class Killed(Exception):
+        pass
+
+    def crash(step, row):
+        if step == 3:  # after the step-2 checkpoint, mid-epoch
+            raise Killed
+
+    cfg = _cfg(tiny_model_dir, sft_data, tmp_path / "cut", max_steps=5, batch_size=4, save_steps=2, resume=True)
+    with pytest.raises(Killed):
+        train_sft(cfg, on_step=crash)
+    assert (tmp_path / "cut" / "checkpoints" / "step-2").exists()
+    resumed = train_sft(cfg)
+    wf, wr = _weights(full), _weights(resumed)
+    assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(full)]
+
+
+def test_full_ft_output_loads_with_transformers(tiny_model_dir, sft_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "o", max_steps=1))
+    assert (out / "model.safetensors").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+
+
+def test_sft_from_dpo_adapter_chains_and_merges(tiny_model_dir, sft_data, tmp_path):
+    """SFT starting from a LoRA output folds that adapter in first; the merged export equals
+    base + delta(first) + delta(second), and the base weights on disk are untouched."""
+    from safetensors.torch import load_file
+
+    from charter.train.lora import merge_adapters
+
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    lora = LoraSettings(r=4, alpha=8)
+    first = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "first", max_steps=2, lora=lora, lr=1e-2))
+    second = train_sft(_cfg(first, sft_data, tmp_path / "second", max_steps=2, lora=lora, lr=1e-2, merge=True))
+    rec = json.loads((second / "charter_train.json").read_text())
+    assert rec["base_model"] == str(tiny_model_dir) and rec["base_adapters"] == [str(first)]
+    ref = merge_adapters(tiny_model_dir, [(first, 1.0), (second, 1.0)], tmp_path / "ref")
+    got, want = load_file(str(second / "merged" / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(got[q], before[q])
+    after = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_row_names_file_line_and_field(tiny_model_dir, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    rows = _rows(3)
+    rows[1] = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 3}]}
+    write_jsonl(path, rows)
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: .*messages\[1\]\.content"):
+        train_sft(_cfg(tiny_model_dir, path, tmp_path / "o", max_steps=1))
