@@ -93,7 +93,7 @@ class OpenAIGenerator:
                   if v not in (0, 1.0)}
         if extras and self.dialect == "vllm":
             body.update(extras)
-        elif extras and self.dialect == "transformers":
+        elif self.dialect == "transformers":  # the server only turns sampling on through generation_config
             body["generation_config"] = json.dumps({**extras, "do_sample": params.temperature > 0})
         elif extras and "extras" not in self._warned:
             self._warned.add("extras")
