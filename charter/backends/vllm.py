@@ -27,7 +27,11 @@ class VLLMGenerator:
         self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel, dtype=dtype or "auto",
                             enable_lora=adapter is not None, max_lora_rank=max_lora_rank)
         self.tokenizer = self.llm.get_tokenizer()
-        self.lora = vllm.lora.request.LoRARequest("adapter", 1, adapter) if adapter else None
+        self.lora = None
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("adapter", 1, adapter)
         from charter.chat import has_chat_template
 
         self.chat = has_chat_template(self.tokenizer) if chat is None else chat
