@@ -1,8 +1,22 @@
-"""`charter eval` commands."""
+"""`charter eval CONFIG [key=value ...]`: adherence, robustness, preferences, coherence, capability."""
 from __future__ import annotations
+
+from typing import List, Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Not built yet."""
+    @app.command("eval")
+    def eval_cmd(config: str = typer.Argument(..., help="YAML config (EvalConfig fields)"),
+                 overrides: Optional[List[str]] = typer.Argument(
+                     None, help="key=value overrides, e.g. n_prompts=20 persona=warm")):
+        """Evaluate systems without the constitution; writes eval.json (figures with CI and n) and PNGs."""
+        from charter.config import load_config
+        from charter.evaluate.runner import EvalConfig, run_eval, summary_lines
+
+        cfg = load_config(EvalConfig, config, overrides or [])
+        result = run_eval(cfg)
+        for line in summary_lines(result):
+            typer.echo(line)
+        typer.echo(f"wrote {cfg.out_dir}/eval.json")

@@ -1,0 +1,115 @@
+"""PNG plots for `eval.json`: one function per figure, each reading only the eval.json dict."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def _bar_ci(ax, names, props, offset=0.0, width=0.8, label=None):
+    vals = [p["value"] if p["n"] else 0.0 for p in props]
+    err = [[v - p["lo"] for v, p in zip(vals, props)], [p["hi"] - v for v, p in zip(vals, props)]]
+    xs = [i + offset for i in range(len(names))]
+    ax.bar(xs, vals, width=width, yerr=err, capsize=3, label=label)
+    return xs
+
+
+def plot_adherence(section: dict, path: Path) -> Path:
+    plt = _plt()
+    systems = section["systems"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(systems)), 3.5))
+    _bar_ci(ax, [s["system"] for s in systems], systems)
+    ax.set_xticks(range(len(systems)), [f"{s['system']}\n(n={s['n']})" for s in systems], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"share in character ({systems[0]['persona']})" if systems else "share in character")
+    ax.set_title("Adherence, no constitution (Wilson 95% CI)")
+    return _save(fig, path)
+
+
+def plot_robustness(section: dict, path: Path) -> Path:
+    plt = _plt()
+    keys = list(section["suffixes"]) + ["overall"]
+    blocks = [section["suffixes"][k] for k in section["suffixes"]] + [section["overall"]]
+    systems = list(blocks[0]["systems"]) if blocks else []
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(keys) * max(1, len(systems))), 3.8))
+    w = 0.8 / max(1, len(systems))
+    for j, s in enumerate(systems):
+        _bar_ci(ax, keys, [b["systems"][s] for b in blocks], offset=(j - (len(systems) - 1) / 2) * w,
+                width=w, label=s)
+    if "multiturn" in section:
+        mt = section["multiturn"]
+        ax.axhline(mt["value"] if mt["n"] else 0, ls="--", c="k", lw=1,
+                   label=f"multi-turn (turn 1 by {mt['turn1_by']})")
+    ax.set_xticks(range(len(keys)), keys, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share in character")
+    ax.set_title("Robustness to adversarial suffixes (Wilson 95% CI)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_elo(section: dict, path: Path, top: int = 20) -> Path:
+    """Before vs after Elo of the traits rated in both runs (CI bars), top movers labelled."""
+    plt = _plt()
+    b, a = section["before"]["elo"], section["after"]["elo"]
+    common = sorted(set(b) & set(a))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if common:
+        xs, ys = [b[t]["rating"] for t in common], [a[t]["rating"] for t in common]
+        ax.errorbar(xs, ys, xerr=[[b[t]["rating"] - b[t]["lo"] for t in common],
+                                  [b[t]["hi"] - b[t]["rating"] for t in common]],
+                    yerr=[[a[t]["rating"] - a[t]["lo"] for t in common],
+                          [a[t]["hi"] - a[t]["rating"] for t in common]], fmt="o", ms=3, alpha=0.6, lw=0.5)
+        lo, hi = min(xs + ys) - 10, max(xs + ys) + 10
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        movers = sorted(common, key=lambda t: -abs(a[t]["rating"] - b[t]["rating"]))[:top // 2]
+        for t in movers:
+            ax.annotate(t, (b[t]["rating"], a[t]["rating"]), fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no trait rated in both runs\n(see unparseable / disagree counts)",
+                ha="center", va="center", transform=ax.transAxes)
+    rho = section["comparison"]["spearman_rho"]
+    ax.set_xlabel(f"Elo before ({section['before']['system']}, {section['before']['games']} games)")
+    ax.set_ylabel(f"Elo after ({section['after']['system']}, {section['after']['games']} games)")
+    ax.set_title(f"Revealed preferences, Spearman rho = {rho:.2f}" if rho == rho else "Revealed preferences")
+    return _save(fig, path)
+
+
+def plot_capability(section: dict, path: Path) -> Path:
+    """Perplexity before/after, and multiple-choice accuracy deltas with CIs."""
+    plt = _plt()
+    mc = section.get("multiple_choice", {})
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    if "perplexity" in section:
+        p = section["perplexity"]
+        axes[0].bar(["before", "after"], [p["before"]["perplexity"], p["after"]["perplexity"]],
+                    color=["C0", "C1"])
+        bs = p["nll_per_text_bootstrap"]
+        axes[0].set_title(f"Perplexity (delta {p['delta']:+.2f})\nNLL/token diff {bs['diff']:+.3f} "
+                          f"[{bs['lo']:+.3f}, {bs['hi']:+.3f}]", fontsize=9)
+    else:
+        axes[0].axis("off")
+    names = [f"{n}:{m}" for n in mc for m in mc[n]]
+    for j, when in enumerate(["before", "after"]):
+        props = [mc[n][m][when] for n in mc for m in mc[n]]
+        _bar_ci(axes[1], names, props, offset=(j - 0.5) * 0.4, width=0.4, label=when)
+    axes[1].set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_title("Multiple choice accuracy (Wilson 95% CI)", fontsize=9)
+    if names:
+        axes[1].legend(fontsize=7)
+    return _save(fig, path)
