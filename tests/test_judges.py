@@ -1,11 +1,12 @@
 """Judges: strict parsing, unparseable counting, order agreement, caching.
 
 Unit tests use a scripted generator; `test_judge_against_transformers_serve` runs a judge
-against the real local `transformers serve` endpoint (fixture `tiny_serve`).
+against the real local `transformers serve` endpoint (B's session fixture `serve`).
 """
 from __future__ import annotations
 
 import pytest
+from serve_fixture import serve  # noqa: F401  (fixture: real `transformers serve`)
 
 from charter.backends.base import Completion, SamplingParams
 from charter.evaluate.judges import (Judge, JudgePersonaScorer, pairwise, parse_answer,
@@ -98,3 +99,35 @@ def test_judge_persona_scorer():
     assert [o.persona for o in out] == ["pirate", "neutral", None]
     with pytest.raises(ValueError):
         JudgePersonaScorer(Judge(Scripted(rule)), {"neutral": "x"})
+
+
+def test_judge_against_transformers_serve(serve, tmp_path):
+    """A real OpenAI-compatible endpoint: every answer is parsed strictly and counted."""
+    from charter.backends import BackendConfig, make_generator
+    from charter.evaluate.judges import parse_answer
+
+    gen = make_generator(BackendConfig(kind="openai", model=serve.model, base_url=serve.base_url,
+                                       dialect="transformers"))
+    judge = Judge(gen, cache=tmp_path / "judge.jsonl", params=SamplingParams(temperature=0, max_new_tokens=12))
+    items = [("Tell me about the sun.", "The sun is hot.", "Sun big."),
+             ("What is a cat?", "A small animal.", "Cat cat cat.")]
+    s = pairwise(judge, items)
+    raws = [r for v in s.verdicts for r in v.raw]
+    assert len(raws) == 4 and all(isinstance(r, str) for r in raws)
+    # counts are exactly what strict parsing of the raw replies gives; nothing guessed
+    parsed = [parse_answer(r, ["A", "B"]) for r in raws]
+    assert judge.counts.unparseable == sum(p is None for p in parsed)
+    assert judge.counts.queries == 4 and judge.counts.generated == 4
+    for v, (p1, p2) in zip(s.verdicts, zip(parsed[::2], parsed[1::2])):
+        if p1 is None or p2 is None:
+            assert v.status == "unparseable" and v.winner is None
+        elif (p1 == "A") == (p2 == "B"):  # same underlying reply both times
+            assert v.status == "agree" and v.winner == ("a" if p1 == "A" else "b")
+        else:
+            assert v.status == "disagree" and v.winner is None
+    d = s.to_dict()
+    assert d["n"] + d["disagree"] + d["unparseable"] == 2
+    judge.close()
+    again = Judge(gen, cache=tmp_path / "judge.jsonl", params=SamplingParams(temperature=0, max_new_tokens=12))
+    s2 = pairwise(again, items)
+    assert again.counts.generated == 0 and [v.raw for v in s2.verdicts] == [v.raw for v in s.verdicts]
