@@ -1,8 +1,82 @@
-"""`charter merge` command."""
+"""`charter merge`: fold LoRA adapters into full weights (see `charter.train.lora.merge_adapters`).
+
+    charter merge BASE dpo_adapter:1.0 sft_adapter:0.25 --out merged    # the paper's recipe
+    charter merge --export ADAPTER --out merged                         # base read from the adapter
+
+An adapter is `PATH[:WEIGHT]` (weight 1.0 when absent). The weight is the text after the *last*
+`:` and only when it reads as a number, so `runs/a:b/dpo` is a path and `runs/a:b/dpo:0.25` is
+that path at 0.25. (A folder literally named `x:1` is written `x:1:1`.)
+"""
 from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def parse_adapter_spec(spec: str) -> tuple[str, float]:
+    """`PATH[:WEIGHT]` -> (path, weight)."""
+    path, sep, tail = spec.rpartition(":")
+    try:
+        weight = float(tail) if sep and path else None
+    except ValueError:
+        weight = None
+    if weight is None:
+        return spec, 1.0
+    if not math.isfinite(weight):
+        raise typer.BadParameter(f"{spec!r}: weight must be a finite number", param_hint="ADAPTER[:WEIGHT]")
+    return path, weight
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
 
 def register(app: typer.Typer) -> None:
-    """Not built yet."""
+    @app.command("merge")
+    def merge(
+        inputs: Optional[List[str]] = typer.Argument(None, metavar="BASE ADAPTER[:WEIGHT]",
+                                                     help="base model, then one or more adapters"),
+        out: Path = typer.Option(..., "--out", help="output folder (a plain Hugging Face model)"),
+        export: Optional[str] = typer.Option(None, "--export", metavar="ADAPTER[:WEIGHT]",
+                                             help="merge one adapter into the base named in its config"),
+        dtype: str = typer.Option("auto", "--dtype", help=f"storage dtype: {', '.join(DTYPES)}"),
+        force: bool = typer.Option(False, "--force", help="replace --out if it already exists"),
+    ) -> None:
+        """Merge LoRA adapters into full weights: W = W_base + sum_i weight_i * scale_i * B_i A_i (exact)."""
+        from charter.train.lora import MERGE_RECORD, adapter_base, merge_adapters
+
+        inputs = inputs or []
+        if dtype not in DTYPES:
+            raise typer.BadParameter(f"{dtype!r} is not one of {', '.join(DTYPES)}", param_hint="--dtype")
+        if export is not None and inputs:
+            raise typer.BadParameter("--export takes the base from the adapter's config; give no positional "
+                                     "arguments (or drop --export and name BASE first)", param_hint="--export")
+        if export is None and len(inputs) < 2:
+            raise typer.BadParameter("give BASE and at least one ADAPTER, or --export ADAPTER",
+                                     param_hint="BASE ADAPTER[:WEIGHT]...")
+        if out.is_file():
+            _fail(f"--out {out} is a file; give a folder")
+        if out.exists() and any(out.iterdir()) and not force:
+            _fail(f"{out} already exists (use --force to replace it)")
+        adapters = [parse_adapter_spec(s) for s in ([export] if export is not None else inputs[1:])]
+        try:
+            base = adapter_base(adapters[0][0]) if export is not None else inputs[0]
+            if Path(base).exists() and not (Path(base) / "config.json").exists():
+                _fail(f"{base}: not a model folder (no config.json)")
+            merged = merge_adapters(base, adapters, out, dtype=dtype)
+        except (FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        except OSError as e:  # transformers: neither a local folder nor a reachable Hub model
+            _fail(f"{base}: no such model folder, and not loadable from the Hugging Face Hub "
+                  f"({str(e).splitlines()[0]})")
+        record = json.loads((merged / MERGE_RECORD).read_text())
+        typer.echo(f"merged into {merged}  (base {record['base']})")
+        for a in record["adapters"]:
+            typer.echo(f"  {a['path']}  weight {a['weight']:g}  scale {a['scale']:g}")

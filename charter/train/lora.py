@@ -101,6 +101,20 @@ def adapter_scale(cfg: dict) -> float:
     return alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
 
 
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """The adapter's `adapter_config.json`, after checking the folder really is a saved PEFT adapter."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder")
+    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (adapter_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (missing {', '.join(missing)})")
+    try:
+        return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
 def _check_supported(cfg: dict, path: Path) -> None:
     """Refuse adapters whose effect is not a pure `scale * B @ A` on each weight."""
     problems = []
@@ -124,10 +138,7 @@ def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    cfg_path, w_path = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
-    if not cfg_path.exists() or not w_path.exists():
-        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
-    cfg = json.loads(cfg_path.read_text())
+    cfg, w_path = read_adapter_config(adapter_dir), adapter_dir / ADAPTER_WEIGHTS
     _check_supported(cfg, adapter_dir)
     scale, fan_in_fan_out = adapter_scale(cfg), bool(cfg.get("fan_in_fan_out"))
     tensors = load_file(str(w_path))
@@ -198,6 +209,10 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
     if not adapters:
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
     base_path, out_dir = Path(base_path), Path(out_dir)
+    configs = [read_adapter_config(p) for p, _ in adapters]  # fail before loading the base
+    for src in [base_path, *(Path(p) for p, _ in adapters)]:
+        if out_dir.resolve() == src.resolve():  # the output folder is replaced as a whole
+            raise ValueError(f"output folder {out_dir} is also an input ({src}); pick another")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
     merged_state(model, adapters)
@@ -213,9 +228,9 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
         atomic_write_json(tmp / MERGE_RECORD, {
             "base": str(base_path),
             "formula": "W = W_base + sum_i weight_i * scale_i * B_i @ A_i (float64, cast once)",
-            "adapters": [{"path": str(p), "weight": float(w),
-                          "scale": adapter_scale(json.loads((Path(p) / ADAPTER_CONFIG).read_text())),
-                          "sha256": file_hash(Path(p) / ADAPTER_WEIGHTS)} for p, w in adapters],
+            "adapters": [{"path": str(p), "weight": float(w), "scale": adapter_scale(cfg),
+                          "sha256": file_hash(Path(p) / ADAPTER_WEIGHTS)}
+                         for (p, w), cfg in zip(adapters, configs)],
         })
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -227,14 +242,18 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
 
 
 def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path | None = None,
-           weight: float = 1.0) -> Path:
+           weight: float = 1.0, dtype: str = "auto") -> Path:
     """Merge one adapter into its base (read from `adapter_config.json` unless given)."""
-    if base_path is None:
-        cfg = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
-        base_path = cfg.get("base_model_name_or_path")
-        if not base_path:
-            raise ValueError(f"{adapter_dir}/{ADAPTER_CONFIG}: no base_model_name_or_path; pass base_path")
-    return merge_adapters(base_path, [(adapter_dir, weight)], out_dir)
+    base_path = adapter_base(adapter_dir) if base_path is None else base_path
+    return merge_adapters(base_path, [(adapter_dir, weight)], out_dir, dtype=dtype)
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on, as PEFT recorded it."""
+    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{Path(adapter_dir) / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
+    return base
 
 
 def _has_tokenizer(path: Path) -> bool:
