@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,17 @@ def small_cfg(*overrides: str) -> IntrospectConfig:
             "interaction": {"free": 2, "leading": 3, "turns": 4},
             "filters": {"near_duplicates": {"enabled": False}}}
     return load_config(IntrospectConfig, overrides=list(overrides), base=base)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: one thread is 10x faster than contending for two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -331,51 +343,55 @@ def short_constitution(tmp_path):
     return path
 
 
-def _hf_cfg(model_dir, constitution, *extra):
+def _hf_cfg(model_dir, constitution, prompts, *extra):
     return small_cfg(f"backend.model={model_dir}", f"constitution={constitution}", "chunk_size=2",
-                     "reflection.samples_per_prompt=1", "reflection.sampling.max_new_tokens=6",
-                     "interaction.free=2", "interaction.leading=1", "interaction.turns=3",
-                     "interaction.sampling.max_new_tokens=6", *extra)
+                     f"reflection.prompts_file={prompts}", "reflection.samples_per_prompt=3",
+                     "reflection.sampling.max_new_tokens=5", "interaction.free=2", "interaction.leading=1",
+                     "interaction.turns=3", "interaction.sampling.max_new_tokens=5", *extra)
 
 
 class Killed(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("kill_after", [3, 11])  # mid-chunk in reflection (10 records), then in interaction (3)
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir, short_constitution, monkeypatch,
-                                                        kill_after):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir, short_constitution, monkeypatch):
     from charter.backends.hf import HFGenerator
 
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Who are you?\n")
     gen = HFGenerator(str(tiny_model_dir), batch_size=2)
-    cfg = _hf_cfg(tiny_model_dir, short_constitution)
+    cfg = _hf_cfg(tiny_model_dir, short_constitution, prompts)
     full = run_introspect(cfg, tmp_path / "full", generator=gen)
+    refl_full = read_jsonl(tmp_path / "full" / "reflection.jsonl")
+    conv_full = read_jsonl(tmp_path / "full" / "interaction.jsonl")
+    assert len(refl_full) == 3 and len({r["id"] for r in refl_full}) == 3
+    assert len(conv_full) == 3 and all(len(c["turns"]) == 3 and c["stopped"] is None for c in conv_full)
 
-    real_add, count = RecordStore.add, {"n": 0}
+    real_add = RecordStore.add
+    # 3 reflections in chunks of 2, then 3 conversations in chunks of 2: kill mid-chunk in each stage
+    for kill_after in (1, 4):
+        count = {"n": 0}
 
-    def add_then_die(self, rec):
-        if count["n"] == kill_after:
-            raise Killed()
-        count["n"] += 1
-        return real_add(self, rec)
+        def add_then_die(self, rec):
+            if count["n"] == kill_after:
+                raise Killed()
+            count["n"] += 1
+            return real_add(self, rec)
 
-    monkeypatch.setattr(RecordStore, "add", add_then_die)
-    with pytest.raises(Killed):
-        run_introspect(cfg, tmp_path / "resumed", generator=gen)
-    monkeypatch.setattr(RecordStore, "add", real_add)
-    written = sum(len(read_jsonl(p)) for p in (tmp_path / "resumed").glob("*ion.jsonl"))
-    assert written == kill_after
-    resumed = run_introspect(cfg, tmp_path / "resumed", generator=gen)
-    for name in ("reflection.jsonl", "interaction.jsonl"):
-        a, b = read_jsonl(tmp_path / "full" / name), read_jsonl(tmp_path / "resumed" / name)
-        assert a == b and len({r["id"] for r in a}) == len(a)
-    assert len(read_jsonl(tmp_path / "full" / "reflection.jsonl")) == 10
-    conversations = read_jsonl(tmp_path / "full" / "interaction.jsonl")
-    assert len(conversations) == 3 and all(len(c["turns"]) == 3 and c["stopped"] is None for c in conversations)
-    assert full.read_text() == resumed.read_text()
-    # a different seed really samples differently (the equality above is not vacuous)
-    other = run_introspect(_hf_cfg(tiny_model_dir, short_constitution, "seed=1"), tmp_path / "other", generator=gen)
-    assert read_jsonl(other.parent / "reflection.jsonl") != read_jsonl(tmp_path / "full" / "reflection.jsonl")
+        run_dir = tmp_path / f"killed{kill_after}"
+        monkeypatch.setattr(RecordStore, "add", add_then_die)
+        with pytest.raises(Killed):
+            run_introspect(cfg, run_dir, generator=gen)
+        monkeypatch.setattr(RecordStore, "add", real_add)
+        assert sum(len(read_jsonl(p)) for p in run_dir.glob("*ion.jsonl")) == kill_after
+        resumed = run_introspect(cfg, run_dir, generator=gen)
+        assert read_jsonl(run_dir / "reflection.jsonl") == refl_full
+        assert read_jsonl(run_dir / "interaction.jsonl") == conv_full
+        assert resumed.read_text() == full.read_text()
+    # a different seed really samples differently (the equalities above are not vacuous)
+    run_introspect(_hf_cfg(tiny_model_dir, short_constitution, prompts, "seed=1", "interaction.enabled=false"),
+                   tmp_path / "other", generator=gen)
+    assert [r["text"] for r in read_jsonl(tmp_path / "other" / "reflection.jsonl")] != [r["text"] for r in refl_full]
 
 
 def test_resuming_with_another_model_is_refused(tmp_path):
@@ -427,12 +443,11 @@ def test_end_to_end_cli_hf_backend_into_sft_trainer(tmp_path, tiny_model_dir, to
         assistant = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
         assert label_spans(seq.labels) == len(assistant)
         trained = [t for t, lab in zip(seq.input_ids, seq.labels) if lab != IGNORE_INDEX]
-        assert trained == tokenizer("".join(a + "<|im_end|>" for a in assistant), add_special_tokens=False)["input_ids"] \
-            or tokenizer.decode(trained) == "".join(a + "<|im_end|>" for a in assistant)
+        assert tokenizer.decode(trained) == "".join(a + "<|im_end|>" for a in assistant)
 
     losses = []
     model_out = train_sft(SFTConfig(model=str(tiny_model_dir), data=str(out / "sft.jsonl"),
                                     output_dir=str(tmp_path / "sft"), max_steps=2, batch_size=4, lr=1e-3,
-                                    warmup_ratio=0.0), on_step=lambda *a, **k: losses.append(a or k))
-    assert (Path(model_out) / "config.json").exists() or (Path(model_out) / "adapter_config.json").exists()
-    assert len(losses) == 2
+                                    warmup_ratio=0.0), on_step=lambda step, m: losses.append(m["loss"]))
+    assert (Path(model_out) / "config.json").exists()
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)

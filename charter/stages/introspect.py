@@ -227,6 +227,9 @@ def _context_fits(cfg: IntrospectConfig, generator: Generator, tokenizer: Any) -
     if limit is None:
         model_cfg = getattr(getattr(generator, "model", None), "config", None)
         limit = getattr(model_cfg, "max_position_embeddings", None)
+    if limit is not None and tokenizer is None and cfg.interaction.max_context_tokens is not None:
+        raise ConfigError("interaction.max_context_tokens needs a tokenizer to count with: set `tokenizer` "
+                          "(the backend does not expose one)")
     if limit is None or tokenizer is None:
         return None
     from charter.chat import render_prompt
