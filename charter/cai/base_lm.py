@@ -23,7 +23,8 @@ class BaseLMConfig(Config):
     hidden_size: int = 96
     layers: int = 3
     heads: int = 4
-    context: int = 256
+    context: int = 256  # max positions
+    block: int = 128  # pretraining sequence length (RoPE carries on past it)
     steps: int = 400
     batch_size: int = 16
     lr: float = 3e-3
@@ -63,8 +64,8 @@ def build_base_lm(cfg: BaseLMConfig, out_dir: str | Path) -> Path:
     model = build_model(tok, hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads,
                         max_positions=cfg.context, seed=cfg.seed, tie_embeddings=True)
     stream = [t for d in docs for t in tok.encode(d, add_special_tokens=False) + [tok.eos_token_id]]
-    n_blocks = len(stream) // cfg.context
-    blocks = torch.tensor(stream[:n_blocks * cfg.context]).view(n_blocks, cfg.context)
+    n_blocks = len(stream) // cfg.block
+    blocks = torch.tensor(stream[:n_blocks * cfg.block]).view(n_blocks, cfg.block)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()

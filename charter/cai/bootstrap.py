@@ -137,6 +137,7 @@ class BootstrapConfig(Config):
     eval_max_new_tokens: int = 32
     sft: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-3, "epochs": 3, "batch_size": 16, "max_length": 256})
     dpo: dict[str, Any] = Field(default_factory=lambda: {"lr": 2e-4, "epochs": 1, "batch_size": 8, "max_length": 256})
+    device: str | None = None  # None = cuda if available
     min_pairs: int = 4  # fewer DPO pairs than this: the stage stops after SFT
     seed: int = 0
 
@@ -218,10 +219,10 @@ def train_stage(model: str, sft_path: Path, pairs_path: Path, n_pairs: int, stag
     return out
 
 
-def _load(model: str):
+def _load(model: str, device: str | None = None):
     from charter.backends.hf import HFGenerator
 
-    gen = HFGenerator(model, batch_size=32, device="cpu", chat=False)
+    gen = HFGenerator(model, batch_size=32, device=device, chat=False)
     return gen, gen.tokenizer
 
 
@@ -238,7 +239,7 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
     eval_tasks = [t for f in cfg.eval_families for t in make_tasks(f, cfg.eval_tasks, seed=10_000)]
     base_dir = out / "stage_0_baseline"
     if not (base_dir / "done.json").exists():
-        gen, tok = _load(model)
+        gen, tok = _load(model, cfg.device)
         results = evaluate(gen, tok, eval_tasks, list(dict.fromkeys(cfg.baseline_framings + cfg.eval_framings)), cfg)
         atomic_write_json(base_dir / "eval.json", {"model": model, "results": results,
                                                    "figures": {f: compare(None, r) for f, r in results.items()}})
@@ -249,12 +250,12 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
         sdir = out / f"stage_{k}_{family}"
         done = sdir / "done.json"
         if not done.exists():
-            gen, tok = _load(model)
+            gen, tok = _load(model, cfg.device)
             sft, pairs, stats = stage_data(gen, tok, family, cfg, stage_seed=k)
             write_jsonl(sdir / "sft.jsonl", sft)
             write_jsonl(sdir / "pairs.jsonl", pairs)
             new_model = train_stage(model, sdir / "sft.jsonl", sdir / "pairs.jsonl", len(pairs), sdir, cfg)
-            gen, tok = _load(new_model)
+            gen, tok = _load(new_model, cfg.device)
             results = evaluate(gen, tok, eval_tasks, cfg.eval_framings, cfg)
             figures = {f: compare(prev.get(f), r) for f, r in results.items()}
             atomic_write_json(sdir / "eval.json", {"model": new_model, "results": results, "figures": figures,

@@ -45,6 +45,7 @@ class ReviseConfig(Config):
     fewshot: int = Field(1, ge=0)  # how many few-shot transcripts from the principles file to prepend
     sampling: SamplingParams = SamplingParams(temperature=0.7, max_new_tokens=128)
     sft_mode: Literal["final", "all"] = "final"
+    drop_truncated: bool = True  # drop pairs whose final revision hit the token limit
     seed: int = 0
     chunk: int = Field(16, ge=1)  # prompts per resumable chunk
     out_dir: str = "runs/cai-revise"
@@ -173,7 +174,7 @@ def sft_rows(records: list[dict], mode: Literal["final", "all"] = "final") -> li
     return rows
 
 
-def preference_rows(records: list[dict], meta: dict) -> tuple[list[dict], dict[str, int]]:
+def preference_rows(records: list[dict], meta: dict, drop_truncated: bool = True) -> tuple[list[dict], dict[str, int]]:
     """Final revision chosen, initial rejected; drops counted by reason."""
     rows, dropped = [], {"empty": 0, "unchanged": 0, "truncated": 0}
     for rec in records:
@@ -181,7 +182,7 @@ def preference_rows(records: list[dict], meta: dict) -> tuple[list[dict], dict[s
             dropped["empty"] += 1
         elif rec["final"] == rec["initial"]:
             dropped["unchanged"] += 1
-        elif rec["rounds"] and rec["rounds"][-1]["finish"]["revision"] == "length":
+        elif drop_truncated and rec["rounds"] and rec["rounds"][-1]["finish"]["revision"] == "length":
             dropped["truncated"] += 1
         else:
             rows.append({"prompt": rec["prompt"], "chosen": [{"role": "assistant", "content": rec["final"]}],
@@ -213,7 +214,7 @@ def run_revise(cfg: ReviseConfig, generator: Generator | None = None) -> dict:
         records = [r for rid, r in store.records.items() if rid in wanted]
     meta = {"model": generator.name, "source": "cai-revise", "config_hash": cfg.hash()}
     n_sft = write_jsonl(out / "sft.jsonl", sft_rows(records, cfg.sft_mode))
-    pairs, dropped = preference_rows(records, meta)
+    pairs, dropped = preference_rows(records, meta, cfg.drop_truncated)
     n_pairs = write_jsonl(out / "pairs.jsonl", pairs)
     summary = {"prompts": len(records), "rounds": cfg.rounds, "sft_rows": n_sft, "pairs": n_pairs,
                "dropped": dropped, "resumed": len(convs) - len(todo),

@@ -1,0 +1,57 @@
+"""End to end through the CLI on a tiny local model: SL-CAI -> SFT -> AI feedback -> DPO (soft labels)."""
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from charter.cli import app
+
+
+def _invoke(args):
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.slow  # ~20 s CPU; longer on a loaded machine
+def test_sl_cai_sft_feedback_dpo(tmp_path, tiny_model_dir):
+    prompts = ["Tell me about the sea.", "How do I help a sad friend?", "Write a poem about the moon.",
+               "What is a good book?", "Why is the sky dark at night?", "Tell me a story about a cat."]
+    backend = {"kind": "hf", "model": str(tiny_model_dir), "device": "cpu"}
+    sampling = {"temperature": 1.0, "max_new_tokens": 16, "seed": 0}
+    revise_cfg = tmp_path / "revise.yaml"
+    revise_cfg.write_text(yaml.safe_dump({"backend": backend, "prompts": prompts, "rounds": 2, "fewshot": 0,
+                                          "drop_truncated": False, "sampling": sampling, "out_dir": str(tmp_path / "revise")}))
+    _invoke(["cai", "revise", str(revise_cfg)])
+    summary = json.loads((tmp_path / "revise" / "summary.json").read_text())
+    chains = [json.loads(x) for x in (tmp_path / "revise" / "chains.jsonl").read_text().splitlines()]
+    assert summary["prompts"] == len(chains) == 6 and all(len(c["rounds"]) == 2 for c in chains)
+    assert summary["sft_rows"] >= 1 and summary["pairs"] + sum(summary["dropped"].values()) == 6
+    assert summary["pairs"] >= 3
+
+    sft_cfg = tmp_path / "sft.yaml"
+    sft_cfg.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "data": str(tmp_path / "revise" / "sft.jsonl"),
+                                       "output_dir": str(tmp_path / "sft"), "max_steps": 2, "batch_size": 4,
+                                       "lr": 1e-3, "max_length": 256}))
+    _invoke(["train", "sft", str(sft_cfg)])
+
+    label_cfg = tmp_path / "label.yaml"
+    label_cfg.write_text(yaml.safe_dump({
+        "labeler": {"kind": "hf", "model": str(tmp_path / "sft"), "device": "cpu"},
+        "policy": {"kind": "hf", "model": str(tmp_path / "sft"), "device": "cpu"},
+        "policy_sampling": sampling, "prompts": prompts, "ensemble": 2, "out_dir": str(tmp_path / "label")}))
+    _invoke(["cai", "label", str(label_cfg)])
+    lab = json.loads((tmp_path / "label" / "summary.json").read_text())
+    pairs = [json.loads(x) for x in (tmp_path / "label" / "pairs.jsonl").read_text().splitlines()]
+    assert lab["pairs"] == len(pairs) == 6
+    assert all(0.5 <= p["label_prob"] <= 1 and len(p["meta"]["principles"]) == 2 for p in pairs)
+    assert 0 < lab["mean_option_mass"] <= 1
+
+    dpo_cfg = tmp_path / "dpo.yaml"
+    dpo_cfg.write_text(yaml.safe_dump({"model": str(tmp_path / "sft"), "data": str(tmp_path / "label" / "pairs.jsonl"),
+                                       "output_dir": str(tmp_path / "dpo"), "max_steps": 2, "batch_size": 3,
+                                       "lr": 1e-3, "max_length": 512}))
+    _invoke(["train", "dpo", str(dpo_cfg)])
+    assert (tmp_path / "dpo" / "config.json").exists() or (tmp_path / "dpo" / "adapter_config.json").exists()
+    print(json.dumps({"revise": summary, "label": lab}, indent=1))  # figures, shown with -s
