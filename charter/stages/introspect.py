@@ -180,6 +180,10 @@ def mix_rows(kept: dict[str, list[dict]], cfg: MixConfig, seed: int) -> list[dic
         w = {k: p for k, p in cfg.proportions.items() if p > 0}
         if not w:
             raise ConfigError("mix.proportions: at least one weight must be > 0")
+        empty = [k for k in w if not pools.get(k)]
+        if empty:
+            print(f"introspect: warning: mix.proportions weights {empty} but no such rows were kept, "
+                  f"so the proportional mix is empty")
         total_w = sum(w.values())
         # largest total T with round(T * w_k / total_w) <= available_k for every kind
         total = min(len(pools.get(k, [])) * total_w / p for k, p in w.items())
