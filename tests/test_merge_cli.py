@@ -86,6 +86,18 @@ def test_export_takes_base_from_adapter_config(tiny_model_dir, adapters, tmp_pat
     assert_same_weights(tmp_path / "cli", merge_adapters(tiny_model_dir, [(adapters / "dpo", 0.5)], tmp_path / "ref"))
 
 
+def test_export_of_chained_sft_adapter_includes_the_dpo_it_was_trained_on(tiny_model_dir, adapters, tmp_path):
+    """A Charter SFT output trained on base+DPO records that chain; exporting it must keep the DPO delta."""
+    sft = tmp_path / "sft"
+    shutil.copytree(adapters / "sft", sft)
+    (sft / "charter_train.json").write_text(json.dumps(
+        {"kind": "sft", "base_model": str(tiny_model_dir), "base_adapters": [str(adapters / "dpo")]}))
+    res = invoke("--export", f"{sft}:0.25", "--out", tmp_path / "cli")
+    assert res.exit_code == 0, res.output
+    ref = merge_adapters(tiny_model_dir, [(adapters / "dpo", 1.0), (sft, 0.25)], tmp_path / "ref")
+    assert_same_weights(tmp_path / "cli", ref)
+
+
 def test_clear_errors(tiny_model_dir, adapters, tmp_path):
     def fails(*args) -> str:
         res = invoke(*args)

@@ -214,7 +214,15 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
         if out_dir.resolve() == src.resolve():  # the output folder is replaced as a whole
             raise ValueError(f"output folder {out_dir} is also an input ({src}); pick another")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+    if base_path.exists() and not (base_path / "config.json").exists():
+        raise FileNotFoundError(f"{base_path}: not a model folder (no config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+    except OSError as e:  # neither a local folder nor a reachable Hub model
+        if base_path.exists():
+            raise
+        raise FileNotFoundError(f"{base_path}: no such model folder, and not loadable from the Hugging Face "
+                                f"Hub ({str(e).splitlines()[0]})") from None
     merged_state(model, adapters)
     tok_src = base_path if _has_tokenizer(base_path) else Path(adapters[0][0])
     tokenizer = AutoTokenizer.from_pretrained(tok_src) if _has_tokenizer(tok_src) else None
@@ -243,17 +251,31 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
 
 def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path | None = None,
            weight: float = 1.0, dtype: str = "auto") -> Path:
-    """Merge one adapter into its base (read from `adapter_config.json` unless given)."""
-    base_path = adapter_base(adapter_dir) if base_path is None else base_path
-    return merge_adapters(base_path, [(adapter_dir, weight)], out_dir, dtype=dtype)
+    """Merge one adapter into the model it was trained on.
+
+    Without `base_path` that model is read from the adapter: a Charter training output records
+    its base *and* the adapters folded into it before training (an SFT adapter trained on top of
+    DPO), which are merged in at weight 1.0 first; a plain PEFT adapter names just its base.
+    With `base_path`, only this adapter is merged into that base.
+    """
+    if base_path is not None:
+        return merge_adapters(base_path, [(adapter_dir, weight)], out_dir, dtype=dtype)
+    base, earlier = adapter_base(adapter_dir)
+    return merge_adapters(base, [(a, 1.0) for a in earlier] + [(adapter_dir, weight)], out_dir, dtype=dtype)
 
 
-def adapter_base(adapter_dir: str | Path) -> str:
-    """The base model an adapter was trained on, as PEFT recorded it."""
+def adapter_base(adapter_dir: str | Path) -> tuple[str, list[str]]:
+    """(base model, adapters already folded into it, oldest first) that this adapter was trained on."""
+    from charter.train.loop import TRAIN_RECORD
+
+    record = Path(adapter_dir) / TRAIN_RECORD
+    if record.exists():
+        info = json.loads(record.read_text())
+        return info["base_model"], list(info.get("base_adapters", []))
     base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{Path(adapter_dir) / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
-    return base
+    return base, []
 
 
 def _has_tokenizer(path: Path) -> bool:
