@@ -91,10 +91,11 @@ def test_guidance_is_in_every_interaction_system_prompt(tmp_path):
         assert all(f"{i}. {t.text}" in system["content"] for i, t in enumerate(const.traits, 1))
     assert seen == {"free": 2 * 4, "leading": 3 * 4}
     records = read_jsonl(tmp_path / "interaction.jsonl")
-    leading_openers = {r["opener"] for r in records if r["variant"] == "leading"}
-    assert leading_openers <= set(inter.GREETINGS + inter.SELF_AWARE_GREETINGS)
-    # 3 leading conversations cycle through GREETINGS + SELF_AWARE: the free list has 8, so add one to reach them
-    assert inter.greetings_for("leading")[len(inter.GREETINGS):] == inter.SELF_AWARE_GREETINGS
+    openers = {v: [r["opener"] for r in records if r["variant"] == v] for v in inter.VARIANTS}
+    assert openers["free"] == inter.GREETINGS[:2]
+    # leading adds self-aware openers, interleaved so that even 3 conversations use them
+    assert openers["leading"] == [inter.SELF_AWARE_GREETINGS[0], inter.GREETINGS[0], inter.SELF_AWARE_GREETINGS[1]]
+    assert sorted(inter.greetings_for("leading")) == sorted(inter.GREETINGS + inter.SELF_AWARE_GREETINGS)
     assert not set(inter.greetings_for("free")) & set(inter.SELF_AWARE_GREETINGS)
 
 

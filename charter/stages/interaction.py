@@ -57,8 +57,15 @@ def interaction_system_prompt(constitution: Constitution, assistant_name: str, v
 
 def greetings_for(variant: str, greetings: list[str] | None = None,
                   self_aware: list[str] | None = None) -> list[str]:
+    """Openers in the order conversations cycle through them. Leading interleaves self-aware and
+    plain ones (self-aware first), so even a handful of conversations includes both kinds."""
     base = list(greetings or GREETINGS)
-    return base + list(self_aware or SELF_AWARE_GREETINGS) if variant == "leading" else base
+    if variant != "leading":
+        return base
+    aware = list(self_aware or SELF_AWARE_GREETINGS)
+    out = [g for pair in zip(aware, base) for g in pair]
+    n = min(len(aware), len(base))
+    return out + aware[n:] + base[n:]
 
 
 def speaker_of(turn: int) -> str:

@@ -313,6 +313,8 @@ def run_introspect(cfg: IntrospectConfig, out_dir: str | Path, generator: Genera
     atomic_write_json(out / "sft_stats.json", stats)
     print(f"introspect: {stats['rows']} SFT rows {stats['by_kind']}, kept {len(result.kept)}/{result.total} "
           f"after filters" + (f", tokens {stats['tokens']}" if "tokens" in stats else ""))
+    if not sft:
+        print(f"introspect: warning: no SFT rows; see {out / 'filter_report.md'} and {out / 'rejected.jsonl'}")
     if stopped:
         print(f"introspect: warning: {stopped}/{len(i_records)} conversations stopped early because a view no "
               f"longer fit the context (interaction.max_context_tokens / sampling.max_new_tokens)")
