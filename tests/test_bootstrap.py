@@ -80,6 +80,15 @@ def test_verifiable_checks(check, good, bad):
     assert check(good) and not check(bad)
 
 
+def test_compare_pairs_outcomes_and_splits_families():
+    from charter.cai.bootstrap import compare
+
+    fig = compare([True, False, False, True], [True, True, True, False], ["a", "a", "b", "b"])
+    assert (fig["k"], fig["n"]) == (3, 4) and fig["by_family"] == {"a": 1.0, "b": 0.5}
+    assert (fig["mcnemar"]["b"], fig["mcnemar"]["c"]) == (1, 2)
+    assert fig["ci"][0] < 0.75 < fig["ci"][1]
+
+
 def test_sentence_count_edges():
     assert sentence_count("") == 0 and sentence_count("no end") == 1 and sentence_count("A. B? C!") == 3
 
@@ -127,4 +136,4 @@ def test_stage_data_sorts_samples_by_checks(base_tok):
     assert len(pairs) == 20  # the second sample always fails: every task gives a pair
     md = summary_table([{"stage": "instructions", "framing": "hh", "accuracy": 0.5, "ci": [0.3, 0.7], "k": 5,
                          "n": 10, "mcnemar": {"b": 1, "c": 4, "p_exact": 0.375}, "data": stats}])
-    assert "| instructions | hh | 0.500 (5/10) | [0.300, 0.700] | 1/4, p=0.375 |" in md
+    assert "| instructions | hh | 0.500 (5/10) | [0.300, 0.700] | - | 1/4, p=0.375 |" in md

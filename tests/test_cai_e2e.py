@@ -7,6 +7,17 @@ from typer.testing import CliRunner
 
 from charter.cli import app
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded torch: on a shared 2-core box, oversubscribed threads run ~10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _invoke(args):
     res = CliRunner().invoke(app, args, catch_exceptions=False)

@@ -9,6 +9,17 @@ from charter.cai.feedback import (CannotScore, HFChoiceScorer, OpenAIChoiceScore
                                   label_pairs, labeler_text, normalise, option_paths, sigmoid)
 from charter.cai.principles import Principle, PrincipleSet
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded torch: on a shared 2-core box, oversubscribed threads run ~10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):

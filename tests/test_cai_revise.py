@@ -102,3 +102,13 @@ def test_constitutional_reply_shows_steps():
                                  rounds=2, on_step=lambda label, text: seen.append(label))
     assert reply.draft == "draft:hi" and reply.final == "R(R(draft:hi))"
     assert seen[0] == "draft" and len(seen) == 5 and "[critique: " in reply.transcript()
+
+
+def test_reply_fn_for_chat_loop_streams_steps_then_final():
+    from charter.cai.inference import constitutional_reply_fn
+
+    ps = load_principles()
+    chunks = []
+    fn = constitutional_reply_fn(Scripted(ps), ps, show_steps=True)
+    assert fn([{"role": "user", "content": "yo"}], chunks.append) == "R(draft:yo)"
+    assert chunks[0].startswith("[draft]") and chunks[-1] == "[final]\nR(draft:yo)" and len(chunks) == 4

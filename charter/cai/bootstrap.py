@@ -165,11 +165,13 @@ def evaluate(gen, tokenizer, tasks: list[Task], framings: list[str], cfg: Bootst
     return out
 
 
-def compare(prev: list[bool], cur: list[bool]) -> dict:
+def compare(prev: list[bool] | None, cur: list[bool], families: list[str]) -> dict:
+    """Accuracy with Wilson CI (overall and per task family) and McNemar against `prev` (same tasks)."""
     from charter.evaluate.stats import mcnemar_paired, proportion
 
     p = proportion(sum(cur), len(cur))
-    return {"accuracy": p.value, "ci": [p.lo, p.hi], "k": p.k, "n": p.n,
+    by = {f: sum(c for c, g in zip(cur, families) if g == f) / families.count(f) for f in dict.fromkeys(families)}
+    return {"accuracy": p.value, "ci": [p.lo, p.hi], "k": p.k, "n": p.n, "by_family": by,
             "mcnemar": mcnemar_paired(prev, cur).to_dict() if prev is not None else None}
 
 
@@ -237,15 +239,16 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
 
         model = str(build_base_lm(cfg.base_lm, out / "base_model"))
     eval_tasks = [t for f in cfg.eval_families for t in make_tasks(f, cfg.eval_tasks, seed=10_000)]
+    fams = [t.id.split("-")[0] for t in eval_tasks]
     base_dir = out / "stage_0_baseline"
     if not (base_dir / "done.json").exists():
         gen, tok = _load(model, cfg.device)
         results = evaluate(gen, tok, eval_tasks, list(dict.fromkeys(cfg.baseline_framings + cfg.eval_framings)), cfg)
         atomic_write_json(base_dir / "eval.json", {"model": model, "results": results,
-                                                   "figures": {f: compare(None, r) for f, r in results.items()}})
+                                                   "figures": {f: compare(None, r, fams) for f, r in results.items()}})
         atomic_write_json(base_dir / "done.json", {"model": model})
     prev = json.loads((base_dir / "eval.json").read_text())["results"]
-    rows = [{"stage": "baseline", "framing": f, **compare(None, r)} for f, r in prev.items()]
+    rows = [{"stage": "baseline", "framing": f, **compare(None, r, fams)} for f, r in prev.items()]
     for k, family in enumerate(cfg.stages, 1):
         sdir = out / f"stage_{k}_{family}"
         done = sdir / "done.json"
@@ -257,7 +260,7 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
             new_model = train_stage(model, sdir / "sft.jsonl", sdir / "pairs.jsonl", len(pairs), sdir, cfg)
             gen, tok = _load(new_model, cfg.device)
             results = evaluate(gen, tok, eval_tasks, cfg.eval_framings, cfg)
-            figures = {f: compare(prev.get(f), r) for f, r in results.items()}
+            figures = {f: compare(prev.get(f), r, fams) for f, r in results.items()}
             atomic_write_json(sdir / "eval.json", {"model": new_model, "results": results, "figures": figures,
                                                    "data": stats})
             atomic_write_json(done, {"model": new_model})
@@ -274,13 +277,14 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
 
 def summary_table(rows: list[dict]) -> str:
     """Markdown: one line per stage and framing, with Wilson CI and McNemar vs the previous stage."""
-    lines = ["| stage | framing | accuracy | 95% CI | vs previous (b/c, exact p) | data (solved/tasks, refs, pairs) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | framing | accuracy | 95% CI | by family | vs previous (b/c, exact p) "
+             "| data (solved/tasks, refs, pairs) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r.get("mcnemar")
         mc = f"{m['b']}/{m['c']}, p={m['p_exact']:.3g}" if m else "-"
         d = r.get("data")
         dd = f"{d['tasks_solved']}/{d['tasks']}, {d['references_used']}, {d['pairs']}" if d else "-"
+        fam = ", ".join(f"{k} {v:.2f}" for k, v in r.get("by_family", {}).items()) or "-"
         lines.append(f"| {r['stage']} | {r['framing']} | {r['accuracy']:.3f} ({r['k']}/{r['n']}) | "
-                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {mc} | {dd} |")
+                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {fam} | {mc} | {dd} |")
     return "\n".join(lines) + "\n"

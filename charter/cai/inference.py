@@ -52,3 +52,24 @@ def constitutional_reply(generator: Generator, messages: list[dict], principles:
             emit(f"critique: {s['principle']}", s["critique"])
             emit(f"revision {s['round']}", s["revision"])
     return reply
+
+
+def constitutional_reply_fn(generator: Generator, principles: PrincipleSet | str | None = None,
+                            show_steps: bool = False, rounds: int = 1, params: SamplingParams | None = None,
+                            seed: int = 0) -> Callable[[list[dict], Callable[[str], None]], str]:
+    """A `reply_fn(messages, on_text) -> reply` for `charter.commands.chat.chat_loop`.
+
+    With `show_steps`, the draft and each critique/revision are written through `on_text`
+    before the final reply; otherwise only the final reply is.
+    """
+    if not isinstance(principles, PrincipleSet):
+        principles = load_principles(principles)
+
+    def reply_fn(messages: list[dict], on_text: Callable[[str], None]) -> str:
+        steps = (lambda label, text: on_text(f"[{label}]\n{text}\n\n")) if show_steps else None
+        reply = constitutional_reply(generator, messages, principles, show_steps, rounds=rounds, params=params,
+                                     seed=seed, on_step=steps)
+        on_text(f"[final]\n{reply.final}" if show_steps else reply.final)
+        return reply.final
+
+    return reply_fn
