@@ -7,6 +7,9 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# one intra-op thread per test process: tiny models gain nothing from threads, and on a loaded
+# 2-core machine (pytest -n 2) spinning OpenMP threads made a 32-wide matmul take ~10 ms
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
