@@ -452,3 +452,18 @@ def test_end_to_end_cli_hf_backend_into_sft_trainer(tmp_path, tiny_model_dir, to
                                     warmup_ratio=0.0), on_step=lambda step, m: losses.append(m["loss"]))
     assert (Path(model_out) / "config.json").exists()
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
+
+
+def test_record_ids_are_stable_unique_and_content_keyed():
+    from charter.stages.introspect import _plans
+
+    cfg = small_cfg("reflection.samples_per_prompt=5", "interaction.free=20", "interaction.leading=20")
+    r1, i1 = _plans(cfg)
+    r2, i2 = _plans(cfg)
+    ids = [x.id for x in r1 + i1]
+    assert ids == [x.id for x in r2 + i2] and len(set(ids)) == len(ids) == 50 + 40
+    # another character (system prompt content) or conversation length -> other records
+    r3, i3 = _plans(small_cfg("constitution=humor", "interaction.free=20", "interaction.leading=20"))
+    assert not {x.id for x in r3 + i3} & set(ids)
+    _, i4 = _plans(small_cfg("interaction.free=20", "interaction.leading=20", "interaction.turns=6"))
+    assert not {x.id for x in i4} & {x.id for x in i1}

@@ -25,6 +25,7 @@ from typing import Callable
 from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
 from charter.data.jsonl import stable_id
+from charter.stages.records import sample_id
 from charter.stages.reflection import character_block, check_authored
 
 GREETINGS = [
@@ -122,16 +123,17 @@ class Conversation:
 
 
 def plan_interaction(system: str, variant: str, count: int, greetings: list[str], turns: int) -> list[Conversation]:
-    """`count` conversations cycling through the openers; ids hash kind + prompt content + index."""
+    """`count` conversations cycling through the openers. Conversation i is sample i // len(openers)
+    of its opener; ids follow distillation's scheme, `sample_id(stable_id(prompt content, kind), k)`,
+    with the turn count in the key (a longer conversation is a different record)."""
     check_authored(system, f"interaction system prompt ({variant})")
     for i, g in enumerate(greetings):
         check_authored(g, f"{variant} greeting {i}")
     out = []
     for i in range(count):
         g = greetings[i % len(greetings)]
-        rid = stable_id("interaction", variant, [{"role": "system", "content": system}, {"role": "user", "content": g}],
-                        i, turns)
-        out.append(Conversation(rid, variant, i, g, system))
+        key = stable_id([{"role": "system", "content": system}, {"role": "user", "content": g}], "interaction", turns)
+        out.append(Conversation(sample_id(key, i // len(greetings)), variant, i, g, system))
     return out
 
 

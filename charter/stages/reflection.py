@@ -17,6 +17,7 @@ from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
 from charter.data.jsonl import DataError, iter_jsonl, stable_id
 from charter.filters import PLACEHOLDER_RE
+from charter.stages.records import sample_id
 
 # Our own prompts, one per theme in SPEC §1 (reflection row).
 REFLECTION_PROMPTS = [
@@ -103,12 +104,13 @@ class ReflectionItem:
 
 
 def plan_reflection(system: str, prompts: list[str], samples: int) -> list[ReflectionItem]:
-    """All (prompt, sample) items in a fixed order; ids hash kind + prompt content + sample index."""
+    """All (prompt, sample) items in a fixed order. Ids follow distillation's scheme:
+    `sample_id(stable_id(prompt content, kind), sample index)`."""
     check_authored(system, "reflection system prompt")
     items = []
     for p in prompts:
-        msgs = [{"role": "system", "content": system}, {"role": "user", "content": p}]
-        items += [ReflectionItem(stable_id("reflection", msgs, k), p, k, system) for k in range(samples)]
+        key = stable_id([{"role": "system", "content": system}, {"role": "user", "content": p}], "reflection")
+        items += [ReflectionItem(sample_id(key, k), p, k, system) for k in range(samples)]
     return items
 
 
