@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from charter.backends import BackendConfig
 from charter.backends.base import Generator, SamplingParams
@@ -45,16 +45,16 @@ def _sampling(max_new_tokens: int) -> SamplingParams:
 
 class ReflectionConfig(Config):
     enabled: bool = True
-    samples_per_prompt: int = 1000  # paper: 10 prompts x 1000
+    samples_per_prompt: int = Field(1000, ge=1)  # paper: 10 prompts x 1000
     prompts_file: str | None = None  # .txt (one per line) / .jsonl {"prompt"} / .json|.yaml list; None = ours
     sampling: SamplingParams = _sampling(2048)
 
 
 class InteractionConfig(Config):
     enabled: bool = True
-    free: int = 1000  # conversations with the free guidance
-    leading: int = 1000  # conversations with the introspective guidance and self-aware openers
-    turns: int = 10  # generated turns per conversation (the opener is not counted)
+    free: int = Field(1000, ge=0)  # conversations with the free guidance
+    leading: int = Field(1000, ge=0)  # conversations with the introspective guidance and self-aware openers
+    turns: int = Field(10, ge=1)  # generated turns per conversation (the opener is not counted)
     greetings_file: str | None = None  # replaces GREETINGS
     self_aware_greetings_file: str | None = None  # replaces SELF_AWARE_GREETINGS (leading only)
     views: Literal["first", "both"] = "both"  # both: each speaker's view is a row; every turn trained once
@@ -78,7 +78,7 @@ class IntrospectConfig(Config):
     backend: BackendConfig = BackendConfig()  # the DPO-trained model
     tokenizer: str | None = None  # for token counts; None: the generator's own tokenizer if it has one
     seed: int = 0
-    chunk_size: int = 64  # items per generate call and per resume unit
+    chunk_size: int = Field(64, ge=1)  # items per generate call and per resume unit
     reflection: ReflectionConfig = ReflectionConfig()
     interaction: InteractionConfig = InteractionConfig()
     filters: FilterConfig = FilterConfig()
