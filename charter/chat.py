@@ -81,32 +81,37 @@ def fallback_render(messages: list[dict], add_generation_prompt: bool = False, b
     The generation prompt ends with `Assistant:` (no space) so the model generates ` answer`,
     the same split that training sees.
     """
-    parts: list[str] = [bos_token or ""]
-    first = True
+    turns = []
     for m in messages:
-        sep = "" if first else "\n\n"
-        first = False
         if m["role"] == "system":
-            parts.append(f"{sep}{m['content']}")
+            turns.append(m["content"])
         elif m["role"] == "user":
-            parts.append(f"{sep}Human: {m['content']}")
+            turns.append(f"Human: {m['content']}")
         else:
-            parts.append(f"{sep}Assistant: {m['content']}{eos_token or ''}")
+            turns.append(f"Assistant: {m['content']}{eos_token or ''}")
     if add_generation_prompt:
-        parts.append(("" if first else "\n\n") + "Assistant:")
-    return "".join(parts)
+        turns.append("Assistant:")
+    return (bos_token or "") + "\n\n".join(turns)
 
 
-def render_text(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """Render with the tokenizer's template, or the base-model fallback when it has none."""
-    if has_chat_template(tokenizer):
+def render_text(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+                chat: bool | None = None) -> str:
+    """Render with the tokenizer's template, or the base-model fallback when it has none.
+
+    `chat=False` forces the plain transcript even when the tokenizer ships a template (a base
+    model whose tokenizer came from its instruct sibling); `chat=True` insists on the template.
+    """
+    use_template = has_chat_template(tokenizer) if chat is None else chat
+    if use_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return fallback_render(messages, add_generation_prompt, tokenizer.bos_token, tokenizer.eos_token)
+    return fallback_render(messages, add_generation_prompt, getattr(tokenizer, "bos_token", None),
+                           getattr(tokenizer, "eos_token", None))
 
 
-def render_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+def render_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                  chat: bool | None = None) -> str:
     """The text a generator should feed the model (tokenize it with `add_special_tokens=False`)."""
-    return render_text(tokenizer, check_messages(messages), add_generation_prompt)
+    return render_text(tokenizer, check_messages(messages), add_generation_prompt, chat)
 
 
 def check_messages(messages: Any, where: str = "messages") -> list[dict]:
@@ -188,17 +193,13 @@ def _encode_full(tokenizer, messages: list[dict]) -> EncodedChat:
     special = _special_ids(tokenizer)
     labels = [IGNORE_INDEX] * len(ids)
     for _span_start, content_start, content_end, span_end in spans:
-        # tokens overlapping [content_start, span_end), in order
-        toks = [t for t, (a, b) in enumerate(offsets) if b > content_start and a < span_end and b > a]
-        stop = None
-        for t in toks:  # first special token that starts at or after the content's end
-            if offsets[t][0] >= content_end and ids[t] in special:
-                stop = t
-                break
-        for t in toks:
-            if stop is not None and t > stop:
-                break
-            labels[t] = ids[t]
+        # tokens overlapping [content_start, span_end), in order, through the first special token
+        # that starts at or after the content's end (the end-of-turn token)
+        for t, (a, b) in enumerate(offsets):
+            if b > content_start and a < span_end and b > a:
+                labels[t] = ids[t]
+                if a >= content_end and ids[t] in special:
+                    break
     return EncodedChat(input_ids=list(ids), labels=labels)
 
 

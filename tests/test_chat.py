@@ -181,6 +181,16 @@ def test_fallback_template_for_base_models(toks):
     assert render_prompt(toks["qwen"], [{"role": "user", "content": "hi"}]).endswith("<|im_start|>assistant\n")
 
 
+def test_chat_flag_overrides_template_detection(toks):
+    """Backends serving a base model whose tokenizer ships a template force the plain transcript."""
+    msgs = [{"role": "user", "content": "hi"}]
+    qwen, base = toks["qwen"], toks["base"]
+    assert render_prompt(qwen, msgs, chat=False) == f"{qwen.bos_token or ''}Human: hi\n\nAssistant:"
+    assert render_prompt(None, msgs, chat=False) == "Human: hi\n\nAssistant:"  # no tokenizer at hand
+    assert render_prompt(qwen, msgs, chat=True) == render_prompt(qwen, msgs)
+    assert render_prompt(base, msgs, chat=False) == render_prompt(base, msgs) == "<s>Human: hi\n\nAssistant:"
+
+
 def test_trailing_user_turn_is_dropped_and_no_assistant_gives_none(toks):
     tok = toks["qwen"]
     enc = encode_chat(tok, CONV[:4])  # ends on a user turn

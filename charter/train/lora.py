@@ -48,7 +48,12 @@ class LoraSettings(Config):
 
     @property
     def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+        return lora_scale(self.r, self.alpha, self.use_rslora)
+
+
+def lora_scale(r: int, alpha: float, use_rslora: bool = False) -> float:
+    """PEFT's LoRA scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    return alpha / (math.sqrt(r) if use_rslora else r)
 
 
 def linear_module_names(model) -> list[str]:
@@ -64,12 +69,10 @@ def linear_module_names(model) -> list[str]:
     if hasattr(model, "peft_config"):
         raise ValueError("linear_module_names: pass the base model, not one already wrapped by PEFT")
     head = model.get_output_embeddings()
-    head_names = {name for name, mod in model.named_modules() if mod is head}
-    leaves = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear, Conv1D)) and mod is not head:
-            leaves.add(name.rsplit(".", 1)[-1])
-    leaves -= {n.rsplit(".", 1)[-1] for n in head_names}
+    modules = [(name.rsplit(".", 1)[-1], mod) for name, mod in model.named_modules()]
+    linears = {leaf for leaf, m in modules if isinstance(m, (nn.Linear, Conv1D)) and m is not head}
+    # PEFT matches targets by leaf name, so a leaf shared with the head would wrap the head too
+    leaves = linears - {leaf for leaf, m in modules if m is head}
     if not leaves:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers besides the LM head to put LoRA on")
     return sorted(leaves)
@@ -97,8 +100,7 @@ def apply_lora(model, settings: LoraSettings):
 
 def adapter_scale(cfg: dict) -> float:
     """PEFT's scaling for a saved adapter config."""
-    r, alpha = cfg["r"], cfg["lora_alpha"]
-    return alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+    return lora_scale(cfg["r"], cfg["lora_alpha"], bool(cfg.get("use_rslora")))
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:
