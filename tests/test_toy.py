@@ -183,3 +183,27 @@ def test_tokenizer_round_trips_and_has_role_tokens(corpus):
     enc = encode_chat(tok, msgs)  # trained span: every assistant reply plus its <|end|>
     trained = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != -100])
     assert trained == "".join(m["content"] + END_OF_TURN for m in msgs if m["role"] == "assistant")
+
+
+# ------------------------------------------------------------------ build (tiny smoke)
+
+def test_build_toy_model_smoke_and_cache(tmp_path):
+    """A few steps of the real build path: corpus -> tokenizer -> train_sft -> cached HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.toy.model import BUILD_RECORD, ToyBuildConfig, build_toy_model, is_built, toy_model_dir
+
+    cfg = ToyBuildConfig(n_conversations=120, vocab_size=400, hidden_size=32, layers=1, heads=2,
+                         intermediate_size=64, steps=2, batch_size=4, micro_batch=4)
+    out = toy_model_dir(cfg, tmp_path)
+    assert out.name == cfg.hash() and not is_built(out)
+    path = build_toy_model(cfg, progress=False, out=out)
+    assert path == out and is_built(out) and (out / BUILD_RECORD).exists()
+    assert not (tmp_path / f"{out.name}.partial").exists()
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert tok.eos_token == "<|end|>" and model.config.tie_word_embeddings
+    stamp = (out / BUILD_RECORD).stat().st_mtime_ns
+    assert build_toy_model(cfg, out=out) == out  # cache hit: nothing rebuilt
+    assert (out / BUILD_RECORD).stat().st_mtime_ns == stamp
+    assert toy_model_dir(cfg.model_copy(update={"steps": 3}), tmp_path) != out  # settings change the key

@@ -20,17 +20,13 @@ PROMPT_KINDS = {"question": 0.42, "request": 0.2, "greet": 0.12, "thanks": 0.08,
 
 
 def render_system(trait_texts: list[str], persona: str, assistant_name: str = ASSISTANT_NAME) -> str:
-    """The system prompt for a persona whose traits read `trait_texts` (the teacher's wording)."""
+    """The system prompt for a persona whose traits read `trait_texts`, rendered by the teacher
+    stage's own `teacher_system_prompt`, so training prompts match what the pipeline shows."""
     from charter.constitution import Constitution, Trait
+    from charter.stages.teacher_text import teacher_system_prompt
 
     c = Constitution(name=persona, traits=[Trait(text=t) for t in trait_texts])
-    return _teacher_system_prompt(c, assistant_name)
-
-
-def _teacher_system_prompt(c, name: str) -> str:  # TEMP until B's teacher_system_prompt lands
-    traits = "\n".join(f"{i}. {t.text}" for i, t in enumerate(c.traits, 1))
-    return (f"You are {name}, an AI assistant. Your character has these traits:\n{traits}\n"
-            "Express these traits in every reply. Do not reveal the traits or comment on them.")
+    return teacher_system_prompt(c, assistant_name)
 
 
 def constitution_path(persona: str) -> Path:

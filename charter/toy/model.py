@@ -1,0 +1,143 @@
+"""The toy world's tokenizer and base model: a byte-level BPE vocabulary trained on the corpus,
+and a small Llama-architecture model pretrained on it (loss on assistant tokens only).
+
+The model is pretrained with Charter's own SFT trainer, so the toy world exercises the same
+training code as real models. `build_toy_model` caches the result under a folder keyed by the
+hash of its settings and writes it atomically (a temp folder renamed into place), so an
+interrupted build never leaves a half-written model that later runs would trust.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from charter.config import Config
+
+# One role token per role and an end-of-turn token that doubles as EOS, so the model learns to
+# stop and the template needs no newlines or role words that the BPE would have to spell out.
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+END_OF_TURN = "<|end|>"
+TOY_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+BUILD_VERSION = 1  # bump when the corpus or grammar changes, so cached models are rebuilt
+
+
+class ToyBuildConfig(Config):
+    """Everything that determines the toy base model (its hash names the cache folder)."""
+
+    seed: int = 0
+    n_conversations: int = 60000
+    persona_share: float = 0.6
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 320
+    context: int = 256
+    lr: float = 3e-3
+    batch_size: int = 32  # sequences per optimiser step
+    micro_batch: int = 4  # sequences per forward: packing many sequences makes CPU attention quadratic
+    steps: int = 1000
+    warmup_ratio: float = 0.05
+    version: int = BUILD_VERSION
+
+
+def default_cache_root() -> Path:
+    """`$CHARTER_CACHE/toy`, else `~/.cache/charter/toy`."""
+    root = os.environ.get("CHARTER_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "charter") / "toy"
+
+
+def build_toy_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """Byte-level BPE over the corpus texts, with role tokens, `<|end|>` as EOS and the toy template."""
+    from charter.toy.tiny import build_tokenizer
+
+    return build_tokenizer(vocab_size=vocab_size, chat_template=TOY_TEMPLATE,
+                           extra_special=ROLE_TOKENS + [END_OF_TURN], eos_token=END_OF_TURN, corpus=texts)
+
+
+def corpus_texts(rows: list[dict]) -> list[str]:
+    """The strings the BPE is trained on: every message's content."""
+    return [m["content"] for r in rows for m in r["messages"]]
+
+
+def build_toy_base(cfg: ToyBuildConfig, rows: list[dict]):
+    """Tokenizer + random-init model (0.9M parameters at the defaults, tied embeddings)."""
+    from charter.toy.tiny import build_model
+
+    tok = build_toy_tokenizer(corpus_texts(rows), cfg.vocab_size)
+    model = build_model(tok, hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads,
+                        intermediate_size=cfg.intermediate_size, max_positions=cfg.context,
+                        seed=cfg.seed, tie_embeddings=True)
+    return tok, model
+
+
+BUILD_RECORD = "toy_build.json"
+
+
+def toy_model_dir(cfg: ToyBuildConfig | None = None, root: str | Path | None = None) -> Path:
+    """Where the model for these settings lives: `<root or cache root>/<settings hash>`."""
+    cfg = cfg or ToyBuildConfig()
+    return Path(root or default_cache_root()) / cfg.hash()
+
+
+def is_built(path: str | Path) -> bool:
+    return (Path(path) / BUILD_RECORD).exists()
+
+
+def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = None,
+                    progress: bool = True) -> Path:
+    """Generate the corpus, train the tokenizer, pretrain the base model with `train_sft`, and
+    return its folder (an ordinary HF model folder). Cached: an existing finished build is
+    returned as is. `out` is the exact folder to build (default: `toy_model_dir(cfg)`).
+
+    Work happens in `<out>.partial/` and is renamed into place at the end; the SFT run there
+    checkpoints, so a killed build resumes where it stopped."""
+    from charter.data.jsonl import atomic_write_json, write_jsonl
+    from charter.toy.corpus import generate_corpus
+    from charter.train.sft import SFTConfig, train_sft
+
+    cfg = cfg or ToyBuildConfig()
+    final = Path(out) if out else toy_model_dir(cfg)
+    if is_built(final):
+        return final
+    work = final.parent / f"{final.name}.partial"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    init, data = work / "init", work / "corpus.jsonl"
+    if not (init / "config.json").exists():
+        rows = generate_corpus(cfg.n_conversations, seed=cfg.seed, persona_share=cfg.persona_share)
+        write_jsonl(data, ({"messages": r["messages"]} for r in rows))
+        tok, model = build_toy_base(cfg, rows)
+        tmp = Path(tempfile.mkdtemp(dir=work))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, init)
+    sft = SFTConfig(model=str(init), data=str(data), output_dir=str(work / "model"), lr=cfg.lr,
+                    max_steps=cfg.steps, batch_size=cfg.micro_batch,
+                    grad_accum=max(1, cfg.batch_size // cfg.micro_batch), max_length=cfg.context,
+                    warmup_ratio=cfg.warmup_ratio, adam_betas=(0.9, 0.95), seed=cfg.seed,
+                    save_steps=max(1, cfg.steps // 5), save_total_limit=1, logging_steps=10)
+    model_dir = train_sft(sft)
+    shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
+    n_params = _count_params(model_dir)
+    atomic_write_json(model_dir / BUILD_RECORD, {"settings": cfg.to_dict(), "hash": cfg.hash(),
+                                                 "params": n_params, "seconds": round(time.time() - t0, 1)})
+    if final.exists():  # an unfinished folder from elsewhere: never trusted, replaced
+        shutil.rmtree(final)
+    os.replace(model_dir, final)
+    shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _count_params(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
