@@ -1,4 +1,5 @@
 """AI feedback: exact option probabilities from logits, and order-swapping cancels position bias."""
+import json
 import math
 from types import SimpleNamespace
 
@@ -142,3 +143,37 @@ def test_openai_without_logprobs_says_it_cannot():
 
     pa, pb = OpenAIChoiceScorer("m", client=WithLogprobs()).option_probs(["x"])[0]
     assert normalise(pa, pb) == pytest.approx(0.75)
+
+
+def test_run_label_orders_pairs_by_label_and_resumes(tmp_path):
+    from charter.cai.feedback import LabelConfig, run_label
+
+    pairs = tmp_path / "in.jsonl"
+    pairs.write_text('{"prompt": "q", "chosen": "bad", "rejected": "good"}\n'
+                     '{"prompt": [{"role": "user", "content": "q"}], "responses": ["good", "bad"]}\n')
+    cfg = LabelConfig(labeler={"model": "fake"}, pairs_file=str(pairs), out_dir=str(tmp_path / "out"))
+    scorer = BiasedScorer({"good": 2.0, "bad": 0.5}, bias=-0.7)
+    summary = run_label(cfg, scorer)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert summary["pairs"] == 2 and summary["first_preferred"] == 1  # relabelling flipped the first pair
+    assert all(r["chosen"][0]["content"] == "good" and r["label_prob"] == pytest.approx(sigmoid(1.5)) for r in rows)
+    assert summary["mean_position_bias"] == pytest.approx(-0.7)
+
+    class Exploding:
+        name = "x"
+
+        def option_probs(self, texts):
+            raise AssertionError("resumed run must not score again")
+
+    assert run_label(cfg, Exploding())["pairs"] == 2
+
+
+def test_malformed_pairs_file_names_line(tmp_path):
+    from charter.cai.feedback import LabelConfig, run_label
+    from charter.data.jsonl import DataError
+
+    pairs = tmp_path / "in.jsonl"
+    pairs.write_text('{"prompt": "q", "responses": ["a", "b"]}\n{"prompt": "q", "responses": ["only one"]}\n')
+    cfg = LabelConfig(labeler={"model": "fake"}, pairs_file=str(pairs), out_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError, match=r"in.jsonl:2: field 'responses' must be a list of two"):
+        run_label(cfg, BiasedScorer({}, 0.0))

@@ -313,9 +313,14 @@ def load_items(cfg: LabelConfig) -> list[tuple[list[dict], str, str]]:
     if cfg.policy is None:
         raise DataError("cai label: set `pairs_file`, or `prompts`/`prompts_file` with a `policy` backend")
     convs = load_prompts(cfg.prompts, cfg.prompts_file, cfg.limit)
-    gen = make_generator(cfg.policy)
-    outs = gen.generate([list(c) for c in convs], cfg.policy_sampling.model_copy(update={"n": 2}), progress=True)
-    return [(c, o[0].text.strip(), o[1].text.strip()) for c, o in zip(convs, outs)]
+    with RecordStore(Path(cfg.out_dir) / "responses.jsonl") as store:  # a resumed run labels the same samples
+        todo = [c for c in convs if stable_id(c) not in store]
+        if todo:
+            gen = make_generator(cfg.policy)
+            outs = gen.generate(todo, cfg.policy_sampling.model_copy(update={"n": 2}), progress=True)
+            for c, o in zip(todo, outs):
+                store.add({"id": stable_id(c), "model": gen.name, "responses": [x.text.strip() for x in o]})
+        return [(c, *store.records[stable_id(c)]["responses"]) for c in convs]
 
 
 def make_scorer(spec: BackendConfig, batch_size: int = 8) -> tuple[ChoiceScorer, object]:
@@ -337,9 +342,9 @@ def run_label(cfg: LabelConfig, scorer: ChoiceScorer | None = None, tokenizer=No
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
     principles = load_principles(cfg.principles)
+    items = load_items(cfg)
     if scorer is None:
         scorer, tokenizer = make_scorer(cfg.labeler, cfg.batch_size)
-    items = load_items(cfg)
     render = lambda q: labeler_text(q, tokenizer, cfg.style)  # noqa: E731
     with RecordStore(out / "labels.jsonl") as store:
         keyed = [(stable_id(c, a, b), (c, a, b)) for c, a, b in items]
