@@ -46,17 +46,6 @@ def small_cfg(*overrides: str) -> IntrospectConfig:
     return load_config(IntrospectConfig, overrides=list(overrides), base=base)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one thread is 10x faster than contending for two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
