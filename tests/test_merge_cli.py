@@ -117,7 +117,9 @@ def test_clear_errors(tiny_model_dir, adapters, tmp_path):
     assert "give BASE and at least one ADAPTER" in fails(tiny_model_dir, "--out", out)
     assert "give no positional arguments" in fails(tiny_model_dir, "--export", adapters / "dpo", "--out", out)
     assert "weight must be a finite number" in fails(tiny_model_dir, f"{adapters / 'dpo'}:nan", "--out", out)
-    assert "is also an input" in fails(tiny_model_dir, adapters / "dpo", "--out", adapters / "dpo", "--force")
+    for inside in (adapters / "dpo", adapters):  # the input itself, or a folder holding it
+        assert f"would replace the input {adapters / 'dpo'}" in fails(tiny_model_dir, adapters / "dpo",
+                                                                      "--out", inside, "--force")
     (out / "keep.txt").parent.mkdir()
     (out / "keep.txt").write_text("mine")
     assert "already exists (use --force" in fails(tiny_model_dir, adapters / "dpo", "--out", out)

@@ -212,9 +212,9 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
     base_path, out_dir = Path(base_path), Path(out_dir)
     configs = [read_adapter_config(p) for p, _ in adapters]  # fail before loading the base
-    for src in [base_path, *(Path(p) for p, _ in adapters)]:
-        if out_dir.resolve() == src.resolve():  # the output folder is replaced as a whole
-            raise ValueError(f"output folder {out_dir} is also an input ({src}); pick another")
+    for src in [base_path, *(Path(p) for p, _ in adapters)]:  # the output folder is replaced as a whole
+        if out_dir.resolve() in (src.resolve(), *src.resolve().parents):
+            raise ValueError(f"output folder {out_dir} would replace the input {src}; pick another")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     if base_path.exists() and not (base_path / "config.json").exists():
         raise FileNotFoundError(f"{base_path}: not a model folder (no config.json)")
