@@ -66,3 +66,11 @@ def test_sl_cai_sft_feedback_dpo(tmp_path, tiny_model_dir):
     _invoke(["train", "dpo", str(dpo_cfg)])
     assert (tmp_path / "dpo" / "config.json").exists() or (tmp_path / "dpo" / "adapter_config.json").exists()
     print(json.dumps({"revise": summary, "label": lab}, indent=1))  # figures, shown with -s
+
+
+def test_cai_infer_cli_shows_every_step(tiny_model_dir):
+    out = _invoke(["cai", "infer", str(tiny_model_dir), "-p", "Tell me about the sea.", "--show-steps",
+                   "--rounds", "2", "--fewshot", "0", "--max-new-tokens", "6"])
+    labels = [line for line in out.splitlines() if line.startswith("[")]
+    assert labels[0] == "[draft]" and labels[-1] == "[final]"
+    assert sum(x.startswith("[critique: ") for x in labels) == 2 and "[revision 2]" in labels

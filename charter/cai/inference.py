@@ -30,7 +30,7 @@ class ConstitutionalReply:
 
 def constitutional_reply(generator: Generator, messages: list[dict], principles: PrincipleSet | str | None = None,
                          show_steps: bool = False, *, rounds: int = 1, params: SamplingParams | None = None,
-                         style: Style = "chat", seed: int = 0,
+                         style: Style = "chat", seed: int = 0, fewshot: int = 1,
                          on_step: Callable[[str, str], None] | None = None) -> ConstitutionalReply:
     """Answer `messages` (ending on a user turn), then critique and revise the answer `rounds` times.
 
@@ -43,7 +43,7 @@ def constitutional_reply(generator: Generator, messages: list[dict], principles:
         principles = load_principles(principles)
     params = params or SamplingParams(temperature=0.7, max_new_tokens=256)
     rec = run_chains(generator, [list(messages)], principles, params,
-                     ChainSettings(rounds=rounds, style=style, fewshot=1, seed=seed))[0]
+                     ChainSettings(rounds=rounds, style=style, fewshot=fewshot, seed=seed))[0]
     reply = ConstitutionalReply(rec["initial"], rec["final"], rec["rounds"])
     if show_steps:
         emit = on_step or (lambda label, text: print(f"[{label}]\n{text}\n"))

@@ -104,8 +104,13 @@ def _params(params: SamplingParams, style: Style) -> SamplingParams:
     return params.model_copy(update={"stop": list(dict.fromkeys(params.stop + COMPLETION_STOPS))})
 
 
-def _gen(generator: Generator, convs: list[list[dict]], params: SamplingParams, style: Style) -> list[Completion]:
-    outs = generator.generate([_request(c, style) for c in convs], _params(params, style).model_copy(update={"n": 1}))
+def _gen(generator: Generator, convs: list[list[dict]], params: SamplingParams, style: Style,
+         call: int = 0) -> list[Completion]:
+    """One batched call; a seeded run gets a distinct seed per call so draft, critique and revision
+    do not share random draws."""
+    seed = None if params.seed is None else params.seed + 7919 * call
+    outs = generator.generate([_request(c, style) for c in convs],
+                              _params(params, style).model_copy(update={"n": 1, "seed": seed}))
     return [o[0] for o in outs]
 
 
@@ -147,9 +152,9 @@ def run_chains(generator: Generator, convs: list[list[dict]], principles: Princi
                for i, c, r, f in zip(ids, convs, current, first_finish)]
     for k in range(settings.rounds):
         crit_convs = [with_fewshot(shots, critique_turns(c, r, ps[k])) for c, r, ps in zip(convs, current, picks)]
-        crits = _gen(generator, crit_convs, params, settings.style)
+        crits = _gen(generator, crit_convs, params, settings.style, call=2 * k + 1)
         rev_convs = [revision_turns(cc, cr.text.strip(), ps[k]) for cc, cr, ps in zip(crit_convs, crits, picks)]
-        revs = _gen(generator, rev_convs, params, settings.style)
+        revs = _gen(generator, rev_convs, params, settings.style, call=2 * k + 2)
         for rec, ps, cr, rv in zip(records, picks, crits, revs):
             rec["rounds"].append({"round": k + 1, "principle": ps[k].id, "critique_request": ps[k].critique,
                                   "critique": cr.text.strip(), "revision_request": ps[k].revision,

@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
               adapter: Optional[str] = typer.Option(None, help="LoRA adapter folder"),
               max_new_tokens: int = typer.Option(128), temperature: float = typer.Option(0.7),
               seed: int = typer.Option(0),
+              fewshot: int = typer.Option(1, help="few-shot transcripts from the principles file (0 for short contexts)"),
               show_steps: bool = typer.Option(False, "--show-steps", help="print draft, critiques and revisions")
               ) -> None:
         """Constitutional inference: draft -> critique -> revise with the same model."""
@@ -52,7 +53,7 @@ def register(app: typer.Typer) -> None:
         gen = make_generator(BackendConfig(kind="hf", model=model, adapter=adapter))
         params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         reply = constitutional_reply(gen, [{"role": "user", "content": prompt}], principles, show_steps,
-                                     rounds=rounds, params=params, seed=seed,
+                                     rounds=rounds, params=params, seed=seed, fewshot=fewshot,
                                      on_step=lambda label, text: typer.echo(f"[{label}]\n{text}\n"))
         typer.echo(reply.final if not show_steps else f"[final]\n{reply.final}")
 
