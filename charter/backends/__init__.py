@@ -22,6 +22,8 @@ class BackendConfig(Config):
     concurrency: int = 8  # openai: requests in flight
     timeout: float = 120.0  # openai: seconds per request
     max_retries: int = 5  # openai: on 429 / 5xx / timeouts / connection errors
+    retry_backoff: float = 0.5  # openai: first wait in seconds, doubled per retry (with jitter)
+    retry_max_wait: float = 30.0  # openai: cap on one wait
     dialect: Literal["vllm", "transformers", "openai"] = "vllm"  # openai: which extras the server accepts
     tokenizer: str | None = None  # openai: local tokenizer to render chats where the server lacks prefill
     batch_size: int = 32  # hf: rows per generate call

@@ -75,7 +75,7 @@ class OpenAIGenerator:
 
             raise ConfigError("backend (openai): 'base_url' is required, e.g. http://127.0.0.1:8000/v1")
         return cls(cfg.model, cfg.base_url, cfg.api_key_env, cfg.chat, cfg.concurrency, cfg.timeout,
-                   cfg.max_retries, cfg.dialect, cfg.tokenizer)
+                   cfg.max_retries, cfg.dialect, cfg.tokenizer, cfg.retry_backoff, cfg.retry_max_wait)
 
     def __repr__(self) -> str:  # no headers: they hold the key
         return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r}, dialect={self.dialect!r})"
@@ -195,10 +195,11 @@ class OpenAIGenerator:
                  progress: bool = False) -> list[list[Completion]]:
         coro = self.agenerate(requests, params, progress)
         try:
-            asyncio.get_running_loop()
+            in_loop = asyncio.get_running_loop() is not None
         except RuntimeError:
-            return asyncio.run(coro)
-        return _run_in_thread(coro)  # called from inside an event loop (e.g. a notebook)
+            in_loop = False
+        # inside a running event loop (e.g. a notebook) asyncio.run is not allowed: use a thread
+        return _run_in_thread(coro) if in_loop else asyncio.run(coro)
 
 
 def _retry_after(value: str | None) -> float | None:
