@@ -1,5 +1,6 @@
 """End to end through the CLI on a tiny local model: SL-CAI -> SFT -> AI feedback -> DPO (soft labels)."""
 import json
+import re
 
 import pytest
 import yaml
@@ -71,6 +72,7 @@ def test_sl_cai_sft_feedback_dpo(tmp_path, tiny_model_dir):
 def test_cai_infer_cli_shows_every_step(tiny_model_dir):
     out = _invoke(["cai", "infer", str(tiny_model_dir), "-p", "Tell me about the sea.", "--show-steps",
                    "--rounds", "2", "--fewshot", "0", "--max-new-tokens", "6"])
-    labels = [line for line in out.splitlines() if line.startswith("[")]
+    labels = re.findall(r"\[(?:draft|final|critique: [\w-]+|revision \d)\]\n", out)
+    labels = [x.strip() for x in labels]
     assert labels[0] == "[draft]" and labels[-1] == "[final]"
     assert sum(x.startswith("[critique: ") for x in labels) == 2 and "[revision 2]" in labels
