@@ -197,7 +197,7 @@ def test_build_toy_model_smoke_and_cache(tmp_path):
                          intermediate_size=64, steps=2, batch_size=4, micro_batch=4)
     out = toy_model_dir(cfg, tmp_path)
     assert out.name == cfg.hash() and not is_built(out)
-    path = build_toy_model(cfg, progress=False, out=out)
+    path = build_toy_model(cfg, out=out)
     assert path == out and is_built(out) and (out / BUILD_RECORD).exists()
     assert not (tmp_path / f"{out.name}.partial").exists()
     tok = AutoTokenizer.from_pretrained(out)

@@ -92,13 +92,17 @@ def is_built(path: str | Path) -> bool:
 
 
 def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = None,
-                    progress: bool = True) -> Path:
+                    threads: int | None = 1) -> Path:
     """Generate the corpus, train the tokenizer, pretrain the base model with `train_sft`, and
     return its folder (an ordinary HF model folder). Cached: an existing finished build is
     returned as is. `out` is the exact folder to build (default: `toy_model_dir(cfg)`).
 
     Work happens in `<out>.partial/` and is renamed into place at the end; the SFT run there
-    checkpoints, so a killed build resumes where it stopped."""
+    checkpoints, so a killed build resumes where it stopped.
+
+    `threads` caps torch's CPU threads during the build (restored after): a 0.9M-parameter
+    model gains little from a second thread, and on a busy machine two threads fighting for
+    the cores made steps 20x slower than one."""
     from charter.data.jsonl import atomic_write_json, write_jsonl
     from charter.toy.corpus import generate_corpus
     from charter.train.sft import SFTConfig, train_sft
@@ -124,7 +128,15 @@ def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = 
                     grad_accum=max(1, cfg.batch_size // cfg.micro_batch), max_length=cfg.context,
                     warmup_ratio=cfg.warmup_ratio, adam_betas=(0.9, 0.95), seed=cfg.seed,
                     save_steps=max(1, cfg.steps // 5), save_total_limit=1, logging_steps=10)
-    model_dir = train_sft(sft)
+    import torch
+
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model_dir = train_sft(sft)
+    finally:
+        torch.set_num_threads(saved_threads)
     shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
     n_params = _count_params(model_dir)
     atomic_write_json(model_dir / BUILD_RECORD, {"settings": cfg.to_dict(), "hash": cfg.hash(),
