@@ -23,6 +23,7 @@ class SystemConfig(Config):
     backend: BackendConfig
     system_prompt: str | None = None  # e.g. the constitution prompt, for the "base + prompt" baseline
     constitution: str | None = None  # path: build the system prompt from this constitution instead
+    assistant_name: str = "Assistant"  # the name the constitution prompt gives the assistant
 
 
 class ScorerConfig(Config):
@@ -157,7 +158,7 @@ def _system_prompt(sc: SystemConfig) -> str | None:
     from charter.constitution import load_constitution
     from charter.stages.teacher_text import teacher_system_prompt
 
-    return teacher_system_prompt(load_constitution(sc.constitution), "the assistant")
+    return teacher_system_prompt(load_constitution(sc.constitution), sc.assistant_name)
 
 
 class _Systems:
