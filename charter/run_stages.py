@@ -111,12 +111,22 @@ def teacher_system(cfg: RunConfig, constitution) -> str:
     return teacher_system_prompt(constitution, name_of(cfg, constitution))
 
 
-def scorer(cfg: RunConfig):
+def scorer(cfg: RunConfig, cache_dir: Path):
+    """The toy world's deterministic scorer, or E's LLM judge asked which persona (or neutral) replied."""
     if cfg.judge.kind == "toy":
         from charter.toy.scorer import ToyScorer
 
         return ToyScorer()
-    raise ConfigError("judge.kind=llm: TODO wire charter.evaluate's LLM persona judge into the eval stage")
+    from charter.evaluate.judges import Judge, JudgePersonaScorer
+
+    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=cache_dir / "judge_cache.jsonl")
+    return JudgePersonaScorer(judge, {p.key: " ".join(t.text for t in p.constitution.traits) for p in personas(cfg)})
+
+
+def score_all(judge, pairs: list[tuple[str, str]]) -> list:
+    """Batch scoring where the scorer supports it (an LLM judge), else one by one."""
+    many = getattr(judge, "score_many", None)
+    return many(pairs, progress=True) if many else [judge.score(p, r) for p, r in pairs]
 
 
 # ---------------------------------------------------------------- stages
@@ -126,11 +136,11 @@ def stage_base(ctx: StageContext) -> dict[str, Any]:
     """The student's weights: the toy world's model (built and cached once), or the configured id."""
     cfg: RunConfig = ctx.cfg
     if cfg.is_toy:
-        from charter.toy.model import ToyBuildConfig, build_toy_model  # D1
-
-        path = build_toy_model(ToyBuildConfig(**cfg.toy.build), cache_root=cfg.toy.cache_dir)
         from charter.pipeline import dir_hash
+        from charter.toy.model import ToyBuildConfig, build_toy_model, toy_model_dir
 
+        bcfg = ToyBuildConfig(**cfg.toy.build)
+        path = build_toy_model(bcfg, toy_model_dir(bcfg, cfg.toy.cache_dir))
         rec = {"path": str(path), "fingerprint": dir_hash(Path(path))}
     else:
         rec = {"path": cfg.student.model, "fingerprint": cfg.student.model}
@@ -390,30 +400,29 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     """Every system answers the held-out prompts; the judge labels each reply (one row per reply)."""
     cfg: RunConfig = ctx.cfg
     e = cfg.eval
-    judge = scorer(cfg)
+    judge = scorer(cfg, ctx.out_dir)
     prompts = eval_prompts(cfg)
     params = sampling(e.model_dump(), ctx.seed)
-    base = base_model(ctx)
-    models = {"base": base, "base+constitution": base}
-    store = RecordStore(ctx.out_dir / "replies.jsonl")
-    counts: dict[str, int] = {}
-    for per in personas(cfg):
-        models.update({"dpo": model_of(ctx, "dpo", per.key), "dpo+sft": model_of(ctx, "merge", per.key)})
-        for system in e.systems:
-            ids = [stable_id(per.key, system, i) for i in range(len(prompts))]
-            if all(i in store for i in ids):
-                continue
-            gen = generator(cfg.student.model_copy(update={"batch_size": e.batch_size}), models[system])
-            sys_msg = [{"role": "system", "content": teacher_system(c, cfg.assistant_name)}] \
-                if system == "base+constitution" else []
-            outs = gen.generate([sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
-            for rid, p, comps in zip(ids, prompts, outs):
-                s = judge.score(p, comps[0].text)
-                store.add({"id": rid, "persona": per.key, "system": system, "prompt": p, "reply": comps[0].text,
-                           "label": s.persona, "well_formed": s.well_formed, "relevant": s.relevant})
-    for r in store.records.values():
-        counts[r["system"]] = counts.get(r["system"], 0) + 1
-    store.close()
+    backend = cfg.student.model_copy(update={"batch_size": e.batch_size})
+    with RecordStore(ctx.out_dir / "replies.jsonl") as store:
+        for per in personas(cfg):
+            models = {"base": base_model(ctx), "base+constitution": base_model(ctx),
+                      "dpo": generation_model(model_of(ctx, "dpo", per.key)), "dpo+sft": model_of(ctx, "merge", per.key)}
+            for system in e.systems:
+                ids = [stable_id(per.key, system, i) for i in range(len(prompts))]
+                if all(i in store for i in ids):
+                    continue
+                sys_msg = [{"role": "system", "content": teacher_system(cfg, per.constitution)}] \
+                    if system == "base+constitution" else []
+                outs = generator(backend, models[system]).generate(
+                    [sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
+                replies = [comps[0].text for comps in outs]
+                for rid, p, reply, sc in zip(ids, prompts, replies, score_all(judge, list(zip(prompts, replies)))):
+                    store.add({"id": rid, "persona": per.key, "system": system, "prompt": p, "reply": reply,
+                               "label": sc.persona, "well_formed": sc.well_formed, "relevant": sc.relevant})
+        counts: dict[str, int] = {}
+        for r in store.records.values():
+            counts[r["system"]] = counts.get(r["system"], 0) + 1
     return counts
 
 
