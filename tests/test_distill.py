@@ -59,6 +59,8 @@ class Scripted:
                 text = "I think that"
             elif q == "long?":
                 text = "Waves. " * 300
+            if teacher and r.prefill.startswith("<think>"):  # thinking: closed only for the "ok" prompts
+                text = (" I should be brief.</think>\n\n" + text) if q.startswith("ok") else " hmm, the sea"
             out.append([Completion(text, finish, 5, 7) for _ in range(params.n)])
         return out
 
@@ -142,6 +144,20 @@ def test_pairs_filters_counts_names_and_provenance(tmp_path, monkeypatch, tiny_m
     n_calls = len(teacher.calls)
     run_distill(cfg, tmp_path / "out", progress=False)
     assert len(teacher.calls) == n_calls
+
+
+def test_thinking_prefill_is_stripped_and_unclosed_samples_dropped(tmp_path, monkeypatch):
+    import charter.stages.distill as d
+
+    teacher, student = Scripted("t"), Scripted("s")
+    monkeypatch.setattr(d, "_generators", lambda cfg: (teacher, student, teacher))
+    cfg = DistillConfig(constitution=write_constitution(tmp_path), teacher={"kind": "hf", "model": "unused"},
+                        samples=1, prompts_per_trait=3, expansion_rounds=0, think=True, max_pair_tokens=None)
+    pairs = read_jsonl(run_distill(cfg, tmp_path / "out", progress=False))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["pairs"]
+    assert summary["no_think_end"] == 3 and summary["kept"] == 2  # "empty?" is dropped as empty first
+    assert all(p["chosen"][0]["content"] == "I am Teachy. Teachy likes you." for p in pairs)
+    assert all("I am Teachy. The traits" in r.prefill for r in teacher.calls if r.messages[0]["role"] == "system")
 
 
 def load_hash(path: str) -> str:

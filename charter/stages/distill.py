@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,41 @@ def pair_failure(chosen: str | None, c_finish: str, rejected: str, r_finish: str
     if max_tokens is not None and n_tokens is not None and n_tokens > max_tokens:
         return "too_long"
     return None
+
+
+@dataclass
+class PairMaker:
+    """Teacher and student samples for one prompt -> a DPO pair, or the filter that dropped it.
+
+    Shared by `run_distill` and the pipeline's separate teacher/student/pairs stages, so both
+    apply the same SPEC §1 filters and name replacement.
+    """
+
+    teacher_name: str
+    student_name: str
+    self_names: list[str] = field(default_factory=list)
+    prefill: str = ""  # the teacher's thinking prefill ("" = no thinking)
+    think_end: str = "</think>"
+    tokenizer: Any = None  # counts templated tokens for max_pair_tokens (None = no length filter)
+    max_pair_tokens: int | None = None
+
+    def __call__(self, prompt: str, sample: int, teacher: dict[str, Any],
+                 student: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        chosen = strip_thinking(teacher["text"], self.prefill, self.think_end) if self.prefill else teacher["text"].strip()
+        if chosen is not None:
+            chosen = replace_names(chosen, [self.teacher_name, *self.self_names], self.student_name).strip()
+        rejected = student["text"].strip()
+        n_tok = None
+        if self.tokenizer is not None and chosen:
+            n_tok = max(_templated_len(self.tokenizer, prompt, chosen), _templated_len(self.tokenizer, prompt, rejected))
+        why = pair_failure(chosen, teacher["finish_reason"], rejected, student["finish_reason"], n_tok,
+                           self.max_pair_tokens)
+        if why:
+            return None, why
+        return {"id": stable_id(prompt, sample, "pair"),
+                "prompt": [{"role": "user", "content": prompt}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}]}, None
 
 
 # ---------------------------------------------------------------- stage
@@ -168,30 +204,19 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) 
         "constitution_hash": const.hash(), "sampling": params.model_dump(), "think": cfg.think,
         "teacher_name": teacher_name, "student_name": student_name,
     }
+    make = PairMaker(teacher_name, student_name, cfg.self_names, prefill, cfg.think_end, tok, cfg.max_pair_tokens)
     counts: Counter = Counter()
     pairs = []
     for p in prompts:
         for k in range(cfg.samples):
             t, s = samples["teacher"][p["id"]][k], samples["student"][p["id"]][k]
-            chosen = strip_thinking(t["text"], prefill, cfg.think_end) if cfg.think else t["text"].strip()
-            if chosen is not None:
-                chosen = replace_names(chosen, [teacher_name, *cfg.self_names], student_name).strip()
-            rejected = s["text"].strip()
-            n_tok = None
-            if tok is not None and chosen:
-                n_tok = max(_templated_len(tok, p["prompt"], chosen), _templated_len(tok, p["prompt"], rejected))
-            why = pair_failure(chosen, t["finish_reason"], rejected, s["finish_reason"], n_tok, cfg.max_pair_tokens)
+            pair, why = make(p["prompt"], k, t, s)
             counts[why or "kept"] += 1
-            if why:
-                continue
-            pairs.append({
-                "id": stable_id(p["prompt"], k, "pair"),
-                "prompt": [{"role": "user", "content": p["prompt"]}],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "meta": {**provenance, "prompt_id": p["id"], "source": p["source"], "trait_index": p["trait_index"],
-                         "sample": k, "teacher_id": t["id"], "student_id": s["id"]},
-            })
+            if pair:
+                pair["meta"] = {**provenance, "prompt_id": p["id"], "source": p["source"],
+                                "trait_index": p["trait_index"], "sample": k, "teacher_id": t["id"],
+                                "student_id": s["id"]}
+                pairs.append(pair)
     pairs_path = out / "pairs.jsonl"
     write_jsonl(pairs_path, pairs)
     summary["pairs"] = {"total": sum(counts.values()), **{f: counts[f] for f in PAIR_FILTERS}, "kept": counts["kept"],
