@@ -187,6 +187,7 @@ SMALL = {"prompts_per_trait": 4, "expansion_samples": 1, "expansion_rounds": 1, 
          "sampling": {"temperature": 0.7, "max_new_tokens": 8, "seed": 0}}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, tiny_model_dir):
     """A subprocess running `charter distill` is SIGKILLed mid-generation (and a torn line is left behind);
     the re-run completes exactly the record set of an uninterrupted run."""
