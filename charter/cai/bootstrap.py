@@ -29,7 +29,7 @@ from charter.cai.base_lm import BaseLMConfig
 from charter.cai.verifiable import FAMILIES, Task, check_response, make_tasks
 from charter.chat import fallback_render
 from charter.config import Config
-from charter.data.jsonl import atomic_write_json, atomic_write_text, write_jsonl
+from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 
 STAGES = ["instructions", "questions", "generation", "evaluation", "revision", "constitutional"]
 Framing = Literal["raw", "question", "instruction", "fewshot", "hh"]
@@ -129,6 +129,7 @@ class BootstrapConfig(Config):
     train_tasks: int = Field(120, ge=1)  # tasks per stage
     samples: int = Field(4, ge=1)  # model samples per task
     use_references: bool = True  # a task's reference answer stands in when no sample passes
+    replay: bool = True  # each stage's SFT set also holds the earlier stages' rows
     sampling: SamplingParams = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=32)
     eval_families: list[str] = Field(default_factory=lambda: ["instructions", "questions"])
     eval_tasks: int = Field(60, ge=1)  # per family
@@ -154,15 +155,17 @@ class BootstrapConfig(Config):
 # evaluation
 
 
-def evaluate(gen, tokenizer, tasks: list[Task], framings: list[str], cfg: BootstrapConfig) -> dict[str, list[bool]]:
-    """Per framing, per task: did the greedy answer pass every check?"""
+def evaluate(gen, tokenizer, tasks: list[Task], framings: list[str], cfg: BootstrapConfig
+             ) -> tuple[dict[str, list[bool]], dict[str, list[str]]]:
+    """Per framing, per task: did the greedy answer pass every check? Also returns the answers."""
     shots = [(t.instruction, t.reference) for t in make_tasks("instructions", cfg.fewshot, seed=9999)]
     params = SamplingParams(temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed)
-    out = {}
+    passed, answers = {}, {}
     for fr in framings:
         replies = complete(gen, tokenizer, [framed(fr, t.instruction, cfg.frame, shots) for t in tasks], params)
-        out[fr] = [check_response(t, r[0])[0] for t, r in zip(tasks, replies)]
-    return out
+        answers[fr] = [r[0] for r in replies]
+        passed[fr] = [check_response(t, r[0])[0] for t, r in zip(tasks, replies)]
+    return passed, answers
 
 
 def compare(prev: list[bool] | None, cur: list[bool], families: list[str]) -> dict:
@@ -243,8 +246,9 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
     base_dir = out / "stage_0_baseline"
     if not (base_dir / "done.json").exists():
         gen, tok = _load(model, cfg.device)
-        results = evaluate(gen, tok, eval_tasks, list(dict.fromkeys(cfg.baseline_framings + cfg.eval_framings)), cfg)
-        atomic_write_json(base_dir / "eval.json", {"model": model, "results": results,
+        results, answers = evaluate(gen, tok, eval_tasks,
+                                    list(dict.fromkeys(cfg.baseline_framings + cfg.eval_framings)), cfg)
+        atomic_write_json(base_dir / "eval.json", {"model": model, "results": results, "answers": answers,
                                                    "figures": {f: compare(None, r, fams) for f, r in results.items()}})
         atomic_write_json(base_dir / "done.json", {"model": model})
     prev = json.loads((base_dir / "eval.json").read_text())["results"]
@@ -255,13 +259,18 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
         if not done.exists():
             gen, tok = _load(model, cfg.device)
             sft, pairs, stats = stage_data(gen, tok, family, cfg, stage_seed=k)
+            if cfg.replay:  # earlier stages' SFT rows too, so a stage does not unlearn the ones before
+                sft += [r for j, f in enumerate(cfg.stages[:k - 1], 1)
+                        for r in read_jsonl(out / f"stage_{j}_{f}" / "sft.jsonl") if r["meta"].get("task", "").startswith(f)]
+                stats["sft_rows"] = len(sft)
             write_jsonl(sdir / "sft.jsonl", sft)
             write_jsonl(sdir / "pairs.jsonl", pairs)
             new_model = train_stage(model, sdir / "sft.jsonl", sdir / "pairs.jsonl", len(pairs), sdir, cfg)
             gen, tok = _load(new_model, cfg.device)
-            results = evaluate(gen, tok, eval_tasks, cfg.eval_framings, cfg)
+            results, answers = evaluate(gen, tok, eval_tasks, cfg.eval_framings, cfg)
             figures = {f: compare(prev.get(f), r, fams) for f, r in results.items()}
             atomic_write_json(sdir / "eval.json", {"model": new_model, "results": results, "figures": figures,
+                                                   "answers": answers,
                                                    "data": stats})
             atomic_write_json(done, {"model": new_model})
         ev = json.loads((sdir / "eval.json").read_text())
