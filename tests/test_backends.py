@@ -87,3 +87,26 @@ def test_make_generator_requires_model():
 
     with pytest.raises(ConfigError, match="model"):
         make_generator(BackendConfig(kind="hf"))
+
+
+def test_lora_adapter_is_applied(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.backends.hf import HFGenerator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"],
+                                           init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reqs = ["The cat is on the", [{"role": "user", "content": "hello"}]]
+    base = make_generator(BackendConfig(kind="hf", model=str(tiny_model_dir))).generate(reqs, GREEDY)
+    merged = make_generator(BackendConfig(kind="hf", model=str(tiny_model_dir), adapter=str(tmp_path / "adapter")))
+    assert merged.name.endswith("adapter")
+    with_adapter = merged.generate(reqs, GREEDY)
+    unmerged = HFGenerator(peft_model, tok).generate(reqs, GREEDY)  # the PeftModel itself, adapter active
+    assert [c[0].text for c in with_adapter] == [c[0].text for c in unmerged]
+    assert [c[0].text for c in with_adapter] != [c[0].text for c in base]
