@@ -137,3 +137,29 @@ def test_stage_data_sorts_samples_by_checks(base_tok):
     md = summary_table([{"stage": "instructions", "framing": "hh", "accuracy": 0.5, "ci": [0.3, 0.7], "k": 5,
                          "n": 10, "mcnemar": {"b": 1, "c": 4, "p_exact": 0.375}, "data": stats}])
     assert "| instructions | hh | 0.500 (5/10) | [0.300, 0.700] | - | 1/4, p=0.375 |" in md
+
+
+def test_finished_stages_are_not_rerun(tmp_path, monkeypatch):
+    """Resume: stages with done.json load their results; nothing is generated or trained."""
+    import charter.cai.bootstrap as bs
+
+    monkeypatch.setattr(bs, "_load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    cfg = BootstrapConfig(out_dir=str(tmp_path), base_model="base", stages=["instructions"], eval_tasks=2,
+                          eval_families=["questions"])
+    base = [True, False]
+    after = [True, True]
+    stats = {"tasks": 1, "tasks_solved": 1, "references_used": 0, "pairs": 0}
+    (tmp_path / "stage_0_baseline").mkdir()
+    (tmp_path / "stage_0_baseline" / "eval.json").write_text(json.dumps({"results": {"hh": base}}))
+    (tmp_path / "stage_0_baseline" / "done.json").write_text("{}")
+    s1 = tmp_path / "stage_1_instructions"
+    s1.mkdir()
+    fams = ["questions", "questions"]
+    (s1 / "eval.json").write_text(json.dumps({"results": {"hh": after}, "data": stats,
+                                              "figures": {"hh": bs.compare(base, after, fams)}}))
+    (s1 / "done.json").write_text(json.dumps({"model": "stage1-model"}))
+    summary = bs.run_bootstrap(cfg)
+    assert summary["final_model"] == "stage1-model"
+    assert [(r["stage"], r["k"]) for r in summary["rows"]] == [("baseline", 1), ("instructions", 2)]
+    assert summary["rows"][1]["mcnemar"]["c"] == 1
+    assert "| instructions | hh | 1.000 (2/2)" in (tmp_path / "summary.md").read_text()
