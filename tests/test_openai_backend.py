@@ -37,6 +37,14 @@ def test_chat_and_completions_match_local_greedy(serve, hf):
         assert r[0].prompt_tokens == l[0].prompt_tokens
 
 
+def test_base_model_mode_uses_completions_with_the_plain_transcript(serve, tiny_model_dir):
+    g = _gen(serve, chat=False)
+    path, body = g._endpoint_and_body(GenerationRequest(messages=CHATS[0]), GREEDY, None)
+    assert path == "/completions" and body["prompt"].endswith("Human: hello \n\nAssistant:")
+    base_hf = make_generator(BackendConfig(kind="hf", model=str(tiny_model_dir), chat=False))
+    assert g.generate(CHATS[:2], GREEDY)[0][0].text == base_hf.generate(CHATS[:2], GREEDY)[0][0].text
+
+
 def test_concurrency_limit_and_order(serve):
     g = _gen(serve, concurrency=3)
     inflight, peak = 0, 0
