@@ -2,7 +2,8 @@
 
     python docs/evaluation/example.py WORKDIR
 
-1. toy base model:   charter toy build --out WORKDIR/base steps=500 n_conversations=20000
+1. toy base model:   charter toy build --out WORKDIR/base steps=250 n_conversations=6000 \
+                       hidden_size=64 layers=2 intermediate_size=160 batch_size=16
 2. "trained" model:  the base fine-tuned on *warm* replies with the system prompt dropped
                      (context distillation: what the DPO + SFT pipeline aims at, made cheap)
 3. held-out texts and a toy multiple-choice set (which fact answers this question?)
@@ -29,7 +30,8 @@ def main(work: Path) -> None:
     base = work / "base"
     if not (base / "toy_build.json").exists():
         subprocess.run([sys.executable, "-m", "charter.cli", "toy", "build", "--out", str(base),
-                        "steps=500", "n_conversations=20000"], check=True)
+                        "steps=250", "n_conversations=6000", "hidden_size=64", "layers=2",
+                        "intermediate_size=160", "batch_size=16"], check=True)
 
     trained = work / "warm-distilled"
     if not (trained / "config.json").exists():
@@ -39,7 +41,7 @@ def main(work: Path) -> None:
         write_jsonl(work / "warm_sft.jsonl",
                     ({"messages": [m for m in r["messages"] if m["role"] != "system"]} for r in rows))
         out = train_sft(SFTConfig(model=str(base), data=str(work / "warm_sft.jsonl"),
-                                  output_dir=str(work / "sft"), lr=1e-3, max_steps=150, batch_size=16,
+                                  output_dir=str(work / "sft"), lr=1e-3, max_steps=150, batch_size=4, grad_accum=4,
                                   max_length=256, warmup_ratio=0.1, seed=0, logging_steps=25))
         out.rename(trained)
 
