@@ -26,7 +26,6 @@ def _invoke(args):
     return res.output
 
 
-@pytest.mark.slow  # ~20 s CPU; longer on a loaded machine
 def test_sl_cai_sft_feedback_dpo(tmp_path, tiny_model_dir):
     prompts = ["Tell me about the sea.", "How do I help a sad friend?", "Write a poem about the moon.",
                "What is a good book?", "Why is the sky dark at night?", "Tell me a story about a cat."]
