@@ -65,7 +65,11 @@ def test_sl_cai_sft_feedback_dpo(tmp_path, tiny_model_dir):
                                        "lr": 1e-3, "max_length": 512}))
     _invoke(["train", "dpo", str(dpo_cfg)])
     assert (tmp_path / "dpo" / "config.json").exists() or (tmp_path / "dpo" / "adapter_config.json").exists()
-    print(json.dumps({"revise": summary, "label": lab}, indent=1))  # figures, shown with -s
+    steps = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    first = next(m for m in steps if "loss" in m)
+    # step 1: policy == reference, so the soft-label sigmoid loss is ln 2 whatever label_prob is
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-3)
+    print(json.dumps({"revise": summary, "label": lab, "dpo": steps}, indent=1))  # figures, shown with -s
 
 
 def test_cai_infer_cli_shows_every_step(tiny_model_dir):
