@@ -77,14 +77,10 @@ class HFGenerator:
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
         """Chat requests use the chat template (or base-model fallback); raw prompts are tokenized as-is."""
         if req.messages is not None:
-            from charter.chat import check_messages, fallback_render, render_prompt
+            from charter.chat import render_prompt
 
-            if self.chat:
-                text = render_prompt(self.tokenizer, req.messages)
-            else:  # base model: plain transcript even if the tokenizer ships a template
-                tok = self.tokenizer
-                text = fallback_render(check_messages(req.messages), True, tok.bos_token, tok.eos_token)
-            text += req.prefill
+            # chat=False: a base model gets the plain transcript even if its tokenizer ships a template
+            text = render_prompt(self.tokenizer, req.messages, chat=self.chat) + req.prefill
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(req.prompt + req.prefill, add_special_tokens=True)["input_ids"]
 

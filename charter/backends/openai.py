@@ -114,12 +114,14 @@ class OpenAIGenerator:
 
     def _render(self, req: GenerationRequest) -> str:
         """Chat -> text for the completions API: local template, or the base-model fallback."""
-        from charter.chat import check_messages, fallback_render, render_prompt
+        from charter.chat import fallback_render, render_prompt
 
         if self.chat is False:
-            tok = self.tokenizer
-            return fallback_render(check_messages(req.messages), True, getattr(tok, "bos_token", None),
-                                   getattr(tok, "eos_token", None))
+            if self.tokenizer is not None:
+                return render_prompt(self.tokenizer, req.messages, chat=False)
+            from charter.chat import check_messages
+
+            return fallback_render(check_messages(req.messages), True)  # no tokenizer: no BOS/EOS strings
         if self.tokenizer is None:
             raise BackendError(f"{self.dialect} dialect has no chat prefill; set the backend's `tokenizer` so the "
                                "chat can be rendered locally and sent to the completions API")

@@ -44,12 +44,9 @@ class VLLMGenerator:
     def _text(self, req: GenerationRequest) -> str:
         if req.prompt is not None:
             return req.prompt + req.prefill
-        from charter.chat import check_messages, fallback_render, render_prompt
+        from charter.chat import render_prompt
 
-        if self.chat:
-            return render_prompt(self.tokenizer, req.messages) + req.prefill
-        tok = self.tokenizer
-        return fallback_render(check_messages(req.messages), True, tok.bos_token, tok.eos_token) + req.prefill
+        return render_prompt(self.tokenizer, req.messages, chat=self.chat) + req.prefill
 
     def generate(self, requests: list[RequestLike], params: SamplingParams,
                  progress: bool = False) -> list[list[Completion]]:
