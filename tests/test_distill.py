@@ -140,10 +140,14 @@ def test_pairs_filters_counts_names_and_provenance(tmp_path, monkeypatch, tiny_m
     # the teacher saw the system prompt with the constitution's own name; the student saw none
     assert any(r.messages[0]["role"] == "system" and "You are Teachy" in r.messages[0]["content"] for r in teacher.calls)
     assert all(r.messages[0]["role"] == "user" for r in student.calls)
-    # re-running generates nothing new
+    # re-running generates nothing new; a different config may not reuse the folder (chunk_size may change)
     n_calls = len(teacher.calls)
-    run_distill(cfg, tmp_path / "out", progress=False)
+    run_distill(cfg.model_copy(update={"chunk_size": 7}), tmp_path / "out", progress=False)
     assert len(teacher.calls) == n_calls
+    from charter.config import ConfigError
+
+    with pytest.raises(ConfigError, match="different distill config"):
+        run_distill(cfg.model_copy(update={"samples": 3}), tmp_path / "out", progress=False)
 
 
 def test_thinking_prefill_is_stripped_and_unclosed_samples_dropped(tmp_path, monkeypatch):

@@ -157,10 +157,33 @@ def _templated_len(tokenizer, prompt: str, answer: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+_RUNTIME_KEYS = {"chunk_size", "concurrency", "timeout", "max_retries", "retry_backoff", "retry_max_wait", "batch_size"}
+
+
+def _content(cfg_dict: Any) -> Any:
+    """The config minus knobs that do not change what is generated (so a resume may retune them)."""
+    if isinstance(cfg_dict, dict):
+        return {k: _content(v) for k, v in cfg_dict.items() if k not in _RUNTIME_KEYS}
+    return cfg_dict
+
+
+def _check_resume(cfg: DistillConfig, out: Path) -> None:
+    """Stored records are keyed by prompt/sample/role only: refuse to mix them with a different config."""
+    import yaml
+
+    from charter.config import ConfigError
+
+    saved = out / "config.yaml"
+    if saved.exists() and _content(yaml.safe_load(saved.read_text())) != _content(cfg.to_dict()):
+        raise ConfigError(f"{out}: holds records from a different distill config ({saved}); "
+                          "use a new output folder, or delete this one to start over")
+
+
 def run_distill(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) prompts -> teacher -> student -> pairs; returns the pairs JSONL path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resume(cfg, out)
     cfg.save(out / "config.yaml")
     const: Constitution = load_constitution(cfg.constitution)
     teacher_name = cfg.teacher_name or const.name
