@@ -261,3 +261,22 @@ def test_fault_server_killed_mid_run_then_restarted(tmp_path, tiny_model_dir):
     finally:
         server.kill()
     _assert_same_record_set(tmp_path / "full", tmp_path / "cut")
+
+
+def test_general_prompts_files(tmp_path):
+    from charter.data.jsonl import DataError
+    from charter.stages.prompts import general_prompts
+
+    lima = tmp_path / "lima.jsonl"
+    lima.write_text('{"conversations": ["How do tides work?", "They..."], "source": "x"}\n'
+                    '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi?"}]}\n'
+                    '{"prompt": "Name a river."}\n')
+    assert [p["prompt"] for p in general_prompts(str(lima))] == ["How do tides work?", "Hi?", "Name a river."]
+    assert [p["source"] for p in general_prompts(str(lima), limit=1)] == ["general"]
+    txt = tmp_path / "g.txt"
+    txt.write_text("# comment\nFirst?\n\nSecond.\n")
+    assert [p["prompt"] for p in general_prompts(str(txt))] == ["First?", "Second."]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"answer": "no prompt"}\n')
+    with pytest.raises(DataError, match=f"{bad}:2: no user prompt"):
+        general_prompts(str(bad))
