@@ -205,6 +205,15 @@ def save_checkpoint(accelerator, out: Path, step: int, limit: int, cfg_hash: str
 # ----------------------------------------------------------------------------- the loop
 
 
+def _cpu_only() -> bool:
+    """No accelerator device: tell accelerate, so a multi-process launch (torchrun / accelerate
+    launch) on CPU uses gloo instead of silently running N independent single-process jobs."""
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available())
+
+
 def _reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
     if accelerator.num_processes == 1:
         return sums
@@ -229,7 +238,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     from charter.data.jsonl import atomic_write_json
 
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=_cpu_only())
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
     model, tokenizer, base, folded = load_model_and_tokenizer(cfg)
