@@ -113,3 +113,43 @@ def test_retries_give_up_on_a_dead_server():
     with pytest.raises(BackendError, match="after 4 attempts"):
         g.generate(["hi"], GREEDY)
     assert g.stats == {"calls": 4, "retries": 3}
+
+
+def test_429_and_5xx_are_retried_then_succeed():
+    """A scripted loopback endpoint: 429 (with Retry-After), then 503, then a normal completion."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    replies = [(429, {"error": "slow down"}), (503, {"error": "busy"}),
+               (200, {"choices": [{"text": "Fine. STOP more", "finish_reason": "length"}],
+                      "usage": {"prompt_tokens": 3, "completion_tokens": 5}})]
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            status, body = replies[min(len(seen) - 1, 2)]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "0.05")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        g = OpenAIGenerator("m", f"http://127.0.0.1:{httpd.server_port}/v1", max_retries=3, backoff=0.01)
+        c = g.generate(["hi"], SamplingParams(temperature=0, max_new_tokens=5, stop=[" STOP"], top_k=5))[0][0]
+    finally:
+        httpd.shutdown()
+    assert g.stats == {"calls": 3, "retries": 2}
+    assert c.text == "Fine." and c.finish_reason == "stop"  # stop string found: not a length cut-off
+    assert (c.prompt_tokens, c.completion_tokens) == (3, 5)
+    assert seen[0]["top_k"] == 5 and seen[0]["stop"] == [" STOP"] and seen[0]["max_tokens"] == 5  # vllm dialect
