@@ -64,7 +64,8 @@ def filter_rates(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
-    """All report figures as plain JSON (what `summary.json` holds)."""
+    """All report figures as plain JSON (what `summary.json` holds). No timings: the same seed and
+    config give the same summary, whether the run was interrupted or not (timings are in the manifest)."""
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "eval" / "replies.jsonl")
     personas = sorted({r["persona"] for r in rows})
@@ -90,7 +91,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     summary["training"] = {}
     for stage in ("dpo", "sft"):
         curves = training_curves(run_dir, stage)
-        summary["training"][stage] = {p: {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))}
+        summary["training"][stage] = {p: {k: v for k, v in rows[-1].items()
+                                          if isinstance(v, (int, float)) and not k.endswith("_per_s")}
                                       for p, rows in curves.items() if rows}
     summary["samples"] = _samples(rows, systems, personas)
     manifest = run_dir / "manifest.json"
@@ -98,7 +100,6 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         m = json.loads(manifest.read_text())
         summary["seed"] = m.get("seed")
         summary["config_hash"] = m.get("config_hash")
-        summary["stage_seconds"] = {k: v.get("seconds") for k, v in m.get("stages", {}).items()}
     return summary
 
 

@@ -404,6 +404,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     prompts = eval_prompts(cfg)
     params = sampling(e.model_dump(), ctx.seed)
     backend = cfg.student.model_copy(update={"batch_size": e.batch_size})
+    memo: dict[tuple[str, str], list[str]] = {}
     with RecordStore(ctx.out_dir / "replies.jsonl") as store:
         for per in personas(cfg):
             models = {"base": base_model(ctx), "base+constitution": base_model(ctx),
@@ -414,9 +415,12 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
                     continue
                 sys_msg = [{"role": "system", "content": teacher_system(cfg, per.constitution)}] \
                     if system == "base+constitution" else []
-                outs = generator(backend, models[system]).generate(
-                    [sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
-                replies = [comps[0].text for comps in outs]
+                key = (models[system], json.dumps(sys_msg))
+                if key not in memo:  # "base" is the same model and prompt for every persona: generate once
+                    outs = generator(backend, models[system]).generate(
+                        [sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
+                    memo[key] = [comps[0].text for comps in outs]
+                replies = memo[key]
                 for rid, p, reply, sc in zip(ids, prompts, replies, score_all(judge, list(zip(prompts, replies)))):
                     store.add({"id": rid, "persona": per.key, "system": system, "prompt": p, "reply": reply,
                                "label": sc.persona, "well_formed": sc.well_formed, "relevant": sc.relevant})

@@ -45,7 +45,7 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
     typer.echo(format_plan(plan))
     if dry_run:
         return
-    pipe.run(cfg, out, cfg.seed, start, only)
+    manifest = pipe.run(cfg, out, cfg.seed, start, only)
     summary = out / "summary.json"
     if summary.exists():
         import json
@@ -53,7 +53,7 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
         from charter.report import format_table
 
         typer.echo("\n" + format_table(json.loads(summary.read_text())))
-        typer.echo(f"\nreport: {out / 'report.html'}")
+        typer.echo(f"\nreport: {out / 'report.html'}  ({manifest['seconds_total']:.0f}s this invocation)")
 
 
 def register(app: typer.Typer) -> None:
