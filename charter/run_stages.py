@@ -462,21 +462,27 @@ def build_pipeline() -> Pipeline:
         return [p.constitution.hash() for p in personas(c)]
 
     return Pipeline([
-        Stage("base", stage_base, [], lambda c: {"student": c.student.model, "toy": c.toy if c.is_toy else None}),
+        Stage("base", stage_base, [],
+              lambda c: {"student": c.student.model, "toy": c.toy.model_dump(exclude={"prompts_per_persona"})
+                         if c.is_toy else None}),
         Stage("prompts", stage_prompts, ["base"],
               lambda c: {"constitutions": consts(c), "prompts": c.prompts,
+                         "toy": c.toy.prompts_per_persona if c.is_toy else None,
                          "expander": None if c.is_toy else c.teacher_backend()}),
         Stage("teacher", stage_teacher, ["base", "prompts"],
-              lambda c: {"teacher": c.teacher, "distill": c.distill, "name": c.assistant_name}),
+              lambda c: {"teacher": c.teacher_backend(), "distill": c.distill, "name": c.assistant_name}),
         Stage("student", stage_student, ["base", "prompts"], lambda c: {"student": c.student, "distill": c.distill}),
-        Stage("pairs", stage_pairs, ["teacher", "student"], lambda c: {"pairs": c.pairs, "name": c.assistant_name}),
+        Stage("pairs", stage_pairs, ["base", "teacher", "student"],
+              lambda c: {"pairs": c.pairs, "distill": c.distill, "name": c.assistant_name}),
         Stage("dpo", stage_dpo, ["base", "pairs"], lambda c: {"dpo": c.dpo, "trainer": c.trainer}),
         Stage("reflection", stage_reflection, ["dpo"], lambda c: {"reflection": c.reflection, "c": consts(c)}),
         Stage("interaction", stage_interaction, ["dpo"], lambda c: {"interaction": c.interaction, "c": consts(c)}),
         Stage("filter", stage_filter, ["reflection", "interaction"], lambda c: c.filter),
         Stage("sft", stage_sft, ["dpo", "filter"], lambda c: {"sft": c.sft, "trainer": c.trainer}),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda c: c.merge),
-        Stage("eval", stage_eval, ["base", "dpo", "merge"], lambda c: {"eval": c.eval, "judge": c.judge}),
+        Stage("eval", stage_eval, ["base", "dpo", "merge"],
+              lambda c: {"eval": c.eval, "judge": c.judge, "student": c.student, "c": consts(c),
+                         "name": c.assistant_name}),
         Stage("report", stage_report, ["dpo", "sft", "filter", "eval"], lambda c: None),
     ])
 

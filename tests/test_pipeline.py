@@ -187,6 +187,25 @@ def test_real_graph_invalidation(tmp_path):
     assert [s for s, a in actions.items() if a == "run"] == ["eval", "report"]
 
 
+def test_real_graph_toy_sections(tmp_path):
+    """Toy knobs land in the right stage: prompt counts re-run prompts (not the model build)."""
+    from charter.run_config import load_run_config
+
+    cfg = load_run_config()  # no config, no preset: the toy preset
+    assert cfg.is_toy and cfg.name == "toy"
+    pipe, _ = _real_graph_with_stub_fns()
+    pipe.run(cfg, tmp_path, cfg.seed, log=lambda _: None)
+
+    def reruns(*over: str) -> list[str]:
+        c = load_run_config(overrides=list(over))
+        return [i.stage for i in pipe.plan(c, tmp_path, c.seed) if i.action == "run"]
+
+    assert reruns("toy.prompts_per_persona=7")[0] == "prompts"
+    assert reruns("toy.build.steps=10")[0] == "base"
+    assert reruns("merge.sft_weight=0.5") == ["merge", "eval", "report"]
+    assert reruns("constitutions=[toy:warm]")[:2] == ["prompts", "teacher"]
+
+
 def test_dry_run_paper_preset_needs_no_model(tmp_path, monkeypatch):
     """The plan is printed for a model that exists nowhere; nothing is loaded or written."""
     import charter.backends
