@@ -18,7 +18,7 @@ from typing import Callable, Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_logits_to_keep
+from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_head_hook
 from charter.train.data import Pair, load_pairs
 from charter.train.losses import LOSS_TYPES, dpo_loss, nll_loss, squared_kl
 from charter.train.loop import TrainConfig, resolve_model, run
@@ -182,7 +182,7 @@ def build_dpo_task(cfg: DPOConfig) -> Callable:
             raise ValueError(f"{cfg.data}: label_prob (soft labels) needs loss_type 'sigmoid'")
         if dropped and accelerator.is_main_process:
             print(f"dpo: dropped {dropped} pairs with no trainable token left (max_length={cfg.max_length})")
-        keep_only = cfg.keep_logits_only_for_targets and supports_logits_to_keep(model)
+        keep_only = cfg.keep_logits_only_for_targets and supports_head_hook(model)
         check_packing(model, [items[0].chosen, items[0].rejected], keep_only)
         mode = cfg.resolved_reference()
         if mode == "precomputed":

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from charter.train.batching import check_packing, pack, packed_token_logps, supports_logits_to_keep
+from charter.train.batching import check_packing, pack, packed_token_logps, supports_head_hook
 from charter.train.data import Seq, load_sft
 from charter.train.losses import sft_loss
 from charter.train.loop import TrainConfig, run
@@ -39,7 +39,7 @@ def build_sft_task(cfg: SFTConfig) -> Callable:
         items, dropped = load_sft(cfg.data, tokenizer, cfg.max_length)
         if dropped and accelerator.is_main_process:
             print(f"sft: dropped {dropped} rows with no trainable token left (max_length={cfg.max_length})")
-        keep_only = cfg.keep_logits_only_for_targets and supports_logits_to_keep(model)
+        keep_only = cfg.keep_logits_only_for_targets and supports_head_hook(model)
         check_packing(model, items[:3], keep_only)
         return SFTTask(items, keep_only)
 
