@@ -238,7 +238,12 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     from charter.data.jsonl import atomic_write_json
 
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=_cpu_only())
+    # DeepSpeed owns accumulation (its engine steps at its own boundary and divides the loss by
+    # its accumulation count); everywhere else Charter accumulates and accelerate must not divide.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=_cpu_only(),
+                              gradient_accumulation_steps=cfg.grad_accum if deepspeed else 1)
+    undo_division = accelerator.gradient_accumulation_steps
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
     model, tokenizer, base, folded = load_model_and_tokenizer(cfg)
@@ -281,14 +286,15 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
         micros = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
         sums: dict[str, float] = {}
         for k, items in enumerate(micros):
-            sync = k == len(micros) - 1
+            sync = k == len(micros) - 1 or deepspeed  # ZeRO-2/3 refuse no_sync
             with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
                 loss, s = task.micro_loss(model, items, norm, world)
-            accelerator.backward(loss)
+            accelerator.backward(loss * undo_division)
             for key, v in s.items():
                 sums[key] = sums.get(key, 0.0) + v
         grad_norm = (accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm
                      else torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
+        grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips itself
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -297,7 +303,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
         sums = _reduce_sums(accelerator, sums)
         tokens_seen += sums.get("tokens", 0.0)
         row = {"step": step + 1, "epoch": round((step + 1) / order.per_epoch, 4),  # type: ignore[attr-defined]
-               **task.metrics(sums), "grad_norm": float(grad_norm), "learning_rate": lr,
+               **task.metrics(sums), "grad_norm": grad_norm, "learning_rate": lr,
                "tokens_per_s": round(tokens_seen / max(1e-9, time.time() - t0), 1)}
         if accelerator.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == total):
             with metrics_path.open("a") as f:
