@@ -431,17 +431,13 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
-    e = cfg.eval
-    if e.prompts_file:
-        path = Path(e.prompts_file)
-        if path.suffix == ".jsonl":
-            return [r["prompt"] for r in read_jsonl(path)][:e.n_prompts]
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()][:e.n_prompts]
-    if cfg.is_toy:
-        from charter.toy.corpus import eval_prompts as toy_prompts
+    """Held-out prompts through E's loader: a file, or the toy world's own (independent seed)."""
+    from charter.evaluate.runner import load_prompts
 
-        return toy_prompts(e.n_prompts)
-    raise ConfigError("eval.prompts_file: required for a real model (held-out prompts, JSONL {prompt} or lines)")
+    spec = cfg.eval.prompts_file or ("toy" if cfg.is_toy else None)
+    if spec is None:
+        raise ConfigError("eval.prompts_file: required for a real model (held-out prompts: JSONL {prompt} or lines)")
+    return load_prompts(spec, cfg.eval.n_prompts, cfg.seed)
 
 
 def stage_report(ctx: StageContext) -> dict[str, Any]:
@@ -487,10 +483,16 @@ def build_pipeline() -> Pipeline:
     ])
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, dry_run: bool = False) -> None:
     """Fail before any model loads: constitutions must load and every stage section must validate
     against its owner's config class (so a typo in `dpo.bta` fails now, not after generation)."""
     from pydantic import ValidationError
+
+    if not cfg.is_toy and cfg.eval.prompts_file is None:
+        msg = "eval.prompts_file: required for a real model (held-out prompts: JSONL {prompt} or lines)"
+        if not dry_run:
+            raise ConfigError(msg)
+        print(f"warning: {msg}", file=sys.stderr)
 
     refs = [p.ref for p in personas(cfg)]
     checks: dict[str, Callable[[], Any]] = {

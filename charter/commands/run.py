@@ -37,7 +37,7 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
 
     path, overrides = split_args(args or [])
     cfg = load_run_config(path, preset, overrides)
-    validate(cfg)
+    validate(cfg, dry_run)
     out = Path(run_dir or f"runs/{cfg.name}")
     pipe = build_pipeline()
     plan = pipe.plan(cfg, out, cfg.seed, start, only)
