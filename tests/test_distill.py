@@ -170,20 +170,31 @@ def load_hash(path: str) -> str:
     return load_constitution(path).hash()
 
 
-def _ids(out: Path) -> dict[str, list[str]]:
-    ids = {}
+def _records(out: Path) -> dict[str, dict[str, dict]]:
+    """{file: {id: record}} for every store and output of a distill folder."""
+    recs = {}
     for name in ("expansion", "prompts", "teacher", "student", "pairs"):
         rows = read_jsonl(out / f"{name}.jsonl") if (out / f"{name}.jsonl").exists() else []
-        ids[name] = [r["id"] for r in rows]
-    return ids
+        recs[name] = {r["id"]: r for r in rows}
+        assert len(recs[name]) == len(rows), f"{name}: duplicate ids"
+    return recs
 
 
-def _assert_same_record_set(a: Path, b: Path) -> None:
-    ia, ib = _ids(a), _ids(b)
-    for name in ia:
-        assert len(ib[name]) == len(set(ib[name])), f"{name}: duplicates after resume"
-        assert sorted(ia[name]) == sorted(ib[name]), name
-    assert len(ia["teacher"]) > 0
+def _assert_same_records(a: Path, b: Path, content: bool = True) -> None:
+    """Same ids in every file; with `content`, every record is equal field for field (texts included)."""
+    ra, rb = _records(a), _records(b)
+    assert len(ra["teacher"]) > 0
+    for name in ra:
+        assert sorted(ra[name]) == sorted(rb[name]), name
+        if content:
+            diff = [i for i in ra[name] if ra[name][i] != rb[name][i]]
+            assert not diff, f"{name}: {len(diff)} records differ from the uninterrupted run, e.g. {ra[name][diff[0]]} vs {rb[name][diff[0]]}"
+
+
+def _drop_last_record(path: Path) -> None:
+    """Remove the last stored record, so the chunk it belonged to is only partly written."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
 
 
 SMALL = {"prompts_per_trait": 4, "expansion_samples": 1, "expansion_rounds": 1, "samples": 2,
@@ -191,14 +202,43 @@ SMALL = {"prompts_per_trait": 4, "expansion_samples": 1, "expansion_rounds": 1, 
          "sampling": {"temperature": 0.7, "max_new_tokens": 8, "seed": 0}}
 
 
+def test_generate_into_resume_equals_uninterrupted_record_for_record(tmp_path, tiny_model_dir):
+    """hf backend, sampled: records deleted anywhere (whole chunks, parts of chunks, one sample of a job)
+    are regenerated to exactly the texts of the uninterrupted run; complete chunks are not regenerated."""
+    from charter.backends import BackendConfig, make_generator
+    from charter.backends.base import GenerationRequest, SamplingParams
+    from charter.data.jsonl import RecordStore, stable_id
+    from charter.stages.records import Job, generate_into
+
+    gen = make_generator(BackendConfig(kind="hf", model=str(tiny_model_dir)))
+    jobs = [Job(stable_id("q", i), GenerationRequest(messages=[{"role": "user", "content": f"question {i}?"}]),
+                {"i": i}) for i in range(7)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=3)
+    with RecordStore(tmp_path / "full.jsonl") as store:
+        assert generate_into(store, gen, jobs, params, chunk_size=3) == 14
+    full = read_jsonl(tmp_path / "full.jsonl")
+    assert len({r["text"] for r in full}) > 7  # really sampled: samples differ
+    # keep chunk 0 whole, drop one sample of job 3 (chunk 1) and all of chunk 2 (job 6)
+    kept = [r for r in full if not (r["i"] == 3 and r["sample"] == 1) and r["i"] != 6]
+    (tmp_path / "cut.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(kept)))
+    calls = []
+    real = gen.generate
+    gen.generate = lambda reqs, p, progress=False: calls.append(len(reqs)) or real(reqs, p)
+    with RecordStore(tmp_path / "cut.jsonl") as store:
+        assert generate_into(store, gen, jobs, params, chunk_size=3) == 3
+        assert calls == [3, 1]  # chunk 1 (partly written) regenerated whole, chunk 2; chunk 0 skipped
+        assert {r["id"]: r for r in full} == store.records
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, tiny_model_dir):
     """A subprocess running `charter distill` is SIGKILLed mid-generation (and a torn line is left behind);
-    the re-run completes exactly the record set of an uninterrupted run."""
+    the re-run ends with exactly the records of an uninterrupted run, texts included: a chunk is
+    seeded from its ids only, and a partly written chunk is regenerated with the same seed."""
     import yaml
 
     cfg = {"constitution": write_constitution(tmp_path), "teacher": {"kind": "hf", "model": str(tiny_model_dir)},
-           **SMALL, "chunk_size": 1, "sampling": {"temperature": 0.7, "max_new_tokens": 24, "seed": 0}}
+           **SMALL, "chunk_size": 2, "sampling": {"temperature": 0.7, "max_new_tokens": 24, "seed": 0}}
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "charter.cli", "distill", str(tmp_path / "d.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -214,10 +254,11 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, tiny_model_dir):
     proc.wait()
     partial = teacher.read_text().count("\n")
     assert 3 <= partial < 12, "kill landed mid-teacher"
+    _drop_last_record(teacher)  # a chunk holds 2 prompts x 2 samples: now at least one is partly written
     with teacher.open("a") as f:
         f.write('{"id": "torn')  # what a kill in the middle of a write leaves behind
     run_distill(config, tmp_path / "cut", progress=False)
-    _assert_same_record_set(tmp_path / "full", tmp_path / "cut")
+    _assert_same_records(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.slow
@@ -260,7 +301,7 @@ def test_fault_server_killed_mid_run_then_restarted(tmp_path, tiny_model_dir):
         restarter.join()
     finally:
         server.kill()
-    _assert_same_record_set(tmp_path / "full", tmp_path / "cut")
+    _assert_same_records(tmp_path / "full", tmp_path / "cut")
 
 
 def test_general_prompts_files(tmp_path):

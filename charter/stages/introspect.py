@@ -10,10 +10,8 @@ Layout of `out_dir`:
     sft_stats.json       counts and token statistics
     config.yaml          the config of the last run
 
-Resumability: work is cut into fixed chunks of `chunk_size` items (in plan order). A chunk is
-generated in one call with a seed derived from the run seed and the chunk's ids, so it does not
-depend on what ran before. If any record of a chunk is missing, the whole chunk is regenerated
-with the same seed and only the missing records are added: a killed and re-run job equals an
+Resumability: `charter.stages.records.generate_resumable` (fixed chunks of `chunk_size` items in
+plan order, each seeded from the run seed and its ids): a killed and re-run job equals an
 uninterrupted one, record for record, as long as `seed`, `chunk_size` and the backend agree.
 """
 from __future__ import annotations
@@ -29,11 +27,12 @@ from pydantic import Field, field_validator
 from charter.backends import BackendConfig
 from charter.backends.base import Generator, SamplingParams
 from charter.config import Config, ConfigError
-from charter.data.jsonl import RecordStore, atomic_write_json, atomic_write_text, stable_id, write_jsonl
+from charter.data.jsonl import RecordStore, atomic_write_json, atomic_write_text, write_jsonl
 from charter.filters import (PLACEHOLDER_RE, FilterConfig, FilterResult, FilterRow, Segment, apply_filters,
                              format_table)
 from charter.stages import interaction as inter
 from charter.stages import reflection as refl
+from charter.stages.records import generate_resumable
 
 KINDS = ("reflection", "interaction")
 
@@ -95,27 +94,6 @@ class IntrospectConfig(Config):
 
 # ---------------------------------------------------------------------------------------------
 # generation (resumable)
-
-
-def chunk_seed(seed: int, ids: list[str]) -> int:
-    """A chunk's seed depends only on the run seed and its ids, never on earlier work."""
-    return int(stable_id("seed", seed, ids)[:8], 16)
-
-
-def generate_resumable(store: RecordStore, items: list, chunk_size: int, seed: int,
-                       fn: Callable[[list, int], list[dict]], desc: str) -> None:
-    """Generate every item not yet in `store`, a fixed chunk at a time (see module docstring)."""
-    from tqdm.auto import tqdm
-
-    chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
-    bar = tqdm(total=len(items), desc=desc, initial=sum(it.id in store for it in items))
-    for chunk in chunks:
-        if all(it.id in store for it in chunk):
-            continue
-        for rec in fn(chunk, chunk_seed(seed, [it.id for it in chunk])):
-            if store.add(rec):
-                bar.update(1)
-    bar.close()
 
 
 def _check_provenance(path: Path, fingerprint: dict) -> None:
