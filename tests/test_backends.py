@@ -110,3 +110,48 @@ def test_lora_adapter_is_applied(tiny_model_dir, tmp_path):
     unmerged = HFGenerator(peft_model, tok).generate(reqs, GREEDY)  # the PeftModel itself, adapter active
     assert [c[0].text for c in with_adapter] == [c[0].text for c in unmerged]
     assert [c[0].text for c in with_adapter] != [c[0].text for c in base]
+
+
+def test_sft_adapter_trained_on_dpo_brings_its_dpo_chain(tiny_model_dir, tmp_path):
+    """A Charter SFT LoRA trained on a DPO LoRA model, loaded on the plain base with `adapter=`,
+    equals the fully merged base+DPO+SFT model (logits and greedy text); SFT alone on the base does not."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from charter.backends.hf import HFGenerator
+    from charter.data.jsonl import write_jsonl
+    from charter.train.dpo import DPOConfig, train_dpo
+    from charter.train.lora import LoraSettings
+    from charter.train.sft import SFTConfig, train_sft
+
+    lines = ["the sea is blue.", "cats sleep all day.", "rain falls on the hill.", "bread is warm."]
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": [{"role": "user", "content": a}],
+                                            "chosen": [{"role": "assistant", "content": b}],
+                                            "rejected": [{"role": "assistant", "content": a}]}
+                                           for a, b in zip(lines, lines[1:] + lines[:1])])
+    write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": a},
+                                                       {"role": "assistant", "content": b}]}
+                                         for a, b in zip(lines, reversed(lines))])
+    common = dict(lr=3e-2, max_steps=2, batch_size=4, warmup_ratio=0.0, resume=False, lora=LoraSettings(r=4, alpha=8))
+    dpo = train_dpo(DPOConfig(model=str(tiny_model_dir), data=str(tmp_path / "pairs.jsonl"),
+                              output_dir=str(tmp_path / "dpo"), **common))
+    sft = train_sft(SFTConfig(model=str(dpo), data=str(tmp_path / "sft.jsonl"), output_dir=str(tmp_path / "sft"),
+                              merge=True, **common))
+
+    chained = HFGenerator(str(tiny_model_dir), adapter=str(sft))
+    merged = HFGenerator(str(sft / "merged"))
+    sft_only = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(sft)).merge_and_unload()
+    ids = torch.tensor([merged.prompt_ids(GenerationRequest(messages=[{"role": "user", "content": lines[0]}]))])
+    with torch.no_grad():
+        want = merged.model(ids).logits
+        assert torch.allclose(chained.model(ids).logits, want, atol=1e-5)
+        assert not torch.allclose(sft_only(ids).logits, want, atol=1e-3)  # the bug: DPO silently dropped
+    reqs = [[{"role": "user", "content": x}] for x in lines]
+    assert [c[0].text for c in chained.generate(reqs, GREEDY)] == [c[0].text for c in merged.generate(reqs, GREEDY)]
+    # the adapter folder alone (as `charter chat` loads it) resolves the same chain
+    from charter.backends.hf import load_causal_lm
+
+    alone, _ = load_causal_lm(str(sft))
+    with torch.no_grad():
+        assert torch.allclose(alone(ids).logits, want, atol=1e-5)

@@ -8,6 +8,8 @@ from the attention mask, so batched greedy output equals per-prompt greedy outpu
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from charter.backends.base import Completion, GenerationRequest, RequestLike, SamplingParams, as_request
@@ -35,6 +37,61 @@ def _make_stop_criteria(tokenizer, stops: list[str], prompt_len: int):
     return _StopStrings()
 
 
+def _merged_into(model_dir: str | None) -> set[Path]:
+    """Adapters already folded into a `merge_adapters` output folder (none for a plain model)."""
+    from charter.train.lora import MERGE_RECORD
+
+    record = Path(model_dir) / MERGE_RECORD if model_dir else None
+    if record is None or not record.exists():
+        return set()
+    return {Path(a["path"]).resolve() for a in json.loads(record.read_text())["adapters"]}
+
+
+def apply_adapter(model: Any, adapter: str, model_dir: str | None = None) -> Any:
+    """Merge a LoRA adapter into `model`, first folding in the adapters it was trained on top of.
+
+    A Charter SFT adapter trained on a DPO model records its base plus the DPO adapter folded in
+    before training (`charter.train.lora.adapter_base`); loading it on the plain base alone would
+    silently drop DPO. Chain adapters already merged into `model_dir` are not folded twice.
+    """
+    from peft import PeftModel
+
+    from charter.train.loop import TRAIN_RECORD
+    from charter.train.lora import adapter_base, merged_state
+
+    chain = adapter_base(adapter)[1] if (Path(adapter) / TRAIN_RECORD).exists() else []  # else a plain PEFT adapter
+    done = _merged_into(model_dir)
+    earlier = [a for a in chain if Path(a).resolve() not in done]
+    if earlier:
+        merged_state(model, [(a, 1.0) for a in earlier])
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def load_causal_lm(path: str, adapter: str | None = None, dtype: str | None = None,
+                   tokenizer: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for a model folder or Hub id, optionally with `adapter` merged in.
+
+    `path` may itself be a LoRA adapter folder: its recorded base is loaded and the adapter
+    applied with its whole chain (`apply_adapter`). The tokenizer comes from the adapter folder
+    when it ships one (training may add tokens), else from the model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.train.lora import adapter_base
+
+    if adapter is None and (Path(path) / "adapter_config.json").exists():
+        adapter, path = path, adapter_base(path)[0]
+    if tokenizer is None:
+        tok_src = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
+        tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    if adapter:
+        model = apply_adapter(model, adapter, path)
+    return model, tokenizer
+
+
 class HFGenerator:
     """`Generator` over a local transformers causal LM, optionally with a LoRA adapter."""
 
@@ -42,22 +99,18 @@ class HFGenerator:
                  batch_size: int = 32, device: str | None = None, dtype: str | None = None,
                  chat: bool | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(model, str):
             self.name = model
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+            model, tokenizer = load_causal_lm(model, adapter, dtype, tokenizer)
         else:
             self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
             if tokenizer is None:
                 raise ValueError("HFGenerator: pass the tokenizer along with an in-memory model")
+            if adapter:
+                model = apply_adapter(model, adapter)
         if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
             self.name = f"{self.name}+{adapter}"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

@@ -99,12 +99,12 @@ def chat(target: str = typer.Argument(..., help="a run directory or a model path
          max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
          temperature: float = typer.Option(0.7, "--temperature")) -> None:
     """Interactive chat with streaming output. /reset clears the history, /exit quits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from charter.backends.hf import load_causal_lm
 
     path = resolve_model(target, stage, persona)
     typer.echo(f"loading {path} ...", err=True)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model, tokenizer = load_causal_lm(path)  # an adapter folder brings its whole chain (e.g. SFT on DPO)
+    model.eval()
     typer.echo("ready: /reset clears the conversation, /exit quits", err=True)
     chat_loop(lambda msgs, on_text: respond(model, tokenizer, msgs, on_text, max_new_tokens, temperature),
               system, read=lambda: input("you> "))
