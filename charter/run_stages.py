@@ -389,7 +389,10 @@ def merge_full(base: str, dpo: str, sft: str, w_dpo: float, w_sft: float, out: P
         return {k: v for f in files for k, v in load_file(str(f)).items()}
 
     wb, wd, ws = weights(base), weights(dpo), weights(sft)
-    merged = {k: (wb[k] + w_dpo * (wd[k] - wb[k]) + w_sft * (ws[k] - wd[k])).contiguous() for k in ws}
+    merged = {}
+    for k, v in ws.items():  # in float64, rounded once to the stored dtype
+        b, d = wb[k].double(), wd[k].double()
+        merged[k] = (b + w_dpo * (d - b) + w_sft * (v.double() - d)).to(v.dtype).contiguous()
     out.mkdir(parents=True, exist_ok=True)
     save_file(merged, str(out / "model.safetensors"), metadata={"format": "pt"})
     AutoConfig.from_pretrained(sft).save_pretrained(out)
