@@ -264,7 +264,8 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_fault_server_killed_mid_run_then_restarted(tmp_path, tiny_model_dir):
     """transformers serve is SIGKILLed while the teacher step runs; the run fails cleanly; a re-run that
-    retries until the restarted server answers completes to the uninterrupted run's record set."""
+    retries until the restarted server answers ends with the uninterrupted run's records, texts included
+    (each request carries a seed derived from its chunk seed, and transformers serve reseeds torch with it)."""
     from charter.backends.openai import BackendError
 
     server = ServeProcess(tiny_model_dir, log_path=tmp_path / "serve.log").start()

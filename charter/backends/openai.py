@@ -113,19 +113,14 @@ class OpenAIGenerator:
         return "/chat/completions", {**body, "messages": messages}
 
     def _render(self, req: GenerationRequest) -> str:
-        """Chat -> text for the completions API: local template, or the base-model fallback."""
-        from charter.chat import fallback_render, render_prompt
+        """Chat -> text for the completions API: local template, or the base-model fallback
+        (`chat=False`; without a tokenizer it has no BOS/EOS strings)."""
+        from charter.chat import render_prompt
 
-        if self.chat is False:
-            if self.tokenizer is not None:
-                return render_prompt(self.tokenizer, req.messages, chat=False)
-            from charter.chat import check_messages
-
-            return fallback_render(check_messages(req.messages), True)  # no tokenizer: no BOS/EOS strings
-        if self.tokenizer is None:
+        if self.chat is not False and self.tokenizer is None:
             raise BackendError(f"{self.dialect} dialect has no chat prefill; set the backend's `tokenizer` so the "
                                "chat can be rendered locally and sent to the completions API")
-        return render_prompt(self.tokenizer, req.messages)
+        return render_prompt(self.tokenizer, req.messages, chat=self.chat)
 
     # ------------------------------------------------------------------ calls
 
