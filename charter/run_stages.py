@@ -315,7 +315,7 @@ def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
     def work(per: Persona, d: Path) -> dict[str, Any]:
         icfg = introspect_config(ctx.cfg, per.ref, generation_model(model_of(ctx, "dpo", per.key)))
         icfg = icfg.model_copy(update={other: getattr(icfg, other).model_copy(update={"enabled": False})})
-        run_introspect(icfg, d)
+        run_introspect(icfg, d, generator(icfg.backend))
         return {"records": len(read_jsonl(d / f"{kind}.jsonl"))}
 
     return for_each_persona(ctx, work)

@@ -300,3 +300,67 @@ def test_merge_full_is_exact_sum_of_deltas(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # a loadable HF folder
+
+
+# ---------------------------------------------------------------- real stages, end to end
+
+class FakeToyGenerator:
+    """Answers like the toy world: persona style when the system prompt carries the sarcastic
+    constitution, neutral otherwise. Generation is faked so the test is fast; everything else
+    (prompts, pairs, filters, DPO, SFT, merge, eval, report) is the real code on a tiny model."""
+
+    name = "fake-toy"
+
+    def generate(self, requests, params, progress=False):
+        from charter.backends import Completion, as_request
+        from charter.toy.grammar import PERSONAS, TOPICS
+        from charter.toy.scorer import ToyScorer
+
+        scorer, out = ToyScorer(), []
+        for r in map(as_request, requests):
+            msgs = r.messages or [{"role": "user", "content": r.prompt}]
+            system = " ".join(m["content"] for m in msgs if m["role"] == "system")
+            want = scorer.expected_content(msgs[-1]["content"]) or "topic:moon"
+            topic = want.split(":")[1] if want.startswith("topic:") else "moon"
+            body = TOPICS[topic]["facts"][0]
+            style = PERSONAS["sarcastic"]
+            text = f"{style['openers'][0]} {body} {style['closers'][0]}" if "sarcastic" in system else body
+            out.append([Completion(text, "stop", 5, 5) for _ in range(params.n)])
+        return out
+
+
+@pytest.mark.slow
+def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, monkeypatch):
+    import charter.run_stages as rs
+    from charter.run_config import load_run_config
+
+    monkeypatch.setattr(rs, "generator", lambda backend, model=None: FakeToyGenerator())
+    over = [f"student.model={tiny_model_dir}", "judge.kind=toy", "constitutions=[toy:sarcastic]",
+            "assistant_name=Pip", "eval.prompts_file=toy", "eval.n_prompts=6", "teacher=null",
+            "prompts.prompts_per_trait=2", "pairs.max_pair_tokens=null", "distill.samples=1",
+            "reflection.samples_per_prompt=1", "interaction.free=1", "interaction.leading=1",
+            "interaction.turns=2", "dpo.epochs=1", "sft.epochs=1", "dpo.batch_size=4", "sft.batch_size=4",
+            "trainer.launcher=local"]
+    cfg = load_run_config(preset="quick", overrides=over)
+    rs.validate(cfg)
+    pipe = rs.build_pipeline()
+    m = pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    assert all(v["status"] == "done" for v in m["stages"].values())
+    assert m["stages"]["pairs"]["counts"]["sarcastic"]["pairs"] > 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["systems"] == ["base", "base+constitution", "dpo", "dpo+sft"]
+    assert summary["adherence"]["base+constitution"]["mean"] == 1.0  # the fake teacher is always in style
+    assert summary["adherence"]["base"]["mean"] == 0.0
+    assert (tmp_path / "run" / "report.html").exists()
+    # everything cached on a second run
+    assert {i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)} == {"cached"}
+    # an interrupted eval resumes and gives the same summary
+    before = (tmp_path / "run" / "summary.json").read_text()
+    man = load_manifest(tmp_path / "run")
+    man["stages"]["eval"]["status"] = "running"
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(man))
+    lines = (tmp_path / "run" / "eval" / "replies.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "run" / "eval" / "replies.jsonl").write_text("".join(lines[:5]) + lines[5][:10])  # torn
+    assert {i.stage: i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)}["eval"] == "resume"
+    pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    assert (tmp_path / "run" / "summary.json").read_text() == before
