@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from charter.data.jsonl import DataError
+from charter.data.jsonl import DataError, parse_json_or_yaml
 
 LIBRARY_DIR = Path(__file__).parent / "constitutions"
 
@@ -178,19 +177,10 @@ def load_constitution(path: str | Path) -> Constitution:
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):  # OCT hand-written: JSON array, whatever the extension
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _err(path, f"line {e.lineno}", f"invalid JSON ({e.msg} at column {e.colno})") from None
-        return _load_oct_json(path, data)
+        return _load_oct_json(path, parse_json_or_yaml(path, text, "json"))
     if stripped.startswith("{") or path.suffix == ".jsonl":  # OCT few-shot: one JSON object per line
         return _load_oct_jsonl(path, text)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "top level"
-        raise _err(path, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    data = parse_json_or_yaml(path, text, "yaml")
     if not isinstance(data, dict):
         raise _err(path, "top level", f"expected a YAML mapping (name, traits, ...), got {type(data).__name__}")
     return _load_charter_yaml(path, data)

@@ -66,6 +66,20 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)]
 
 
+def parse_json_or_yaml(path: str | Path, text: str, fmt: str) -> Any:
+    """`fmt` "json" or "yaml" text -> data; a syntax error is a DataError naming the file and line."""
+    import yaml
+
+    try:
+        return json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "top level"
+        raise DataError(f"{path}: {where}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+
+
 def stable_id(*parts: Any) -> str:
     """A short content hash: the same inputs give the same id in every run."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -7,15 +7,12 @@ from the prompt into the weights.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
-from charter.data.jsonl import DataError, iter_jsonl, stable_id
+from charter.data.jsonl import DataError, iter_jsonl, parse_json_or_yaml, stable_id
 from charter.filters import PLACEHOLDER_RE
 from charter.stages.records import sample_id
 
@@ -72,11 +69,7 @@ def load_text_list(path: str | Path, field: str = "prompt") -> list[str]:
                 raise DataError(f"{path}:{lineno}: field {field!r} must be a string")
             out.append(check_authored(obj[field].strip(), f"{path}:{lineno}"))
     elif path.suffix in (".json", ".yaml", ".yml"):
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise DataError(f"{path}: cannot parse: {e}") from None
+        data = parse_json_or_yaml(path, path.read_text(encoding="utf-8"), "json" if path.suffix == ".json" else "yaml")
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of strings, got {type(data).__name__}")
         for i, s in enumerate(data):
