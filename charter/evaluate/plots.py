@@ -36,7 +36,7 @@ def plot_adherence(section: dict, path: Path) -> Path:
     ax.set_xticks(range(len(systems)), [f"{s['system']}\n(n={s['n']})" for s in systems], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"share in character ({systems[0]['persona']})" if systems else "share in character")
-    ax.set_title("Adherence, no constitution (Wilson 95% CI)")
+    ax.set_title("Adherence (Wilson 95% CI)", fontsize=10)
     return _save(fig, path)
 
 
