@@ -155,3 +155,18 @@ def test_sft_adapter_trained_on_dpo_brings_its_dpo_chain(tiny_model_dir, tmp_pat
     alone, _ = load_causal_lm(str(sft))
     with torch.no_grad():
         assert torch.allclose(alone(ids).logits, want, atol=1e-5)
+
+
+def test_vllm_refuses_an_adapter_trained_on_other_adapters(tmp_path):
+    """vLLM's LoRARequest stacks nothing: a chained SFT adapter must be merged first, not silently cut."""
+    import json
+
+    from charter.backends.vllm import VLLMGenerator
+    from charter.config import ConfigError
+    from charter.train.loop import TRAIN_RECORD
+
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / TRAIN_RECORD).write_text(json.dumps({"kind": "sft", "base_model": "base", "base_adapters": ["dpo"]}))
+    with pytest.raises(ConfigError, match="trained on top of dpo"):
+        VLLMGenerator("base", adapter=str(sft))

@@ -47,6 +47,15 @@ def _merged_into(model_dir: str | None) -> set[Path]:
     return {Path(a["path"]).resolve() for a in json.loads(record.read_text())["adapters"]}
 
 
+def adapter_chain(adapter: str) -> list[str]:
+    """The adapters a Charter-trained `adapter` was trained on top of, oldest first ([] for a
+    plain PEFT adapter or a Hub id)."""
+    from charter.train.loop import TRAIN_RECORD
+    from charter.train.lora import adapter_base
+
+    return adapter_base(adapter)[1] if (Path(adapter) / TRAIN_RECORD).exists() else []
+
+
 def apply_adapter(model: Any, adapter: str, model_dir: str | None = None) -> Any:
     """Merge a LoRA adapter into `model`, first folding in the adapters it was trained on top of.
 
@@ -56,12 +65,10 @@ def apply_adapter(model: Any, adapter: str, model_dir: str | None = None) -> Any
     """
     from peft import PeftModel
 
-    from charter.train.loop import TRAIN_RECORD
-    from charter.train.lora import adapter_base, merged_state
+    from charter.train.lora import merged_state
 
-    chain = adapter_base(adapter)[1] if (Path(adapter) / TRAIN_RECORD).exists() else []  # else a plain PEFT adapter
     done = _merged_into(model_dir)
-    earlier = [a for a in chain if Path(a).resolve() not in done]
+    earlier = [a for a in adapter_chain(adapter) if Path(a).resolve() not in done]
     if earlier:
         merged_state(model, [(a, 1.0) for a in earlier])
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()

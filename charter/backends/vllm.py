@@ -19,9 +19,23 @@ def _import_vllm():
     return vllm
 
 
+def _refuse_chain(adapter: str) -> None:
+    """A LoRARequest applies one adapter: one trained on top of others (SFT on DPO) would lose them."""
+    from charter.backends.hf import adapter_chain
+    from charter.config import ConfigError
+
+    chain = adapter_chain(adapter)
+    if chain:
+        raise ConfigError(f"backend.adapter {adapter}: was trained on top of {', '.join(chain)}, which vLLM "
+                          f"cannot stack; merge the chain first (`charter merge --export {adapter} --out DIR`) "
+                          f"and use DIR as backend.model, or use kind: hf")
+
+
 class VLLMGenerator:
     def __init__(self, model: str, adapter: str | None = None, tensor_parallel: int = 1, dtype: str | None = None,
                  chat: bool | None = None, max_lora_rank: int = 64):
+        if adapter:
+            _refuse_chain(adapter)
         vllm = _import_vllm()
         self.name = model + (f"+{adapter}" if adapter else "")
         self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel, dtype=dtype or "auto",
