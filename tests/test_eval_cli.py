@@ -133,7 +133,6 @@ def test_capability_mc_and_perplexity(tiny_model_dir, tmp_path):
     assert c["multiple_choice"]["toy"]["acc"]["mcnemar"]["p_exact"] == 1.0
 
 
-@pytest.mark.slow  # ~25 s alone on 2 cores: 3 tiny models, 16 generate calls, a classifier
 def test_charter_eval_cli_end_to_end(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
