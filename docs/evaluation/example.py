@@ -24,7 +24,7 @@ HERE = Path(__file__).parent
 
 
 def main(work: Path) -> None:
-    from charter.toy.corpus import eval_prompts, generate_corpus
+    from charter.toy.corpus import generate_corpus
     from charter.toy.grammar import PERSONA_NAMES, TOPICS
 
     base = work / "base"
@@ -79,7 +79,6 @@ def main(work: Path) -> None:
     _, metrics = train_and_evaluate(rows, out_dir=work / "classifier", epochs=3)
     atomic_write_json(work / "classifier_metrics.json", metrics)
     print(json.dumps({k: metrics[k] for k in ("accuracy", "lo", "hi", "macro_f1", "n", "train_n")}))
-    _ = eval_prompts  # the eval prompts come from the same world (see eval_toy.yaml: prompts: toy)
 
 
 if __name__ == "__main__":
