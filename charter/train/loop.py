@@ -264,7 +264,10 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     ckpts = _ckpt_dirs(out) if cfg.resume else []
     if ckpts:
         accelerator.load_state(str(ckpts[-1]))
-        start = json.loads((ckpts[-1] / "state.json").read_text())["step"]
+        state = json.loads((ckpts[-1] / "state.json").read_text())
+        start = state["step"]
+        if state.get("config_hash") != cfg.hash() and accelerator.is_main_process:
+            print(f"warning: resuming {ckpts[-1]} with a different config than it was saved with")
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
