@@ -137,3 +137,19 @@ def test_bad_row_names_file_line_and_field(tiny_model_dir, tmp_path):
     write_jsonl(path, rows)
     with pytest.raises(DataError, match=r"bad\.jsonl:2: .*messages\[1\]\.content"):
         train_sft(_cfg(tiny_model_dir, path, tmp_path / "o", max_steps=1))
+
+
+def test_sft_row_formats_and_dropped_rows(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from charter.train.data import load_sft, sft_messages
+
+    want = [{"role": "user", "content": "Add.\n\n2 and 3"}, {"role": "assistant", "content": "5"}]
+    assert sft_messages({"instruction": "Add.", "input": "2 and 3", "output": "5"}) == want
+    assert sft_messages({"prompt": "Add.\n\n2 and 3", "completion": "5"}) == want
+    assert sft_messages({"text": "\n\nHuman: Add.\n\n2 and 3\n\nAssistant: 5"}) == want
+    rows = [{"messages": want}, {"messages": [{"role": "user", "content": "only a question?"}]},
+            {"instruction": "Add.", "input": "2 and 3", "output": "5"}]
+    write_jsonl(tmp_path / "mixed.jsonl", rows)
+    seqs, dropped = load_sft(tmp_path / "mixed.jsonl", AutoTokenizer.from_pretrained(tiny_model_dir), 64)
+    assert dropped == 1 and len(seqs) == 2 and seqs[0] == seqs[1]
