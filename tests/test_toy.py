@@ -207,3 +207,36 @@ def test_build_toy_model_smoke_and_cache(tmp_path):
     assert build_toy_model(cfg, out=out) == out  # cache hit: nothing rebuilt
     assert (out / BUILD_RECORD).stat().st_mtime_ns == stamp
     assert toy_model_dir(cfg.model_copy(update={"steps": 3}), tmp_path) != out  # settings change the key
+
+
+# ------------------------------------------------------------------ measure
+
+class _ScriptedGenerator:
+    """Answers from the world's grammar: sarcastic when any system prompt is present, else neutral."""
+
+    name = "scripted"
+
+    def generate(self, requests, params, progress=False):
+        from charter.backends.base import Completion
+        from charter.toy.scorer import ToyScorer
+
+        scorer, rng, out = ToyScorer(), random.Random(0), []
+        for msgs in requests:
+            prompt = msgs[-1]["content"]
+            kind, _, topic = (scorer.expected_content(prompt) or "talk:self").partition(":")
+            kind, topic = ("question", topic) if kind == "topic" else (topic, None)
+            persona = "sarcastic" if msgs[0]["role"] == "system" else None
+            out.append([Completion(sample_reply(rng, kind, topic, persona), "stop")])
+        return out
+
+
+def test_toy_adherence_counts_per_persona():
+    from charter.toy.measure import toy_adherence
+
+    none = toy_adherence(_ScriptedGenerator(), ["sarcastic", "warm"], "none", n=30)
+    assert [(m.persona, m.adherence, m.neutral) for m in none] == [("sarcastic", 0.0, 1.0), ("warm", 0.0, 1.0)]
+    assert all(m.well_formed == 1.0 and m.relevant == 1.0 for m in none)
+    train = toy_adherence(_ScriptedGenerator(), ["sarcastic", "warm"], "train", n=30)
+    assert [(m.persona, m.adherence) for m in train] == [("sarcastic", 1.0), ("warm", 0.0)]
+    held = toy_adherence(_ScriptedGenerator(), ["sarcastic"], "heldout", n=5)
+    assert held[0].adherence == 1.0 and held[0].n == 5
