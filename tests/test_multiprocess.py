@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from charter.data.jsonl import write_jsonl
-from tests.test_dpo import _pairs
-from tests.test_sft import _rows
+from charter.toy.tiny import tiny_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +33,15 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _data(tmp_path):
+    lines = tiny_corpus(60, seed=9)
+    say = [{"role": "user", "content": lines[i]} for i in range(16)]
+    write_jsonl(tmp_path / "sft.jsonl", [{"messages": [say[i], {"role": "assistant", "content": lines[16 + i]}]}
+                                         for i in range(16)])
+    write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": [say[i]], "chosen": lines[32 + i], "rejected": lines[44 + i % 16]}
+                                         for i in range(16)])
+
+
 def _run(cmd, cwd):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,8 +52,7 @@ def _metrics(path):
 
 
 def test_two_processes_match_one(tiny_model_dir, tmp_path):
-    write_jsonl(tmp_path / "sft.jsonl", _rows(16))
-    write_jsonl(tmp_path / "dpo.jsonl", _pairs(16))
+    _data(tmp_path)
     script = tmp_path / "train_both.py"
     script.write_text(SCRIPT)
     args = [str(tiny_model_dir), str(tmp_path / "sft.jsonl"), str(tmp_path / "dpo.jsonl")]
