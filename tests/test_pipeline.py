@@ -364,3 +364,16 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     assert {i.stage: i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)}["eval"] == "resume"
     pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
     assert (tmp_path / "run" / "summary.json").read_text() == before
+
+
+def test_chat_constitutional_shows_each_step(tiny_model_dir):
+    """`charter chat MODEL --constitutional --show-steps` runs draft -> critique -> revise each turn."""
+    from typer.testing import CliRunner
+
+    from charter.cli import app
+
+    res = CliRunner().invoke(app, ["chat", str(tiny_model_dir), "--constitutional", "--show-steps",
+                                   "--max-new-tokens", "4", "--temperature", "0"], input="hello\n/exit\n")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert out.index("[draft") < out.index("[critique") < out.index("[revision") < out.index("[final]")

@@ -97,7 +97,12 @@ def chat(target: str = typer.Argument(..., help="a run directory or a model path
          stage: Optional[str] = typer.Option(None, "--stage", help="in a run dir: base, dpo, sft or merge"),
          persona: Optional[str] = typer.Option(None, "--persona", help="in a run dir: which constitution"),
          max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
-         temperature: float = typer.Option(0.7, "--temperature")) -> None:
+         temperature: float = typer.Option(0.7, "--temperature"),
+         constitutional: bool = typer.Option(False, "--constitutional",
+                                             help="draft -> critique -> revise against principles (3 calls a turn)"),
+         principles: Optional[str] = typer.Option(None, "--principles", help="principles file (default: ours)"),
+         show_steps: bool = typer.Option(False, "--show-steps", help="with --constitutional: print draft and critiques"),
+         ) -> None:
     """Interactive chat with streaming output. /reset clears the history, /exit quits."""
     from charter.backends.hf import load_causal_lm
 
@@ -106,8 +111,17 @@ def chat(target: str = typer.Argument(..., help="a run directory or a model path
     model, tokenizer = load_causal_lm(path)  # an adapter folder brings its whole chain (e.g. SFT on DPO)
     model.eval()
     typer.echo("ready: /reset clears the conversation, /exit quits", err=True)
-    chat_loop(lambda msgs, on_text: respond(model, tokenizer, msgs, on_text, max_new_tokens, temperature),
-              system, read=lambda: input("you> "))
+    if constitutional:
+        from charter.backends.base import SamplingParams
+        from charter.backends.hf import HFGenerator
+        from charter.cai.inference import constitutional_reply_fn
+
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+        reply_fn = constitutional_reply_fn(HFGenerator(model, tokenizer), principles, show_steps, params=params)
+    else:
+        def reply_fn(msgs: list[dict], on_text: Callable[[str], None]) -> str:
+            return respond(model, tokenizer, msgs, on_text, max_new_tokens, temperature)
+    chat_loop(reply_fn, system, read=lambda: input("you> "))
 
 
 def register(app: typer.Typer) -> None:
