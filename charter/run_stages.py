@@ -213,11 +213,8 @@ def stage_student(ctx: StageContext) -> dict[str, Any]:
 
 
 def stage_pairs(ctx: StageContext) -> dict[str, Any]:
-    """Chosen = teacher, rejected = student, through B's SPEC §1 pair filters (`pair_failure`)."""
-    from collections import Counter
-
-    from charter.stages.distill import _templated_len, pair_failure, replace_names
-    from charter.stages.teacher_text import strip_thinking
+    """Chosen = teacher, rejected = student, through B's `build_pairs` (SPEC §1 filters, provenance)."""
+    from charter.stages.distill import PairMaker, build_pairs
 
     cfg: RunConfig = ctx.cfg
     dc = distill_config(cfg)
@@ -226,35 +223,20 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(dc.tokenizer or base_model(ctx))
+    sampling = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed}).model_dump()  # as `_answer` ran
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         teacher_name, student = name_of(cfg, per.constitution), dc.student_name or name_of(cfg, per.constitution)
         prefill = json.loads((ctx.input_dir("teacher") / per.key / "done.json").read_text())["prefill"]
         side = {r: {(a["prompt_id"], a["sample"]): a for a in read_jsonl(ctx.input_dir(r) / per.key / "answers.jsonl")}
                 for r in ("teacher", "student")}
-        counts: Counter = Counter()
-        pairs = []
-        for key, t in sorted(side["teacher"].items()):
-            s = side["student"].get(key)
-            if s is None:
-                counts["missing_student"] += 1
-                continue
-            chosen = strip_thinking(t["text"], prefill, dc.think_end) if dc.think else t["text"].strip()
-            if chosen is not None:
-                chosen = replace_names(chosen, [teacher_name, *dc.self_names], student).strip()
-            rejected = s["text"].strip()
-            n_tok = None if tok is None or not chosen else \
-                max(_templated_len(tok, t["prompt"], chosen), _templated_len(tok, t["prompt"], rejected))
-            why = pair_failure(chosen, t["finish_reason"], rejected, s["finish_reason"], n_tok, dc.max_pair_tokens)
-            counts[why or "kept"] += 1
-            if why is None:
-                pairs.append({"id": stable_id(t["prompt"], t["sample"], "pair"),
-                              "prompt": [{"role": "user", "content": t["prompt"]}],
-                              "chosen": [{"role": "assistant", "content": chosen}],
-                              "rejected": [{"role": "assistant", "content": rejected}],
-                              "meta": {"teacher": t["model"], "student": s["model"], "constitution": per.key,
-                                       "constitution_hash": per.constitution.hash(), "sample": t["sample"],
-                                       "sampling": dc.sampling.model_dump()}})
+        prompts = {p["id"]: p for p in read_jsonl(ctx.input_dir("prompts") / per.key / "prompts.jsonl")}
+        models = {r: next(iter(side[r].values()), {}).get("model") for r in side}
+        provenance = {"teacher": models["teacher"], "student": models["student"], "constitution": per.key,
+                      "constitution_hash": per.constitution.hash(), "sampling": sampling, "think": dc.think,
+                      "teacher_name": teacher_name, "student_name": student}
+        make = PairMaker(teacher_name, student, dc.self_names, prefill, dc.think_end, tok, dc.max_pair_tokens)
+        pairs, counts = build_pairs(make, prompts, dict(sorted(side["teacher"].items())), side["student"], provenance)
         write_jsonl(d / "pairs.jsonl", pairs)
         return {"pairs": len(pairs), **dict(counts)}
 
@@ -471,7 +453,7 @@ def build_pipeline() -> Pipeline:
         Stage("teacher", stage_teacher, ["base", "prompts"],
               lambda c: {"teacher": c.teacher_backend(), "distill": c.distill, "name": c.assistant_name}),
         Stage("student", stage_student, ["base", "prompts"], lambda c: {"student": c.student, "distill": c.distill}),
-        Stage("pairs", stage_pairs, ["base", "teacher", "student"],
+        Stage("pairs", stage_pairs, ["base", "prompts", "teacher", "student"],
               lambda c: {"pairs": c.pairs, "distill": c.distill, "name": c.assistant_name}),
         Stage("dpo", stage_dpo, ["base", "pairs"], lambda c: {"dpo": c.dpo, "trainer": c.trainer}),
         Stage("reflection", stage_reflection, ["dpo"], lambda c: {"reflection": c.reflection, "c": consts(c)}),

@@ -347,6 +347,10 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     m = pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
     assert all(v["status"] == "done" for v in m["stages"].values())
     assert m["stages"]["pairs"]["counts"]["sarcastic"]["pairs"] > 0
+    pair = read_jsonl(tmp_path / "run" / "pairs" / "sarcastic" / "pairs.jsonl")[0]  # `charter distill`'s provenance
+    prompts = {p["id"]: p for p in read_jsonl(tmp_path / "run" / "prompts" / "sarcastic" / "prompts.jsonl")}
+    assert pair["meta"]["source"] == prompts[pair["meta"]["prompt_id"]]["source"] == "constitution"
+    assert pair["meta"]["think"] is False and pair["meta"]["student_name"] == "Pip"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["systems"] == ["base", "base+constitution", "dpo", "dpo+sft"]
     assert summary["adherence"]["base+constitution"]["mean"] == 1.0  # the fake teacher is always in style

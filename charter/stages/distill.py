@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from charter.backends import BackendConfig, make_generator
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
@@ -123,6 +123,33 @@ class PairMaker:
                 "rejected": [{"role": "assistant", "content": rejected}]}, None
 
 
+def build_pairs(make: PairMaker, prompts: Mapping[str, dict[str, Any]],
+                teacher: Mapping[tuple[str, int], dict[str, Any]], student: Mapping[tuple[str, int], dict[str, Any]],
+                provenance: dict[str, Any]) -> tuple[list[dict[str, Any]], Counter]:
+    """Pair each teacher sample (in the order given) with the student's sample for the same
+    (prompt id, k) -> (kept pairs, count per filter / "kept" / "missing_student").
+
+    The one pairing loop for `run_distill` and the pipeline's pairs stage, so every pair's
+    `meta` carries the same provenance: `provenance` plus the prompt's id, source and trait.
+    """
+    counts: Counter = Counter()
+    pairs = []
+    for (pid, k), t in teacher.items():
+        s = student.get((pid, k))
+        if s is None:
+            counts["missing_student"] += 1
+            continue
+        p = prompts[pid]
+        pair, why = make(p["prompt"], k, t, s)
+        counts[why or "kept"] += 1
+        if pair:
+            pair["meta"] = {**provenance, "prompt_id": pid, "source": p.get("source"),
+                            "trait_index": p.get("trait_index"), "sample": k, "teacher_id": t["id"],
+                            "student_id": s["id"]}
+            pairs.append(pair)
+    return pairs, counts
+
+
 # ---------------------------------------------------------------- stage
 
 def _generators(cfg: DistillConfig) -> tuple[Generator, Generator, Generator]:
@@ -228,18 +255,9 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) 
         "teacher_name": teacher_name, "student_name": student_name,
     }
     make = PairMaker(teacher_name, student_name, cfg.self_names, prefill, cfg.think_end, tok, cfg.max_pair_tokens)
-    counts: Counter = Counter()
-    pairs = []
-    for p in prompts:
-        for k in range(cfg.samples):
-            t, s = samples["teacher"][p["id"]][k], samples["student"][p["id"]][k]
-            pair, why = make(p["prompt"], k, t, s)
-            counts[why or "kept"] += 1
-            if pair:
-                pair["meta"] = {**provenance, "prompt_id": p["id"], "source": p["source"],
-                                "trait_index": p["trait_index"], "sample": k, "teacher_id": t["id"],
-                                "student_id": s["id"]}
-                pairs.append(pair)
+    by_key = {role: {(p["id"], k): rec for p in prompts for k, rec in enumerate(samples[role][p["id"]])}
+              for role in sides}
+    pairs, counts = build_pairs(make, {p["id"]: p for p in prompts}, by_key["teacher"], by_key["student"], provenance)
     pairs_path = out / "pairs.jsonl"
     write_jsonl(pairs_path, pairs)
     summary["pairs"] = {"total": sum(counts.values()), **{f: counts[f] for f in PAIR_FILTERS}, "kept": counts["kept"],
