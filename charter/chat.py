@@ -23,7 +23,7 @@ template, so no chat template leaks into base-model prompts.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -245,8 +245,11 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
 
 
 def encode_dataset(tokenizer, rows: Iterable[dict | list], max_length: int | None = None,
-                   source: str = "rows") -> tuple[list[EncodedChat], EncodeStats]:
-    """Encode many `{"messages": [...]}` rows (or bare message lists), counting what was dropped."""
+                   source: str = "rows", names: Sequence[str] | None = None) -> tuple[list[EncodedChat], EncodeStats]:
+    """Encode many `{"messages": [...]}` rows (or bare message lists), counting what was dropped.
+
+    A bad row's error starts with `names[n]` (e.g. "file.jsonl:12") or else "{source} row {n + 1}".
+    """
     out: list[EncodedChat] = []
     stats = EncodeStats()
     for n, row in enumerate(rows):
@@ -257,7 +260,7 @@ def encode_dataset(tokenizer, rows: Iterable[dict | list], max_length: int | Non
         except TemplateError:
             raise
         except ValueError as e:
-            raise ValueError(f"{source} row {n + 1}: {e}") from None
+            raise ValueError(f"{names[n] if names is not None else f'{source} row {n + 1}'}: {e}") from None
         if enc is None:
             stats.dropped_no_trainable += 1
             stats.dropped_rows.append(n)

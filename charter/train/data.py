@@ -10,23 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter.chat import IGNORE_INDEX, encode_chat, render_text
+from charter.chat import (IGNORE_INDEX, EncodedChat, EncodeStats, TemplateError, encode_chat, encode_dataset,
+                          render_text)
 from charter.data.jsonl import DataError, iter_jsonl
 
 
-@dataclass
-class Seq:
-    """One tokenised sequence; labels are unshifted (-100 where not trained)."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def n_trainable(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+Seq = EncodedChat  # one tokenised sequence, labels unshifted (-100 where not trained)
 
 
 @dataclass
@@ -158,21 +147,30 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
     return Pair(seqs[0], seqs[1])
 
 
-def load_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], int]:
-    """(sequences, rows dropped for having no trainable token left)."""
-    out, dropped = [], 0
-    for lineno, row in iter_jsonl(path):
+def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], EncodeStats]:
+    """(sequences, `encode_dataset`'s stats: rows dropped with no trainable token, rows truncated, turns cut)."""
+    rows = list(iter_jsonl(path))
+    messages = []
+    for lineno, row in rows:
         try:
-            enc = encode_chat(tokenizer, sft_messages(row), max_length)
+            messages.append(sft_messages(row))
         except ValueError as e:
             raise DataError(f"{path}:{lineno}: {e}") from None
-        if enc is None:
-            dropped += 1
-            continue
-        out.append(Seq(enc.input_ids, enc.labels))
-    if not out:
+    try:
+        seqs, stats = encode_dataset(tokenizer, messages, max_length, names=[f"{path}:{n}" for n, _ in rows])
+    except TemplateError as e:
+        raise DataError(f"{path}: {e}") from None
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if not seqs:
         raise DataError(f"{path}: no trainable rows")
-    return out, dropped
+    return seqs, stats
+
+
+def load_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], int]:
+    """(sequences, rows dropped for having no trainable token left); `read_sft` also counts truncation."""
+    seqs, stats = read_sft(path, tokenizer, max_length)
+    return seqs, stats.dropped_no_trainable
 
 
 def load_pairs(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Pair], int]:
