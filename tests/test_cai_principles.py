@@ -67,6 +67,7 @@ def test_unwrap_leaves_plain_text():
     ("principles:\n  - {id: a, critique: c, revision: r, colour: red}\n", "unknown field(s) ['colour']"),
     ("principles: []\n", "principles: expected a non-empty list"),
     ("something: else\n", "unknown principles format"),
+    ("principles:\n  - {id: a, critique: c\n  - x: [\n", "line 3: invalid YAML"),
 ])
 def test_malformed_ours(tmp_path, content, needle):
     f = tmp_path / "bad.yaml"
@@ -89,3 +90,10 @@ def test_malformed_external(tmp_path, data, needle):
     with pytest.raises(DataError) as e:
         load_principles(f)
     assert str(f) in str(e.value) and needle in str(e.value)
+
+
+def test_invalid_json_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text('{"constitutions": [\n  {"critic": }]}')
+    with pytest.raises(DataError, match=r"bad\.json: line 2: invalid JSON"):
+        load_principles(f)

@@ -13,16 +13,13 @@ Formats (SPEC §2):
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from charter.data.jsonl import DataError
+from charter.data.jsonl import DataError, parse_json_or_yaml
 
 DEFAULT_PRINCIPLES = Path(__file__).resolve().parent.parent / "principles" / "default.yaml"
 CATEGORIES = ("harmlessness", "helpfulness", "honesty", "other")
@@ -165,10 +162,7 @@ def load_principles(path: str | Path | None = None) -> PrincipleSet:
     if not path.exists():
         raise DataError(f"{path}: no such principles file")
     text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: cannot parse: {e}") from None
+    data = parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object at the top level, got {type(data).__name__}")
     if "principles" in data:
