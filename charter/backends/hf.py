@@ -93,7 +93,7 @@ def load_causal_lm(path: str, adapter: str | None = None, dtype: str | None = No
         tok_src = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
     if adapter:
         model = apply_adapter(model, adapter, path)
     return model, tokenizer

@@ -133,7 +133,7 @@ class PersonaClassifier:
     def load(cls, path: str | Path, **kw: Any) -> "PersonaClassifier":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        return cls(AutoModelForSequenceClassification.from_pretrained(path),
+        return cls(AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True),
                    AutoTokenizer.from_pretrained(path), name=f"classifier:{Path(path).name}", **kw)
 
 
@@ -155,7 +155,7 @@ def train_classifier(train: Sequence[Labelled], model: str | None = None, epochs
 
         tok = AutoTokenizer.from_pretrained(model)
         net = AutoModelForSequenceClassification.from_pretrained(
-            model, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            model, use_safetensors=True, num_labels=len(labels), id2label=dict(enumerate(labels)),
             label2id={v: i for i, v in enumerate(labels)}, ignore_mismatched_sizes=True)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token

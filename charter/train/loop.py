@@ -110,7 +110,7 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     from charter.train.lora import apply_lora, merged_state
 
     base, adapters = resolve_model(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
                                                  attn_implementation=cfg.attn_implementation)
     if adapters:
         merged_state(model, [(a, 1.0) for a in adapters])

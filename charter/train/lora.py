@@ -219,7 +219,7 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
     if base_path.exists() and not (base_path / "config.json").exists():
         raise FileNotFoundError(f"{base_path}: not a model folder (no config.json)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, use_safetensors=True)
     except OSError as e:  # neither a local folder nor a reachable Hub model
         if base_path.exists():
             raise
