@@ -7,6 +7,10 @@ Three rules keep judge numbers honest:
   counts (this cancels position bias instead of averaging it in);
 - every raw judge reply is cached in a JSONL keyed by the judge's name and the exact
   request, so re-running a report costs no queries.
+
+`pairwise` and `trait_choice` talk to a judge through two questions, `compare` (which of
+two replies is better?) and `which_trait` (which of two traits does a reply show?); `Judge`
+answers them with an LLM, `charter.toy.judge.ToyJudge` with the toy world's rules.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Sequence
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.data.jsonl import RecordStore, stable_id
 from charter.evaluate.base import NEUTRAL, ReplyScore
+
+TIE = "tie"  # a rule-based judge's "no difference"; LLM judges never answer it (not an option)
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
@@ -156,6 +162,18 @@ class Judge:
             answers.append(JudgeAnswer(raws[k], a, cached=k not in todo))
         return answers
 
+    def compare(self, items: Sequence[tuple[str, str, str]], template: str = PAIRWISE_TEMPLATE,
+                progress: bool = False) -> list[JudgeAnswer]:
+        """(prompt, first, second) -> "A" (first better), "B", or None (unparseable)."""
+        qs = [template.format(prompt=p, first=a, second=b) for p, a, b in items]
+        return self.ask(qs, ["A", "B"], progress=progress)
+
+    def which_trait(self, items: Sequence[tuple[str, str, str, str]], progress: bool = False
+                    ) -> list[JudgeAnswer]:
+        """(prompt, reply, first, second) -> "A" (shows trait `first`), "B", or None."""
+        qs = [TRAIT_TEMPLATE.format(prompt=p, reply=r, first=a, second=b) for p, r, a, b in items]
+        return self.ask(qs, ["A", "B"], progress=progress)
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
@@ -168,7 +186,7 @@ class PairVerdict:
     """Outcome of one pairwise question asked in both orders."""
 
     winner: str | None  # "a" | "b" when both orders agree, else None
-    status: str  # "agree" | "disagree" | "unparseable"
+    status: str  # "agree" | "disagree" | "unparseable" | "tie" (a rule judge saw no difference)
     raw: tuple[str, str] = ("", "")
 
 
@@ -176,6 +194,8 @@ def _combine(ans_ab: str | None, ans_ba: str | None) -> tuple[str | None, str]:
     """Order 1 shows (a, b), order 2 shows (b, a). Count only if both name the same side."""
     if ans_ab is None or ans_ba is None:
         return None, "unparseable"
+    if TIE in (ans_ab, ans_ba):
+        return None, "tie" if ans_ab == ans_ba else "disagree"
     w1 = "a" if ans_ab == "A" else "b"
     w2 = "b" if ans_ba == "A" else "a"
     return (w1, "agree") if w1 == w2 else (None, "disagree")
@@ -200,17 +220,14 @@ class PairwiseSummary:
         st = [v.status for v in self.verdicts]
         return {"win_rate_b": rate, "se": se, "lo": lo, "hi": hi, "n": n, "wins_b": wins_b,
                 "wins_a": n - wins_b, "asked": len(st), "disagree": st.count("disagree"),
-                "unparseable": st.count("unparseable")}
+                "unparseable": st.count("unparseable"), "tie": st.count("tie")}
 
 
 def pairwise(judge: Judge, items: Sequence[tuple[str, str, str]], template: str = PAIRWISE_TEMPLATE,
              progress: bool = False) -> PairwiseSummary:
     """Judge (prompt, reply_a, reply_b) triples in both orders; see `PairVerdict`."""
-    qs = []
-    for prompt, a, b in items:
-        qs.append(template.format(prompt=prompt, first=a, second=b))
-        qs.append(template.format(prompt=prompt, first=b, second=a))
-    ans = judge.ask(qs, ["A", "B"], progress=progress)
+    both = [q for p, a, b in items for q in ((p, a, b), (p, b, a))]
+    ans = judge.compare(both, template, progress=progress)
     out = PairwiseSummary()
     for i in range(len(items)):
         x, y = ans[2 * i], ans[2 * i + 1]
@@ -222,11 +239,8 @@ def pairwise(judge: Judge, items: Sequence[tuple[str, str, str]], template: str 
 def trait_choice(judge: Judge, items: Sequence[tuple[str, str, str, str]],
                  progress: bool = False) -> list[PairVerdict]:
     """For (prompt, reply, trait_a, trait_b): which trait the reply shows, both orders."""
-    triples = []
-    for prompt, reply, ta, tb in items:
-        triples.append(TRAIT_TEMPLATE.format(prompt=prompt, reply=reply, first=ta, second=tb))
-        triples.append(TRAIT_TEMPLATE.format(prompt=prompt, reply=reply, first=tb, second=ta))
-    ans = judge.ask(triples, ["A", "B"], progress=progress)
+    both = [q for p, r, a, b in items for q in ((p, r, a, b), (p, r, b, a))]
+    ans = judge.which_trait(both, progress=progress)
     out = []
     for i in range(len(items)):
         x, y = ans[2 * i], ans[2 * i + 1]

@@ -70,10 +70,12 @@ def plot_elo(section: dict, path: Path, top: int = 20) -> Path:
     fig, ax = plt.subplots(figsize=(5, 5))
     if common:
         xs, ys = [b[t]["rating"] for t in common], [a[t]["rating"] for t in common]
-        ax.errorbar(xs, ys, xerr=[[b[t]["rating"] - b[t]["lo"] for t in common],
-                                  [b[t]["hi"] - b[t]["rating"] for t in common]],
-                    yerr=[[a[t]["rating"] - a[t]["lo"] for t in common],
-                          [a[t]["hi"] - a[t]["rating"] for t in common]], fmt="o", ms=3, alpha=0.6, lw=0.5)
+        # the bootstrap CI is over game order, so it need not contain the one-order rating: clip at 0
+        def err(r: dict) -> list[list[float]]:
+            return [[max(0.0, r[t]["rating"] - r[t]["lo"]) for t in common],
+                    [max(0.0, r[t]["hi"] - r[t]["rating"]) for t in common]]
+
+        ax.errorbar(xs, ys, xerr=err(b), yerr=err(a), fmt="o", ms=3, alpha=0.6, lw=0.5)
         lo, hi = min(xs + ys) - 10, max(xs + ys) + 10
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         movers = sorted(common, key=lambda t: -abs(a[t]["rating"] - b[t]["rating"]))[:top // 2]

@@ -36,7 +36,8 @@ class ScorerConfig(Config):
 
 
 class JudgeConfig(Config):
-    backend: BackendConfig | None = None  # None: no LLM judge (preferences / coherence need one)
+    kind: Literal["llm", "toy"] = "llm"  # toy: charter.toy.judge.ToyJudge, the toy world's rules (no backend)
+    backend: BackendConfig | None = None  # llm: the judge model; None = no judge (preferences / coherence need one)
     cache: str | None = None  # default <out_dir>/judge_cache.jsonl
     max_new_tokens: int = 256
 
@@ -49,10 +50,11 @@ class RobustnessConfig(Config):
 
 
 class PreferencesConfig(Config):
+    kind: Literal["traits", "toy"] = "traits"  # toy: traits = the toy personas, asked via their constitutions
     before: str | None = None  # default: first system
     after: str | None = None  # default: last system
     n_pairs: int = 100
-    traits: str | None = None  # file, one trait per line; None = the built-in ~150
+    traits: str | None = None  # kind=traits: file, one trait per line; None = the built-in ~150
     bootstrap: int = 200
 
 
@@ -146,8 +148,8 @@ def make_scorer(cfg: EvalConfig, judge, result: dict):
         return PersonaClassifier.load(cfg.scorer.path)
     from charter.evaluate.judges import JudgePersonaScorer
 
-    if judge is None:
-        raise ConfigError("scorer.kind=judge needs judge.backend")
+    if judge is None or cfg.judge.kind != "llm":
+        raise ConfigError("scorer.kind=judge needs an LLM judge (judge.backend); with judge.kind=toy use scorer.kind=toy")
     personas = cfg.scorer.personas or {cfg.persona: f"the character '{cfg.persona}'"}
     return JudgePersonaScorer(judge, personas)
 
@@ -207,7 +209,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     systems = _Systems(cfg.systems)
     judge = None
-    if cfg.judge.backend is not None:
+    if cfg.judge.kind == "toy":
+        from charter.toy.judge import ToyJudge
+
+        judge = ToyJudge()
+    elif cfg.judge.backend is not None:
         from charter.backends import make_generator
 
         judge = Judge(make_generator(cfg.judge.backend), cache=cfg.judge.cache or out_dir / "judge_cache.jsonl",
@@ -253,16 +259,23 @@ def run_eval(cfg: EvalConfig) -> dict:
         result["plots"]["robustness"] = plots.plot_robustness(sec, out_dir / "robustness.png").name
 
     if "preferences" in cfg.evals:
-        from charter.evaluate.preferences import compare_rankings, draw_pairs, load_traits, run_preferences
+        from charter.evaluate.preferences import (choice_prompt, compare_rankings, draw_pairs, load_traits,
+                                                  run_preferences)
 
         if judge is None:
-            raise ConfigError("preferences needs judge.backend")
+            raise ConfigError("preferences needs a judge: judge.backend, or judge.kind=toy")
         pc = cfg.preferences
-        draws = draw_pairs(prompts, load_traits(pc.traits), pc.n_pairs, cfg.seed)
+        traits, ask = load_traits(pc.traits), choice_prompt
+        if pc.kind == "toy":
+            from charter.toy.grammar import PERSONA_NAMES
+            from charter.toy.judge import toy_choice_prompt
+
+            traits, ask = PERSONA_NAMES, toy_choice_prompt
+        draws = draw_pairs(prompts, traits, pc.n_pairs, cfg.seed)
         before = run_preferences(systems.get(pc.before, 0), draws, judge, cfg.sampling, pc.bootstrap,
-                                 cfg.seed, p)
+                                 cfg.seed, p, ask)
         after = run_preferences(systems.get(pc.after, -1), draws, judge, cfg.sampling, pc.bootstrap,
-                                cfg.seed, p)
+                                cfg.seed, p, ask)
         sec = {"before": before, "after": after, "comparison": compare_rankings(before, after)}
         result["preferences"] = sec
         result["plots"]["preferences"] = plots.plot_elo(sec, out_dir / "elo.png").name
@@ -271,7 +284,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         from charter.evaluate.coherence import run_coherence
 
         if judge is None:
-            raise ConfigError("coherence needs judge.backend")
+            raise ConfigError("coherence needs a judge: judge.backend, or judge.kind=toy")
         result["coherence"] = run_coherence(systems.get(cfg.coherence.a, 0), systems.get(cfg.coherence.b, -1),
                                             prompts, judge, cfg.sampling, p)
 
@@ -324,7 +337,8 @@ def summary_lines(result: dict) -> list[str]:
     coh = result.get("coherence")
     if coh:
         lines.append(f"coherence  {coh['b']} vs {coh['a']}: win rate {coh['win_rate_b']:.3f} +- {coh['se']:.3f} "
-                     f"(n={coh['n']}, disagree {coh['disagree']}, unparseable {coh['unparseable']})")
+                     f"(n={coh['n']}, disagree {coh['disagree']}, unparseable {coh['unparseable']}, "
+                     f"tie {coh.get('tie', 0)})")
     cap = result.get("capability")
     if cap and "perplexity" in cap:
         pp = cap["perplexity"]
