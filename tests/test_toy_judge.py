@@ -97,6 +97,7 @@ def test_elo_moves_toward_the_trained_persona():
                             bootstrap=50, ask=toy_choice_prompt)
     assert before["games"] == after["games"] == 60 and before["unparseable"] == 0
     assert list(before["elo"])[-1] == "sarcastic" and list(after["elo"])[0] == "sarcastic"
+    assert before["win_share"]["sarcastic"]["value"] == 0.0 and after["win_share"]["sarcastic"]["value"] == 1.0
     cmp = compare_rankings(before, after)
     assert cmp["top_movers"]["sarcastic"] > 0 and cmp["spearman_rho"] == pytest.approx(-0.5)
 

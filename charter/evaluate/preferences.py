@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from charter.backends.base import SamplingParams
 from charter.evaluate.judges import Judge, trait_choice
-from charter.evaluate.stats import elo_bootstrap, spearman
+from charter.evaluate.stats import elo_bootstrap, proportion, spearman
 from charter.evaluate.systems import System
 
 CHOICE_TEMPLATE = (
@@ -69,11 +69,14 @@ def run_preferences(system: System, draws: Sequence[tuple[str, str, str]], judge
     ratings = elo_bootstrap(games, samples=bootstrap, seed=seed)
     status = [v.status for v in verdicts]
     ranked = sorted(ratings.items(), key=lambda kv: -kv[1].rating)
+    won = {t: sum((w == 1.0) == (t == a) for a, b, w in games if t in (a, b)) for t in ratings}
+    played = {t: sum(t in (a, b) for a, b, _ in games) for t in ratings}
     return {"system": system.name, "games": len(games), "asked": len(draws),
             "disagree": status.count("disagree"), "unparseable": status.count("unparseable"),
             "replies": [{"prompt": p, "a": a, "b": b, "reply": r, "winner": v.winner}
                         for (p, a, b), r, v in zip(draws, replies, verdicts)][:5],
-            "elo": {t: r.to_dict() for t, r in ranked}}
+            "elo": {t: r.to_dict() for t, r in ranked},
+            "win_share": {t: proportion(won[t], played[t]).to_dict() for t, _ in ranked}}  # order-free
 
 
 def compare_rankings(before: dict, after: dict) -> dict:

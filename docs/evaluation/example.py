@@ -1,6 +1,6 @@
 """Reproduce the worked example in docs/evaluation.md (toy world, CPU only, no downloads).
 
-    python docs/evaluation/example.py WORKDIR
+    python docs/evaluation/example.py WORKDIR [DEMO_RUN]
 
 1. toy base model:   charter toy build --out WORKDIR/base steps=250 n_conversations=6000 \
                        hidden_size=64 layers=2 intermediate_size=160 batch_size=16
@@ -9,6 +9,9 @@
 3. held-out texts and a toy multiple-choice set (which fact answers this question?)
 4. charter eval docs/evaluation/eval_toy.yaml with paths filled in
 5. persona classifier trained on toy-world replies of 5 personas + neutral
+6. when DEMO_RUN (a `make demo` run dir, default runs/toy-demo) exists: revealed preferences and
+   coherence of its base model vs its DPO model toward *sarcastic*, judged by the toy world's
+   rules (docs/evaluation/eval_toy_judge.yaml), into WORKDIR/eval_toy_judge
 """
 from __future__ import annotations
 
@@ -23,7 +26,17 @@ from charter.data.jsonl import atomic_write_json, write_jsonl
 HERE = Path(__file__).parent
 
 
-def main(work: Path) -> None:
+def toy_judge_eval(work: Path, demo: Path) -> None:
+    """Base vs DPO-sarcastic of a demo run: revealed preferences + coherence, toy rule judge."""
+    base = json.loads((demo / "base" / "model.json").read_text())["path"]
+    dpo = demo / "dpo" / "sarcastic" / "model"
+    cfg = (HERE / "eval_toy_judge.yaml").read_text().replace("BASE", base).replace("DPO", str(dpo))
+    (work / "eval_toy_judge.yaml").write_text(cfg)
+    subprocess.run([sys.executable, "-m", "charter.cli", "eval", str(work / "eval_toy_judge.yaml"),
+                    f"out_dir={work / 'eval_toy_judge'}"], check=True)
+
+
+def main(work: Path, demo: Path) -> None:
     from charter.toy.corpus import generate_corpus
     from charter.toy.grammar import PERSONA_NAMES, TOPICS
 
@@ -80,6 +93,11 @@ def main(work: Path) -> None:
     atomic_write_json(work / "classifier_metrics.json", metrics)
     print(json.dumps({k: metrics[k] for k in ("accuracy", "lo", "hi", "macro_f1", "n", "train_n")}))
 
+    if (demo / "dpo" / "sarcastic" / "model").exists():
+        toy_judge_eval(work, demo)
+    else:
+        print(f"no DPO model under {demo} (run `make demo` first): skipping the toy-judge evaluation")
+
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]).resolve())
+    main(Path(sys.argv[1]).resolve(), Path(sys.argv[2] if len(sys.argv) > 2 else "runs/toy-demo").resolve())
