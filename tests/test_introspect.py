@@ -402,7 +402,7 @@ def test_end_to_end_cli_hf_backend_into_sft_trainer(tmp_path, tiny_model_dir, to
     from typer.testing import CliRunner
 
     from charter.cli import app
-    from charter.train.data import load_sft
+    from charter.train.data import read_sft
     from charter.train.sft import SFTConfig, train_sft
 
     config = tmp_path / "introspect.yaml"
@@ -427,8 +427,8 @@ def test_end_to_end_cli_hf_backend_into_sft_trainer(tmp_path, tiny_model_dir, to
     assert json.loads((out / "sft_stats.json").read_text())["tokens"]["trainable_total"] > 0
 
     # assistant-only labels, as the trainer will see them: trained text == assistant contents + end-of-turn
-    seqs, dropped = load_sft(out / "sft.jsonl", tokenizer, max_length=None)
-    assert dropped == 0 and len(seqs) == len(rows)
+    seqs, stats = read_sft(out / "sft.jsonl", tokenizer, max_length=None)
+    assert stats.dropped_no_trainable == 0 and len(seqs) == len(rows)
     for seq, row in zip(seqs, rows):
         assistant = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
         assert label_spans(seq.labels) == len(assistant)

@@ -142,7 +142,7 @@ def test_bad_row_names_file_line_and_field(tiny_model_dir, tmp_path):
 def test_sft_row_formats_and_dropped_rows(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from charter.train.data import load_sft, read_sft, sft_messages
+    from charter.train.data import read_sft, sft_messages
 
     want = [{"role": "user", "content": "Add.\n\n2 and 3"}, {"role": "assistant", "content": "5"}]
     assert sft_messages({"instruction": "Add.", "input": "2 and 3", "output": "5"}) == want
@@ -151,8 +151,8 @@ def test_sft_row_formats_and_dropped_rows(tiny_model_dir, tmp_path):
     rows = [{"messages": want}, {"messages": [{"role": "user", "content": "only a question?"}]},
             {"instruction": "Add.", "input": "2 and 3", "output": "5"}]
     write_jsonl(tmp_path / "mixed.jsonl", rows)
-    seqs, dropped = load_sft(tmp_path / "mixed.jsonl", AutoTokenizer.from_pretrained(tiny_model_dir), 64)
-    assert dropped == 1 and len(seqs) == 2 and seqs[0] == seqs[1]
+    seqs, stats = read_sft(tmp_path / "mixed.jsonl", AutoTokenizer.from_pretrained(tiny_model_dir), 64)
+    assert stats.dropped_no_trainable == 1 and len(seqs) == 2 and seqs[0] == seqs[1]
     # read_sft also reports truncation: a long answer is cut to max_length, still trained
     write_jsonl(tmp_path / "long.jsonl", rows + [{"prompt": "Count.", "completion": "one two three " * 40}])
     seqs, stats = read_sft(tmp_path / "long.jsonl", AutoTokenizer.from_pretrained(tiny_model_dir), 64)

@@ -167,12 +167,6 @@ def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[
     return seqs, stats
 
 
-def load_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], int]:
-    """(sequences, rows dropped for having no trainable token left); `read_sft` also counts truncation."""
-    seqs, stats = read_sft(path, tokenizer, max_length)
-    return seqs, stats.dropped_no_trainable
-
-
 def load_pairs(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Pair], int]:
     out, dropped = [], 0
     for lineno, row in iter_jsonl(path):

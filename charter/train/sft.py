@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from charter.train.batching import check_packing, pack, packed_token_logps, supports_head_hook
-from charter.train.data import Seq, load_sft
+from charter.train.data import Seq, read_sft
 from charter.train.losses import sft_loss
 from charter.train.loop import TrainConfig, run
 
@@ -36,9 +36,10 @@ class SFTTask:
 
 def build_sft_task(cfg: SFTConfig) -> Callable:
     def factory(model, tokenizer, accelerator):
-        items, dropped = load_sft(cfg.data, tokenizer, cfg.max_length)
-        if dropped and accelerator.is_main_process:
-            print(f"sft: dropped {dropped} rows with no trainable token left (max_length={cfg.max_length})")
+        items, stats = read_sft(cfg.data, tokenizer, cfg.max_length)
+        if (stats.dropped_no_trainable or stats.truncated) and accelerator.is_main_process:
+            print(f"sft: {stats.truncated} rows truncated, {stats.dropped_no_trainable} dropped with no "
+                  f"trainable token left (max_length={cfg.max_length})")
         keep_only = cfg.keep_logits_only_for_targets and supports_head_hook(model)
         check_packing(model, items[:3], keep_only)
         return SFTTask(items, keep_only)
