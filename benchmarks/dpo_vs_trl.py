@@ -74,13 +74,13 @@ def step_tokens(kind: str, model_dir: Path, data: Path, batch: int, steps: int) 
     """Real tokens per step (sequential order), from Charter's encoding (TRL tokenises the same)."""
     from transformers import AutoTokenizer
 
-    from charter.train.data import load_pairs, load_sft
+    from charter.train.data import load_pairs, read_sft
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     if kind == "dpo":
         items = [len(p.chosen) + len(p.rejected) for p in load_pairs(data, tok, 1024)[0]]
     else:
-        items = [len(s) for s in load_sft(data, tok, 1024)[0]]
+        items = [len(s) for s in read_sft(data, tok, 1024)[0]]
     return [sum(items[i * batch:(i + 1) * batch]) for i in range(steps)]
 
 

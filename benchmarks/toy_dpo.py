@@ -9,8 +9,8 @@ persona (to see bleed). Defaults are the recommended toy settings.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -53,9 +53,13 @@ def main(base: str, persona: str, out: Path, overrides: list[str], n_pairs: int 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 4:
-        sys.exit(__doc__)
-    res = main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("base", help="toy base model folder (charter toy build)")
+    ap.add_argument("persona", help="toy persona whose constitution writes the chosen answers")
+    ap.add_argument("out", type=Path, help="output folder")
+    ap.add_argument("overrides", nargs="*", help="DPOConfig overrides k=v")
+    a = ap.parse_args()
+    res = main(a.base, a.persona, a.out, a.overrides)
     for cond in ("none", "train"):
         for m in res[cond]:
             print(f"{cond:6s} {m['persona']:13s} adherence {m['adherence']:.2f} well_formed {m['well_formed']:.2f} "
