@@ -2,16 +2,35 @@
 from __future__ import annotations
 
 import importlib
-import sys
 
+import click
 import typer
+from typer.core import TyperGroup
+
+from charter.config import ConfigError
+from charter.data.jsonl import DataError
 
 COMMAND_MODULES = [
     "run", "toy", "train", "constitution", "distill", "data", "introspect",
     "eval", "chat", "cai", "bootstrap", "merge",
 ]
+INPUT_ERRORS = (ConfigError, DataError)  # bad input the user can fix; anything else is a bug and keeps its traceback
+INPUT_ERROR_EXIT = 2
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+
+class CharterGroup(TyperGroup):
+    """Every sub-command runs inside `invoke`: bad input becomes one `error: ...` line on stderr and
+    exit code 2, for the installed script and for typer's CliRunner alike."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except INPUT_ERRORS as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(INPUT_ERROR_EXIT) from None
+
+
+app = typer.Typer(cls=CharterGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Charter: constitution in, character model out.")
 
 for _name in COMMAND_MODULES:
@@ -19,14 +38,7 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    from charter.config import ConfigError
-    from charter.data.jsonl import DataError
-
-    try:
-        app()
-    except (ConfigError, DataError) as e:  # bad input: a clear message, no traceback
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from charter.data.jsonl import atomic_write_text, read_text_file
+
 C = TypeVar("C", bound="Config")
 
 
@@ -32,8 +34,6 @@ class Config(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
-        from charter.data.jsonl import atomic_write_text
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
@@ -68,10 +68,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+    text = read_text_file(path, "a YAML config file", allow_empty=True)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

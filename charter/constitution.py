@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from charter.data.jsonl import DataError, parse_json_or_yaml
+from charter.data.jsonl import DataError, parse_json_or_yaml, read_text_file
 
 LIBRARY_DIR = Path(__file__).parent / "constitutions"
 
@@ -172,9 +172,10 @@ def load_constitution(path: str | Path) -> Constitution:
     path = Path(path)
     if not path.exists() and not path.suffix and (LIBRARY_DIR / f"{path.name}.yaml").exists():
         path = LIBRARY_DIR / f"{path.name}.yaml"
+    what = "a constitution (Charter YAML, OCT JSON array or OCT JSONL)"
     if not path.exists():
-        raise DataError(f"{path}: no such constitution file (library: {', '.join(library_names())})")
-    text = path.read_text(encoding="utf-8")
+        raise DataError(f"{path}: no such file; expected {what} or a library name ({', '.join(library_names())})")
+    text = read_text_file(path, what)
     stripped = text.lstrip()
     if stripped.startswith("["):  # OCT hand-written: JSON array, whatever the extension
         return _load_oct_json(path, parse_json_or_yaml(path, text, "json"))

@@ -478,6 +478,8 @@ def validate(cfg: RunConfig, dry_run: bool = False) -> None:
         if not dry_run:
             raise ConfigError(msg)
         print(f"warning: {msg}", file=sys.stderr)
+    if cfg.eval.prompts_file is not None:
+        eval_prompts(cfg)  # a bad held-out prompts file fails now, not after training
 
     refs = [p.ref for p in personas(cfg)]
     checks: dict[str, Callable[[], Any]] = {

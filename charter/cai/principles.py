@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charter.data.jsonl import DataError, parse_json_or_yaml
+from charter.data.jsonl import DataError, parse_json_or_yaml, read_text_file
 
 DEFAULT_PRINCIPLES = Path(__file__).resolve().parent.parent / "principles" / "default.yaml"
 CATEGORIES = ("harmlessness", "helpfulness", "honesty", "other")
@@ -159,9 +159,7 @@ def parse_llm_swarm(data: dict, path: Any = "<llm-swarm>") -> PrincipleSet:
 def load_principles(path: str | Path | None = None) -> PrincipleSet:
     """Load any of the three formats, detected by content. None -> our default set."""
     path = Path(path) if path is not None else DEFAULT_PRINCIPLES
-    if not path.exists():
-        raise DataError(f"{path}: no such principles file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "a principles file (Charter YAML, llm-swarm JSON or Anthropic JSON)")
     data = parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object at the top level, got {type(data).__name__}")

@@ -27,7 +27,8 @@ from charter.backends.base import Completion, GenerationRequest, Generator, Samp
 from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.chat import fallback_render
 from charter.config import Config
-from charter.data.jsonl import DataError, RecordStore, atomic_write_json, iter_jsonl, stable_id, write_jsonl
+from charter.data.jsonl import (DataError, RecordStore, atomic_write_json, iter_jsonl, read_text_file, stable_id,
+                                write_jsonl)
 
 Style = Literal["chat", "completion"]
 # The next turn of any role ends a completion-style answer.
@@ -61,11 +62,10 @@ def load_prompts(prompts: list[str], prompts_file: str | None, limit: int | None
     if prompts_file:
         path = Path(prompts_file)
         if path.suffix == ".txt":
-            if not path.exists():
-                raise DataError(f"{path}: no such file")
-            convs += [[{"role": "user", "content": s.strip()}] for s in path.read_text().splitlines() if s.strip()]
+            text = read_text_file(path, "prompts, one per line")
+            convs += [[{"role": "user", "content": s.strip()}] for s in text.splitlines() if s.strip()]
         else:
-            for lineno, row in iter_jsonl(path):
+            for lineno, row in iter_jsonl(path, "JSONL prompts {\"prompt\"} or {\"messages\"}", allow_empty=False):
                 p = row.get("prompt", row.get("messages"))
                 if isinstance(p, str) and p.strip():
                     convs.append([{"role": "user", "content": p}])

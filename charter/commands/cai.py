@@ -49,10 +49,12 @@ def register(app: typer.Typer) -> None:
         """Constitutional inference: draft -> critique -> revise with the same model."""
         from charter.backends import BackendConfig, SamplingParams, make_generator
         from charter.cai.inference import constitutional_reply
+        from charter.cai.principles import load_principles
 
+        principle_set = load_principles(principles)  # a bad file fails before the model loads
         gen = make_generator(BackendConfig(kind="hf", model=model, adapter=adapter))
         params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-        reply = constitutional_reply(gen, [{"role": "user", "content": prompt}], principles, show_steps,
+        reply = constitutional_reply(gen, [{"role": "user", "content": prompt}], principle_set, show_steps,
                                      rounds=rounds, params=params, seed=seed, fewshot=fewshot,
                                      on_step=lambda label, text: typer.echo(f"[{label}]\n{text}\n"))
         typer.echo(reply.final if not show_steps else f"[final]\n{reply.final}")

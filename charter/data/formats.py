@@ -125,9 +125,11 @@ WRITERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """(line, row, parse error): a bad JSON line is reported, not fatal, so one run lists every problem."""
+    """(line, row, parse error): the rows, then the error of a line that does not parse (or of a file
+    with no records), where reading stops. A missing file or a folder fails at once."""
+    rows = iter_jsonl(path, allow_empty=False)
     try:
-        for lineno, row in iter_jsonl(path):
+        for lineno, row in rows:
             yield lineno, row, None
     except DataError as e:  # iter_jsonl stops at the first bad line
         yield 0, None, str(e)
@@ -160,9 +162,8 @@ def export_file(src: str | Path, dst: str | Path, fmt: str, skip_bad: bool = Fal
     src = Path(src)
     out, errors = [], []
     for lineno, row, parse_error in _rows(src):
-        if parse_error:
-            errors.append(parse_error)
-            continue
+        if parse_error:  # the rows after it were never read: skipping would silently drop them
+            raise DataError(parse_error)
         try:
             out.append(json.dumps(WRITERS[fmt](row), ensure_ascii=False))
         except (ValueError, KeyError, TypeError, AttributeError) as e:

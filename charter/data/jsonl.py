@@ -21,6 +21,8 @@ class DataError(ValueError):
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -44,13 +46,58 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, object); a line that is not a JSON object is a DataError naming file:line."""
+JSONL = "JSONL with one object per line"
+
+
+def check_file(path: str | Path, what: str) -> Path:
+    """A user-named input must be an existing file: say which it is not, and what was expected."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected {what}")
     if not path.exists():
-        raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        raise DataError(f"{path}: no such file; expected {what}")
+    return path
+
+
+def _not_utf8(path: Path, lineno: int, e: UnicodeDecodeError, what: str) -> DataError:
+    return DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); expected {what}")
+
+
+def read_text_file(path: str | Path, what: str, allow_empty: bool = False) -> str:
+    """The text of a user-named file. A missing path, a folder, bytes that are not UTF-8 or (unless
+    `allow_empty`) a blank file are a DataError naming the path, the line and `what` was expected."""
+    path = check_file(path, what)
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # e.g. no read permission
+        raise DataError(f"{path}: cannot read ({e.strerror}); expected {what}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data.count(b"\n", 0, e.start) + 1, e, what) from None
+    if not allow_empty and not text.strip():
+        raise DataError(f"{path}: empty file; expected {what}")
+    return text
+
+
+def iter_jsonl(path: str | Path, what: str = JSONL, allow_empty: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object); a line that is not a JSON object is a DataError naming file:line.
+
+    The file checks run at the call, before the first row: a missing file or a folder fails at once.
+    User inputs pass `allow_empty=False`, so a file with no records fails instead of training on nothing.
+    """
+    path = check_file(path, what)
+    return _jsonl_rows(path, what, allow_empty)
+
+
+def _jsonl_rows(path: Path, what: str, allow_empty: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    count = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, lineno, e, what) from None
             if not line.strip():
                 continue
             try:
@@ -59,11 +106,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            count += 1
             yield lineno, obj
+    if not count and not allow_empty:
+        raise DataError(f"{path}: no records; expected {what}")
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    return [obj for _, obj in iter_jsonl(path)]
+def read_jsonl(path: str | Path, what: str = JSONL, allow_empty: bool = True) -> list[dict[str, Any]]:
+    return [obj for _, obj in iter_jsonl(path, what, allow_empty)]
 
 
 def parse_json_or_yaml(path: str | Path, text: str, fmt: str) -> Any:

@@ -32,7 +32,7 @@ class Labelled:
 def read_labelled(path: str | Path) -> list[Labelled]:
     """JSONL of `{"text"|"reply": str, "label"|"persona": str}`."""
     out = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, "JSONL {\"text\", \"label\"}", allow_empty=False):
         text = obj.get("text", obj.get("reply"))
         label = obj.get("label", obj.get("persona"))
         if not isinstance(text, str):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from charter.backends.base import SamplingParams
+from charter.data.jsonl import read_text_file
 from charter.evaluate.judges import Judge, trait_choice
 from charter.evaluate.stats import elo_bootstrap, proportion, spearman
 from charter.evaluate.systems import System
@@ -39,7 +40,7 @@ def choice_prompt(prompt: str, a: str, b: str) -> str:
 
 def load_traits(path: str | Path | None = None) -> list[str]:
     """One trait per line, '#' comments; the built-in list when `path` is None."""
-    text = Path(path).read_text() if path else \
+    text = read_text_file(path, "traits, one per line") if path else \
         resources.files("charter.evaluate").joinpath("data/traits.txt").read_text()
     words = [w.split("#")[0].strip() for w in text.splitlines()]
     return list(dict.fromkeys(w for w in words if w))

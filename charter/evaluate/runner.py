@@ -13,7 +13,7 @@ from typing import Literal
 from charter.backends import BackendConfig
 from charter.backends.base import SamplingParams
 from charter.config import Config, ConfigError
-from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl
+from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl, read_text_file
 
 EVALS = ("adherence", "robustness", "preferences", "coherence", "capability")
 
@@ -98,12 +98,11 @@ def load_prompts(spec: str | list[str], n: int, seed: int = 0) -> list[str]:
 
         return eval_prompts(n, seed=1234 + seed)
     path = Path(spec)
-    if not path.exists():
-        raise ConfigError(f"prompts: no such file {spec}")
     if path.suffix != ".jsonl":
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()][:n]
+        text = read_text_file(path, "`prompts`: one prompt per line, or JSONL {\"prompt\"}")
+        return [line.strip() for line in text.splitlines() if line.strip()][:n]
     out = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, "`prompts`: JSONL {\"prompt\"}", allow_empty=False):
         p = obj.get("prompt", obj.get("text"))
         if isinstance(p, list) and p and isinstance(p[-1], dict):
             p = p[-1].get("content")
@@ -117,14 +116,13 @@ def _load_texts(spec: str, n: int) -> list[str]:
     path = Path(spec)
     if path.suffix == ".jsonl":
         out = []
-        for lineno, obj in iter_jsonl(path):
+        for lineno, obj in iter_jsonl(path, "`capability.texts`: JSONL {\"text\"}", allow_empty=False):
             if not isinstance(obj.get("text"), str):
                 raise DataError(f"{path}:{lineno}: field 'text' must be a string")
             out.append(obj["text"])
         return out[:n]
-    if not path.exists():
-        raise ConfigError(f"capability.texts: no such file {spec}")
-    return [line for line in path.read_text().splitlines() if line.strip()][:n]
+    text = read_text_file(path, "`capability.texts`: one text per line, or JSONL {\"text\"}")
+    return [line for line in text.splitlines() if line.strip()][:n]
 
 
 def make_scorer(cfg: EvalConfig, judge, result: dict):
@@ -205,6 +203,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     from charter.evaluate import plots
     from charter.evaluate.judges import Judge
 
+    needs_prompts = set(cfg.evals) - {"capability"}  # read first: a bad prompts file fails before a model loads
+    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []
+    if needs_prompts and not prompts:
+        raise ConfigError("prompts: no prompts loaded")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     systems = _Systems(cfg.systems)
@@ -219,10 +221,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         judge = Judge(make_generator(cfg.judge.backend), cache=cfg.judge.cache or out_dir / "judge_cache.jsonl",
                       params=SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens,
                                             seed=cfg.seed))
-    needs_prompts = set(cfg.evals) - {"capability"}
-    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []
-    if needs_prompts and not prompts:
-        raise ConfigError("prompts: no prompts loaded")
     result: dict = {"config": cfg.to_dict(), "n_prompts": len(prompts), "plots": {}}
     t0 = time.time()
     p = cfg.progress

@@ -208,11 +208,12 @@ def _check_resume(cfg: DistillConfig, out: Path) -> None:
 
 def run_distill(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) prompts -> teacher -> student -> pairs; returns the pairs JSONL path."""
+    const: Constitution = load_constitution(cfg.constitution)  # bad input fails before anything is written
+    general = general_prompts(cfg.general_prompts, cfg.general_limit) if cfg.general_prompts else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out)
     cfg.save(out / "config.yaml")
-    const: Constitution = load_constitution(cfg.constitution)
     teacher_name = cfg.teacher_name or const.name
     student_name = cfg.student_name or teacher_name
     system = teacher_system_prompt(const, teacher_name)
@@ -225,7 +226,6 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) 
         prompts, pcounts = expand_prompts(const, expander, store, cfg.prompts_per_trait, cfg.expansion_samples,
                                           cfg.expansion_rounds, cfg.expansion_sampling, cfg.chunk_size, progress)
     if cfg.general_prompts:
-        general = general_prompts(cfg.general_prompts, cfg.general_limit)
         pcounts["general"] = len(general)
         prompts += general
     prompts = dedupe(prompts)

@@ -120,22 +120,20 @@ def general_prompts(path: str, limit: int | None = None) -> list[dict[str, Any]]
     (LIMA `conversations`, chat `messages`, or a `prompt`/`instruction`/`text` field)."""
     from pathlib import Path
 
-    from charter.data.jsonl import DataError, iter_jsonl
+    from charter.data.jsonl import DataError, iter_jsonl, read_text_file
 
     p = Path(path)
     texts: list[str] = []
     if p.suffix == ".jsonl":
-        for lineno, obj in iter_jsonl(p):
+        for lineno, obj in iter_jsonl(p, "JSONL chat prompts (conversations, messages or prompt)", allow_empty=False):
             q = _first_user_turn(obj)
             if not isinstance(q, str) or not q.strip():
                 raise DataError(f"{p}:{lineno}: no user prompt (expected conversations, messages, prompt, "
                                 f"instruction or text)")
             texts.append(q.strip())
-    elif p.exists():
-        texts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()
-                 if ln.strip() and not ln.lstrip().startswith("#")]
     else:
-        raise DataError(f"{p}: no such file")
+        texts = [ln.strip() for ln in read_text_file(p, "chat prompts, one per line").splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")]
     return [prompt_record(q, "general") for q in texts[:limit]]
 
 

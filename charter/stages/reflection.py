@@ -12,7 +12,7 @@ from pathlib import Path
 
 from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
-from charter.data.jsonl import DataError, iter_jsonl, parse_json_or_yaml, stable_id
+from charter.data.jsonl import DataError, iter_jsonl, parse_json_or_yaml, read_text_file, stable_id
 from charter.filters import PLACEHOLDER_RE
 from charter.stages.records import sample_id
 
@@ -60,16 +60,15 @@ def load_text_list(path: str | Path, field: str = "prompt") -> list[str]:
     """A user's prompt or greeting list: `.txt` (one per line, `#` comments), `.jsonl` ({field: ...}),
     or `.json`/`.yaml` (a list of strings). Errors name the file and line/entry."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
     out: list[str] = []
     if path.suffix == ".jsonl":
-        for lineno, obj in iter_jsonl(path):
+        for lineno, obj in iter_jsonl(path, f"JSONL {{\"{field}\": str}}", allow_empty=False):
             if not isinstance(obj.get(field), str):
                 raise DataError(f"{path}:{lineno}: field {field!r} must be a string")
             out.append(check_authored(obj[field].strip(), f"{path}:{lineno}"))
     elif path.suffix in (".json", ".yaml", ".yml"):
-        data = parse_json_or_yaml(path, path.read_text(encoding="utf-8"), "json" if path.suffix == ".json" else "yaml")
+        text = read_text_file(path, f"a {path.suffix[1:].upper()} list of {field}s")
+        data = parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of strings, got {type(data).__name__}")
         for i, s in enumerate(data):
@@ -77,7 +76,7 @@ def load_text_list(path: str | Path, field: str = "prompt") -> list[str]:
                 raise DataError(f"{path}: entry {i}: expected a string, got {type(s).__name__}")
             out.append(check_authored(s.strip(), f"{path}: entry {i}"))
     else:
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text_file(path, f"{field}s, one per line").splitlines(), 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 out.append(check_authored(line.strip(), f"{path}:{lineno}"))
     if not out:

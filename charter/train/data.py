@@ -16,6 +16,8 @@ from charter.data.jsonl import DataError, iter_jsonl
 
 
 Seq = EncodedChat  # one tokenised sequence, labels unshifted (-100 where not trained)
+SFT_DATA = 'chat JSONL ({"messages": [...]}, Alpaca or prompt/completion)'  # what a bad `data` file is told
+DPO_DATA = "JSONL preference pairs {prompt, chosen, rejected}"
 
 
 @dataclass
@@ -149,7 +151,7 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
 
 def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], EncodeStats]:
     """(sequences, `encode_dataset`'s stats: rows dropped with no trainable token, rows truncated, turns cut)."""
-    rows = list(iter_jsonl(path))
+    rows = list(iter_jsonl(path, SFT_DATA, allow_empty=False))
     messages = []
     for lineno, row in rows:
         try:
@@ -169,7 +171,7 @@ def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[
 
 def load_pairs(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Pair], int]:
     out, dropped = [], 0
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, DPO_DATA, allow_empty=False):
         try:
             prompt, chosen, rejected = pair_messages(row)
             pair = encode_pair(tokenizer, prompt, chosen, rejected, max_length)
