@@ -164,20 +164,25 @@ def test_installed_script_prints_no_traceback(tmp_path):
 def test_validate_reports_empty_file(tmp_path):
     bad = make_bad("empty", tmp_path / "d.jsonl")
     result = invoke(["data", "validate", str(bad), "--format", "sft"])
-    assert result.exit_code == 1
-    assert result.stderr == f"{bad}: no records; expected JSONL with one object per line\n"
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {bad}: no records; expected JSONL with one object per line\n"
 
 
-def test_export_stops_at_unparseable_line_even_with_skip_bad(tmp_path):
-    """Reading stops at a line that does not parse: skipping it would silently drop every row after it."""
+def test_a_bad_line_does_not_hide_the_rows_after_it(tmp_path):
+    """validate lists every bad line, and export --skip-bad keeps every good row (reading used to stop
+    at the first line that did not parse, silently dropping the rest)."""
     src = tmp_path / "d.jsonl"
     row = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
-    src.write_text(f"{row}\n{{not json\n{row}\n")
+    src.write_text(f"{row}\n{{not json\n{row}\n[1]\n{row}\n")
+    result = invoke(["data", "validate", str(src), "--format", "sft"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"{src}:2: invalid JSON (Expecting property name enclosed in double "
+                                          "quotes at column 2)", f"{src}:4: expected a JSON object, got list"]
+    assert result.stdout == f"{src}: 3 ok, 2 bad (sft)\n"
     out = tmp_path / "o.jsonl"
     result = invoke(["data", "export", str(src), "--format", "sft", "-o", str(out), "--skip-bad"])
-    assert result.exit_code == 2
-    assert f"{src}:2: invalid JSON" in result.stderr
-    assert not out.exists()
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == f"{row}\n" * 3
 
 
 # ------------------------------------------------------------------ the shared readers

@@ -125,14 +125,14 @@ WRITERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """(line, row, parse error): the rows, then the error of a line that does not parse (or of a file
-    with no records), where reading stops. A missing file or a folder fails at once."""
-    rows = iter_jsonl(path, allow_empty=False)
-    try:
-        for lineno, row in rows:
-            yield lineno, row, None
-    except DataError as e:  # iter_jsonl stops at the first bad line
-        yield 0, None, str(e)
+    """(line, row, parse error) in line order: a line that does not parse is reported and skipped, so
+    one run lists every problem. A missing, non-UTF-8 or record-less file fails at once."""
+    bad: list[str] = []
+    for lineno, row in iter_jsonl(path, allow_empty=False, bad_lines=bad):
+        yield from ((0, None, e) for e in bad)
+        bad.clear()
+        yield lineno, row, None
+    yield from ((0, None, e) for e in bad)
 
 
 def validate_file(path: str | Path, fmt: str) -> tuple[int, list[str]]:
@@ -162,8 +162,9 @@ def export_file(src: str | Path, dst: str | Path, fmt: str, skip_bad: bool = Fal
     src = Path(src)
     out, errors = [], []
     for lineno, row, parse_error in _rows(src):
-        if parse_error:  # the rows after it were never read: skipping would silently drop them
-            raise DataError(parse_error)
+        if parse_error:
+            errors.append(parse_error)
+            continue
         try:
             out.append(json.dumps(WRITERS[fmt](row), ensure_ascii=False))
         except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -80,17 +80,21 @@ def read_text_file(path: str | Path, what: str, allow_empty: bool = False) -> st
     return text
 
 
-def iter_jsonl(path: str | Path, what: str = JSONL, allow_empty: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, object); a line that is not a JSON object is a DataError naming file:line.
+def iter_jsonl(path: str | Path, what: str = JSONL, allow_empty: bool = True,
+               bad_lines: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object); a line that is not a JSON object is a DataError naming file:line,
+    or with `bad_lines`, its message is appended there and the line skipped (to list every problem).
 
     The file checks run at the call, before the first row: a missing file or a folder fails at once.
-    User inputs pass `allow_empty=False`, so a file with no records fails instead of training on nothing.
+    Bytes that are not UTF-8 always fail: that is the wrong file, not a bad row. User inputs pass
+    `allow_empty=False`, so a file with no records fails instead of training on nothing.
     """
     path = check_file(path, what)
-    return _jsonl_rows(path, what, allow_empty)
+    return _jsonl_rows(path, what, allow_empty, bad_lines)
 
 
-def _jsonl_rows(path: Path, what: str, allow_empty: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+def _jsonl_rows(path: Path, what: str, allow_empty: bool, bad_lines: list[str] | None
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
     count = 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -101,15 +105,26 @@ def _jsonl_rows(path: Path, what: str, allow_empty: bool) -> Iterator[tuple[int,
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                obj = _json_object(path, lineno, line)
+            except DataError as e:
+                if bad_lines is None:
+                    raise
+                bad_lines.append(str(e))
+                continue
             count += 1
             yield lineno, obj
-    if not count and not allow_empty:
+    if not count and not bad_lines and not allow_empty:
         raise DataError(f"{path}: no records; expected {what}")
+
+
+def _json_object(path: Path, lineno: int, line: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def read_jsonl(path: str | Path, what: str = JSONL, allow_empty: bool = True) -> list[dict[str, Any]]:
