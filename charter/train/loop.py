@@ -47,6 +47,7 @@ class TrainConfig(Config):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float | None = 1.0
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD, whose update is exactly -lr * gradient
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
@@ -139,13 +140,16 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> Cal
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW; no weight decay on biases and norm weights (1-D tensors), as transformers does."""
+    """AdamW (or plain SGD); no weight decay on biases and norm weights (1-D tensors), as
+    transformers does. SGD exists for checks that need weights linear in the gradients."""
     import torch
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas),
                              eps=cfg.adam_eps)
 
