@@ -8,7 +8,7 @@ import typer
 
 COMMAND_MODULES = [
     "run", "toy", "train", "constitution", "distill", "data", "introspect",
-    "eval", "chat", "cai", "bootstrap", "merge",
+    "eval", "chat", "cai", "bootstrap", "merge", "fetch",
 ]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
