@@ -156,7 +156,7 @@ def stage_prompts(ctx: StageContext) -> dict[str, Any]:
             from charter.toy.corpus import sample_prompt
 
             rng = random.Random(stable_id("prompts", ctx.seed, per.key))
-            texts = dict.fromkeys(sample_prompt(rng)[0] for _ in range(int(cfg.toy.prompts_per_persona)))
+            texts = dict.fromkeys(sample_prompt(rng, "train")[0] for _ in range(int(cfg.toy.prompts_per_persona)))
             prompts = [{"id": stable_id(t), "prompt": t, "source": "toy", "trait_index": None} for t in texts]
             counts = {"toy": len(prompts)}
         else:
@@ -387,6 +387,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     e = cfg.eval
     judge = scorer(cfg, ctx.out_dir)
     prompts = eval_prompts(cfg)
+    check_heldout(ctx, prompts)
     params = sampling(e.model_dump(), ctx.seed)
     backend = cfg.student.model_copy(update={"batch_size": e.batch_size})
     memo: dict[tuple[str, str], list[str]] = {}
@@ -413,6 +414,20 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
         for r in store.records.values():
             counts[r["system"]] = counts.get(r["system"], 0) + 1
     return counts
+
+
+def check_heldout(ctx: StageContext, prompts: list[str]) -> None:
+    """Record (in eval/heldout.json, then summary.json) how many eval prompts were training
+    prompts of any persona, and warn when there are some: such figures are not held out."""
+    from charter.stages.prompts import prompt_overlap
+
+    train = [r["prompt"] for per in personas(ctx.cfg)
+             for r in read_jsonl(ctx.input_dir("prompts") / per.key / "prompts.jsonl")]
+    report = prompt_overlap(prompts, train)
+    atomic_write_json(ctx.out_dir / "heldout.json", report)
+    if report["overlap"]:
+        print(f"warning: {report['overlap']} of {report['eval_distinct']} distinct eval prompts are also training "
+              f"prompts (e.g. {report['overlap_examples'][0]!r}); adherence on them is not held out", file=sys.stderr)
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
@@ -461,7 +476,7 @@ def build_pipeline() -> Pipeline:
         Stage("filter", stage_filter, ["reflection", "interaction"], lambda c: c.filter),
         Stage("sft", stage_sft, ["dpo", "filter"], lambda c: {"sft": c.sft, "trainer": c.trainer}),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda c: c.merge),
-        Stage("eval", stage_eval, ["base", "dpo", "merge"],
+        Stage("eval", stage_eval, ["base", "prompts", "dpo", "merge"],
               lambda c: {"eval": c.eval, "judge": c.judge, "student": c.student, "c": consts(c),
                          "name": c.assistant_name}),
         Stage("report", stage_report, ["dpo", "sft", "filter", "eval"], lambda c: None),

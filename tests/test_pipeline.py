@@ -330,7 +330,7 @@ class FakeToyGenerator:
 
 
 @pytest.mark.slow
-def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, monkeypatch):
+def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import charter.run_stages as rs
     from charter.run_config import load_run_config
 
@@ -368,6 +368,15 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     assert {i.stage: i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)}["eval"] == "resume"
     pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
     assert (tmp_path / "run" / "summary.json").read_text() == before
+    assert json.loads(before)["heldout"]["overlap"] == 0
+    # an eval prompts file that repeats two training prompts is measured and warned about
+    leaked = tmp_path / "leaked.txt"
+    leaked.write_text("\n".join([p["prompt"].upper() for p in list(prompts.values())[:2]] + ["Is this new?"]))
+    cfg = load_run_config(preset="quick", overrides=over + [f"eval.prompts_file={leaked}"])
+    pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    heldout = json.loads((tmp_path / "run" / "summary.json").read_text())["heldout"]
+    assert (heldout["overlap"], heldout["eval_distinct"]) == (2, 3)
+    assert "2 of 3 distinct eval prompts are also training prompts" in capsys.readouterr().err
 
 
 def test_chat_constitutional_shows_each_step(tiny_model_dir):
