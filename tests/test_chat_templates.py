@@ -117,10 +117,6 @@ def trained_turns(tok, msgs) -> dict[int, tuple[str, str]]:
     return out
 
 
-def visible_reply(tok, reply: str) -> str:
-    return reply.strip()
-
-
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("name", STOCK)
 def test_stock_template_masks_every_turn(name, shape):
@@ -177,3 +173,29 @@ def test_agrees_with_trl_generation_twin(name, shape):
         assert p >= 0, (i, ours, theirs)
         assert context.endswith(theirs[:p]), (i, theirs[:p])
         assert theirs[p + len(ours):].strip() in ("", tok.eos_token), (i, theirs[p + len(ours):])
+
+
+def test_rewriting_template_rows_are_counted_and_each_turn_trained_once():
+    """Qwen3 renders a final turn with an (empty) think block and history without: three turns,
+    three rows, each training one turn after exactly the prompt the model sees at inference."""
+    from charter.chat import encode_dataset
+
+    tok, msgs = tokenizer_for("qwen3"), SHAPES["three_turns"]
+    rows, stats = encode_dataset(tok, [{"messages": msgs}])
+    assert stats.kept == 1 and stats.extra_views == 2 and len(rows) == 3
+    for row, i in zip(rows, (1, 3, 5)):
+        prompt_ids = tok(render_prompt(tok, msgs[:i]), add_special_tokens=False)["input_ids"]
+        assert row.input_ids[: len(prompt_ids)] == prompt_ids
+        trained = runs(tok, row.input_ids, [lab != IGNORE_INDEX for lab in row.labels])
+        assert trained == [f"<think>\n\n</think>\n\n{msgs[i]['content']}<|im_end|>"]
+
+
+def test_system_prompt_folded_for_templates_without_a_system_role():
+    tok = tokenizer_for("gemma")
+    prompt = render_prompt(tok, SHAPES["system_multi"][:2])
+    assert prompt == "<bos><start_of_turn>user\nYou are kind.\n\nHi there.<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_vision_templates_get_string_contents_as_text_items():
+    tok = tokenizer_for("llava_next")
+    assert render_prompt(tok, [U("Hi there.")]) == "[INST] Hi there. [/INST]"
