@@ -174,7 +174,8 @@ def encode_dataset(tokenizer, rows: Iterable[dict | list], max_length: int | Non
         try:
             encs = encode_views(tokenizer, msgs, max_length, chat)
         except ValueError as e:
-            raise type(e)(f"{names[n] if names is not None else f'{source} row {n + 1}'}: {e}") from None
+            kind = type(e) if isinstance(e, (TemplateError, TemplateLeakError)) else ValueError
+            raise kind(f"{names[n] if names is not None else f'{source} row {n + 1}'}: {e}") from None
         if not encs:
             stats.dropped_no_trainable += 1
             stats.dropped_rows.append(n)

@@ -99,14 +99,15 @@ _QUIRKS: dict[str, tuple[bool, bool]] = {}
 
 def _quirks(tokenizer) -> tuple[bool, bool]:
     """(needs content lists, has no system role) for this template, found by rendering probes once."""
-    if tokenizer.chat_template in _QUIRKS:
-        return _QUIRKS[tokenizer.chat_template]
+    key = str(tokenizer.chat_template)
+    if key in _QUIRKS:
+        return _QUIRKS[key]
     as_list = [{"type": "text", "text": _PROBE}]
     lists = not _renders(tokenizer, [{"role": "user", "content": _PROBE}], _PROBE) and \
         _renders(tokenizer, [{"role": "user", "content": as_list}], _PROBE)
     user = [{"role": "user", "content": as_list if lists else "u"}]
     no_system = not _renders(tokenizer, [{"role": "system", "content": as_list if lists else _PROBE}] + user, _PROBE)
-    _QUIRKS[tokenizer.chat_template] = (lists, no_system)
+    _QUIRKS[key] = (lists, no_system)
     return lists, no_system
 
 
@@ -144,7 +145,7 @@ def render_text(tokenizer, messages: list[dict], add_generation_prompt: bool = F
         return fallback_render(messages, add_generation_prompt, getattr(tokenizer, "bos_token", None),
                                getattr(tokenizer, "eos_token", None))
     if not messages:
-        return _apply(tokenizer, [], add_generation_prompt) if add_generation_prompt else ""
+        return ""
     try:
         return _apply(tokenizer, adapt_messages(tokenizer, messages), add_generation_prompt)
     except Exception as e:  # noqa: BLE001 - jinja2 raises TemplateError, UndefinedError, TypeError...
