@@ -176,7 +176,8 @@ def locate_turn(tokenizer, messages: list[dict], i: int, chat: bool | None = Non
     end = stop_end(text, content_end, spans)
     if end is None:
         marker = _next_role_marker(tokenizer, messages, i, reply, chat)
-        text, end = text + marker, len(text + marker) if marker else max(content_end, len(text.rstrip()))
+        text += marker
+        end = len(text) if marker else max(content_end, len(text.rstrip()))
     if end <= start:
         raise TemplateError(f"the chat template renders assistant message {i} as nothing")
     return Turn(i, text, start, end)
