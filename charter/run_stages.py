@@ -251,7 +251,7 @@ def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, dat
         from charter.train.dpo import DPOConfig as Cls, train_dpo as fn
     else:
         from charter.train.sft import SFTConfig as Cls, train_sft as fn
-    tcfg = Cls(**{**section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
+    tcfg = Cls(**{"chat": ctx.cfg.student.chat, **section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
     t = ctx.cfg.trainer
     if t.launcher == "local":
         return str(fn(tcfg))

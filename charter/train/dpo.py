@@ -55,7 +55,7 @@ def _ref_cache_key(cfg: DPOConfig, tokenizer) -> str:
     base, adapters = resolve_model(cfg.model)
     weights = sorted(p for d in [base, *adapters] for p in Path(d).glob("*.safetensors"))
     return stable_id(file_hash(cfg.data), [file_hash(w) for w in weights], cfg.max_length, cfg.precision,
-                     cfg.kl_coef > 0, tokenizer.chat_template, len(tokenizer))
+                     cfg.kl_coef > 0, tokenizer.chat_template, cfg.chat, len(tokenizer))
 
 
 def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, accelerator, keep_only: bool):
@@ -177,7 +177,7 @@ class DPOTask:
 
 def build_dpo_task(cfg: DPOConfig) -> Callable:
     def factory(model, tokenizer, accelerator):
-        items, dropped = load_pairs(cfg.data, tokenizer, cfg.max_length)
+        items, dropped = load_pairs(cfg.data, tokenizer, cfg.max_length, cfg.chat)
         if cfg.loss_type != "sigmoid" and any(p.label_prob is not None for p in items):
             raise ValueError(f"{cfg.data}: label_prob (soft labels) needs loss_type 'sigmoid'")
         if dropped and accelerator.is_main_process:

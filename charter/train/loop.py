@@ -44,6 +44,7 @@ class TrainConfig(Config):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int | None = Field(1024, ge=2)
+    chat: bool | None = None                    # None = the tokenizer's template if any; False = plain frame (base model)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float | None = 1.0
