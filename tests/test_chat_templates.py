@@ -120,7 +120,29 @@ def trained_turns(tok, msgs) -> dict[int, tuple[str, str]]:
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("name", STOCK)
 def test_stock_template_masks_every_turn(name, shape):
-    tok, msgs = tokenizer_for(name), check_messages(SHAPES[shape])
+    check_every_turn(tokenizer_for(name), name, check_messages(SHAPES[shape]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["", "_training"])
+def test_real_gemma_tokenizer_with_its_stock_template(gemma_dir, suffix):
+    """The same checks with a real 262k-token tokenizer (google/gemma-3-270m, embedded), and the
+    generation twin's mask agreeing for the final turn."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    tok.chat_template = (TEMPLATES / f"gemma3{suffix}.jinja").read_text()
+    for shape, msgs in SHAPES.items():
+        msgs = check_messages(msgs)
+        check_every_turn(tok, "gemma3", msgs)
+        if suffix:
+            out = tok.apply_chat_template(adapt_messages(tok, msgs), tokenize=True, return_dict=True,
+                                          return_assistant_tokens_mask=True)
+            twin = runs(tok, out["input_ids"], out["assistant_masks"])[-1]
+            assert twin.strip() == trained_turns(tok, msgs)[len(msgs) - 1][1].strip(), shape
+
+
+def check_every_turn(tok, name, msgs):
     turns = trained_turns(tok, msgs)
     assert sorted(turns) == [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     for i, (context, trained) in turns.items():
