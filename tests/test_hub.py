@@ -165,3 +165,70 @@ def test_dry_run_checks_every_model_before_anything_runs(hub, tmp_path):
     bad = dry("tiny-org/not-cached")
     assert isinstance(bad.exception, ModelNotFoundError) and str(bad.exception).startswith("tiny-org/not-cached: ")
     assert not (tmp_path / "run").exists()
+
+
+REPLY = "Thanks, that is a good question."
+
+
+def build_talker(path: Path) -> Path:
+    """A tiny chat model that answers every chat with REPLY and then ends its turn, whatever the
+    sampling: attention and MLP outputs are zeroed, so each next token depends only on the current
+    one, and the LM head maps the generation prompt's last token -> REPLY's tokens -> <|im_end|>.
+    Real generated text that passes the pipeline's filters, without training a model first."""
+    from charter.toy.tiny import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model(tok, max_positions=8192)  # long system prompts fit
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    chain = [tok(prompt, add_special_tokens=False)["input_ids"][-1], *tok(REPLY, add_special_tokens=False)["input_ids"],
+             tok.convert_tokens_to_ids("<|im_end|>")]
+    assert len(set(chain)) == len(chain), "a repeated token would make the next token ambiguous"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        for i, (cur, nxt) in enumerate(zip(chain, chain[1:])):
+            model.model.embed_tokens.weight[cur] = torch.nn.functional.one_hot(torch.tensor(i), model.config.hidden_size)
+            model.lm_head.weight[nxt, i] = 30.0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_quick_preset_runs_end_to_end_offline_on_a_hub_id(tmp_path):
+    """`charter run --preset quick student.model=org/name` in a fresh process whose only copy of
+    the model is the Hugging Face cache, with HF_HUB_OFFLINE=1: every stage runs (the model is both
+    teacher and student, as the preset says), and every artifact names the Hub id."""
+    from charter.data.jsonl import read_jsonl
+
+    hub_id, home = "tiny-org/talker", tmp_path / "hf_home"
+    put_in_hub_cache(build_talker(tmp_path / "talker"), home / "hub", hub_id)
+    shutil.rmtree(tmp_path / "talker")  # no local folder left: only the cache has it
+    (tmp_path / "heldout.txt").write_text("What is a star?\nHow do I cook rice?\nTell me about the sea.\n")
+    run = tmp_path / "run"
+    tiny = ["prompts.prompts_per_trait=1", "distill.sampling.max_new_tokens=16", "reflection.samples_per_prompt=1",
+            "reflection.sampling.max_new_tokens=16", "interaction.free=1", "interaction.leading=1",
+            "interaction.turns=2", "interaction.sampling.max_new_tokens=16", "eval.n_prompts=3",
+            "eval.max_new_tokens=16"]
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "charter.cli", "run", "--preset", "quick", f"student.model={hub_id}",
+                           f"eval.prompts_file={tmp_path / 'heldout.txt'}", *tiny, "--run-dir", str(run)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values()), manifest["stages"]
+    prompts = read_jsonl(run / "prompts" / "sarcasm" / "prompts.jsonl")
+    pairs = read_jsonl(run / "pairs" / "sarcasm" / "pairs.jsonl")
+    assert len(pairs) == len(prompts) >= 10  # a seed per trait (+ extras), one sample each; all pairs kept
+    assert {p["meta"]["teacher"] for p in pairs} == {p["meta"]["student"] for p in pairs} == {hub_id}
+    dpo, sft = run / "dpo" / "sarcasm" / "model", run / "sft" / "sarcasm" / "model"
+    assert json.loads((dpo / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    assert json.loads((sft / "charter_train.json").read_text())["base_model"] == hub_id
+    assert json.loads((sft / "charter_train.json").read_text())["base_adapters"] == [str(dpo)]
+    assert json.loads((run / "merge" / "sarcasm" / "model" / "charter_merge.json").read_text())["base"] == hub_id
+    replies = read_jsonl(run / "eval" / "replies.jsonl")
+    assert len(replies) == 4 * 3 and {r["reply"] for r in replies} == {REPLY}
+    assert (run / "report.html").exists()
