@@ -60,6 +60,8 @@ def local_folder(name: str | Path, files: list[str] = MODEL_FILES) -> Path:
 
     if Path(name).is_dir():
         return Path(name)
+    if Path(name).exists():
+        raise ModelNotFoundError(f"{name}: a file, not a model folder")
     if not is_hub_id(str(name)):
         raise ModelNotFoundError(f"{name}: no such model folder")
     try:
@@ -101,6 +103,17 @@ def recorded_base(adapter: Path) -> tuple[str, list[str]]:
     return base, []
 
 
+def adapter_chain(adapter: Path, files: list[str] = MODEL_FILES) -> tuple[str, tuple[Path, ...]]:
+    """(base name, adapters to fold into that base, oldest first, ending with `adapter`) read from
+    the adapter folders alone: the base itself is not fetched."""
+    base_name, earlier = recorded_base(adapter)
+    chain = tuple(local_folder(a, files) for a in earlier) + (adapter,)
+    if (Path(base_name) / ADAPTER_CONFIG).exists():  # a PEFT adapter trained on another adapter folder
+        root, inner = adapter_chain(Path(base_name), files)
+        return root, inner + chain
+    return base_name, chain
+
+
 def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedModel:
     """Model folder, Hub id, or adapter folder (its base read from it, recursively) -> local
     base folder + adapter chain. `files=CONFIG_FILES` fetches no weights (for checks)."""
@@ -110,11 +123,11 @@ def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedM
             raise ModelNotFoundError(f"{name}: not a model folder (no config.json) nor a LoRA adapter folder "
                                      f"(no {ADAPTER_CONFIG})")
         return ResolvedModel(str(name), folder, (), folder)
-    base_name, earlier = recorded_base(folder)
-    inner = resolve_model(base_name, files)
-    chain = inner.adapters + tuple(local_folder(a, files) for a in earlier) + (folder,)
+    base_name, chain = adapter_chain(folder, files)
+    inner = resolve_model(base_name, files)  # a Hub adapter's base may itself be one
     merged = folder / "merged"
-    return ResolvedModel(inner.base_name, inner.base, chain, folder if has_tokenizer(folder) else inner.tokenizer,
+    return ResolvedModel(inner.base_name, inner.base, inner.adapters + chain,
+                         folder if has_tokenizer(folder) else inner.tokenizer,
                          merged if (merged / "config.json").exists() else None)
 
 

@@ -232,3 +232,19 @@ def test_quick_preset_runs_end_to_end_offline_on_a_hub_id(tmp_path):
     replies = read_jsonl(run / "eval" / "replies.jsonl")
     assert len(replies) == 4 * 3 and {r["reply"] for r in replies} == {REPLY}
     assert (run / "report.html").exists()
+
+
+def test_peft_adapter_on_another_adapter_folder_resolves_the_whole_chain(hub, dpo_on_hub_id, tmp_path):
+    """A plain PEFT adapter (no Charter record) whose base is an adapter folder on a Hub id: the
+    chain is base <- dpo <- this one, and the file layout of the chain is read without the base."""
+    from charter.models import adapter_chain
+
+    outer = tmp_path / "outer"
+    shutil.copytree(dpo_on_hub_id, outer, ignore=shutil.ignore_patterns("charter_train.json", "merged"))
+    cfg = json.loads((outer / "adapter_config.json").read_text())
+    (outer / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(dpo_on_hub_id)}))
+    assert adapter_chain(outer) == (HUB_ID, (dpo_on_hub_id, outer))
+    ref = resolve_model(outer)
+    assert ref.base == hub[1] and ref.adapters == (dpo_on_hub_id, outer) and ref.base_name == HUB_ID
+    with pytest.raises(ModelNotFoundError, match="a file, not a model folder"):
+        resolve_model(outer / "adapter_config.json")

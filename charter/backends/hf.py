@@ -65,16 +65,16 @@ def weights_and_adapters(path: str, adapter: str | None = None) -> tuple[Path, l
     """(folder to load weights from, adapters to fold in, tokenizer folder) for a model folder or
     Hub id, or an adapter folder (its whole chain: an SFT adapter trained on DPO brings DPO),
     plus an optional `adapter` on top (its chain minus adapters already merged into the model)."""
-    from charter.models import resolve_model
+    from charter.models import adapter_chain, has_tokenizer, local_folder, resolve_model
 
     ref = resolve_model(path)
     folder, fold = (ref.merged, []) if ref.merged else (ref.base, list(ref.adapters))
     tokenizer = ref.tokenizer
     if adapter:
-        extra = resolve_model(adapter)
+        extra = adapter_chain(local_folder(adapter))[1]
         done = _merged_into(folder) | {a.resolve() for a in ref.adapters}
-        fold += [a for a in extra.adapters if a.resolve() not in done]
-        tokenizer = extra.tokenizer if extra.tokenizer == extra.adapters[-1] else tokenizer
+        fold += [a for a in extra if a.resolve() not in done]
+        tokenizer = extra[-1] if has_tokenizer(extra[-1]) else tokenizer
     return folder, fold, tokenizer
 
 
@@ -111,9 +111,9 @@ class HFGenerator:
             if tokenizer is None:
                 raise ValueError("HFGenerator: pass the tokenizer along with an in-memory model")
             if adapter:
-                from charter.models import resolve_model
+                from charter.models import adapter_chain, local_folder
 
-                model = apply_adapters(model, list(resolve_model(adapter).adapters))
+                model = apply_adapters(model, list(adapter_chain(local_folder(adapter))[1]))
         if adapter:
             self.name = f"{self.name}+{adapter}"
         self.model = model.to(self.device).eval()
