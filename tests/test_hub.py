@@ -73,7 +73,8 @@ def test_hub_id_resolves_to_its_cached_snapshot_offline(hub):
 
 
 def test_missing_models_are_one_error_naming_them(hub):
-    with pytest.raises(ModelNotFoundError, match=r"^tiny-org/not-cached: .*not in the Hugging Face cache.*HF_HUB_OFFLINE=1"):
+    uncached = r"^tiny-org/not-cached: .*not in the Hugging Face cache.*HF_HUB_OFFLINE=1"
+    with pytest.raises(ModelNotFoundError, match=uncached):
         resolve_model("tiny-org/not-cached")
     with pytest.raises(ModelNotFoundError, match=r"^/path/that/does/not/exist: no such model folder$"):
         resolve_model("/path/that/does/not/exist")
@@ -189,7 +190,8 @@ def build_talker(path: Path) -> Path:
             layer.mlp.down_proj.weight.zero_()
         model.lm_head.weight.zero_()
         for i, (cur, nxt) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[cur] = torch.nn.functional.one_hot(torch.tensor(i), model.config.hidden_size)
+            model.model.embed_tokens.weight[cur] = 0.0
+            model.model.embed_tokens.weight[cur, i] = 1.0
             model.lm_head.weight[nxt, i] = 30.0
     model.save_pretrained(path)
     tok.save_pretrained(path)
