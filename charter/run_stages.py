@@ -74,12 +74,6 @@ def model_of(ctx: StageContext, stage: str, persona: str) -> str:
     return json.loads((ctx.run_dir / stage / persona / "done.json").read_text())["model"]
 
 
-def generation_model(trained: str) -> str:
-    """A LoRA training output with a merged copy generates from the copy (no adapter on the hot path)."""
-    merged = Path(trained) / "merged"
-    return str(merged) if merged.exists() else trained
-
-
 def generator(backend, model: str | None = None):
     from charter.backends import make_generator
 
@@ -222,7 +216,9 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     if dc.max_pair_tokens is not None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(dc.tokenizer or base_model(ctx))
+        from charter.models import CONFIG_FILES, local_folder
+
+        tok = AutoTokenizer.from_pretrained(local_folder(dc.tokenizer or base_model(ctx), CONFIG_FILES))
     sampling = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed}).model_dump()  # as `_answer` ran
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
@@ -295,7 +291,7 @@ def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
     other = "interaction" if kind == "reflection" else "reflection"
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
-        icfg = introspect_config(ctx.cfg, per.ref, generation_model(model_of(ctx, "dpo", per.key)))
+        icfg = introspect_config(ctx.cfg, per.ref, model_of(ctx, "dpo", per.key))
         icfg = icfg.model_copy(update={other: getattr(icfg, other).model_copy(update={"enabled": False})})
         run_introspect(icfg, d, generator(icfg.backend))
         return {"records": len(read_jsonl(d / f"{kind}.jsonl"))}
@@ -366,8 +362,10 @@ def merge_full(base: str, dpo: str, sft: str, w_dpo: float, w_sft: float, out: P
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoTokenizer
 
-    def weights(p: str) -> dict:
-        files = sorted(Path(p).glob("*.safetensors"))
+    from charter.models import local_folder
+
+    def weights(p: str) -> dict:  # the base may be a Hub id: its snapshot in the Hugging Face cache
+        files = sorted(local_folder(p).glob("*.safetensors"))
         return {k: v for f in files for k, v in load_file(str(f)).items()}
 
     wb, wd, ws = weights(base), weights(dpo), weights(sft)
@@ -394,7 +392,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     with RecordStore(ctx.out_dir / "replies.jsonl") as store:
         for per in personas(cfg):
             models = {"base": base_model(ctx), "base+constitution": base_model(ctx),
-                      "dpo": generation_model(model_of(ctx, "dpo", per.key)), "dpo+sft": model_of(ctx, "merge", per.key)}
+                      "dpo": model_of(ctx, "dpo", per.key), "dpo+sft": model_of(ctx, "merge", per.key)}
             for system in e.systems:
                 ids = [stable_id(per.key, system, i) for i in range(len(prompts))]
                 if all(i in store for i in ids):
@@ -484,9 +482,13 @@ def build_pipeline() -> Pipeline:
 
 
 def validate(cfg: RunConfig, dry_run: bool = False) -> None:
-    """Fail before any model loads: constitutions must load and every stage section must validate
-    against its owner's config class (so a typo in `dpo.bta` fails now, not after generation)."""
+    """Fail before any model loads: constitutions must load, every stage section must validate
+    against its owner's config class (so a typo in `dpo.bta` fails now, not after generation), and
+    every model the run loads must resolve, a Hub id from the cache or the Hub (config and
+    tokenizer only)."""
     from pydantic import ValidationError
+
+    from charter.models import check_model
 
     if not cfg.is_toy and cfg.eval.prompts_file is None:
         msg = "eval.prompts_file: required for a real model (held-out prompts: JSONL {prompt} or lines)"
@@ -514,6 +516,8 @@ def validate(cfg: RunConfig, dry_run: bool = False) -> None:
             raise ConfigError(f"invalid run config: {where}: {e}") from None
         except ModuleNotFoundError as e:  # a stage module not installed/landed: its stage will say so
             print(f"warning: cannot check {where}: {e}", file=sys.stderr)
+    for name in cfg.local_models():
+        check_model(name)
 
 
 def _train_config(kind: str, section: dict[str, Any]):

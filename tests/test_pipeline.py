@@ -206,8 +206,9 @@ def test_real_graph_toy_sections(tmp_path):
     assert reruns("constitutions=[toy:warm]")[:2] == ["prompts", "teacher"]
 
 
-def test_dry_run_paper_preset_needs_no_model(tmp_path, monkeypatch):
-    """The plan is printed for a model that exists nowhere; nothing is loaded or written."""
+def test_dry_run_paper_preset_needs_no_model(tmp_path, tiny_model_dir, monkeypatch):
+    """The plan is printed after the student's config and tokenizer resolve (no weights, no
+    generator; a served teacher is not contacted); nothing is written."""
     import charter.backends
 
     from typer.testing import CliRunner
@@ -219,11 +220,11 @@ def test_dry_run_paper_preset_needs_no_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(charter.backends, "make_generator", boom)
     run_dir = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", "--preset", "paper", "student.model=no-org/no-such-model-70B",
+    res = CliRunner().invoke(app, ["run", "--preset", "paper", f"student.model={tiny_model_dir}",
                                    "teacher.base_url=http://127.0.0.1:9/v1", "--run-dir", str(run_dir),
                                    "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "no-org/no-such-model-70B" in res.output
+    assert str(tiny_model_dir) in res.output
     for stage in ("prompts", "teacher", "student", "pairs", "dpo", "reflection", "interaction", "filter",
                   "sft", "merge", "eval", "report"):
         assert f"  {stage} " in res.output

@@ -25,15 +25,14 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 from pydantic import Field, model_validator
 
 from charter.config import Config
+from charter.models import TRAIN_RECORD, resolve_model
 from charter.train.lora import LoraSettings
-
-TRAIN_RECORD = "charter_train.json"
 
 
 class TrainConfig(Config):
     """Fields shared by SFT and DPO. `batch_size` is per process and per micro-batch."""
 
-    model: str                                  # HF folder, a merged Charter output, or a LoRA adapter folder
+    model: str                                  # HF folder or Hub id, a merged Charter output, or a LoRA adapter folder
     data: str                                   # JSONL
     output_dir: str
     lora: LoraSettings | None = None            # None = full fine-tuning
@@ -83,44 +82,23 @@ class Task(Protocol):
 # ----------------------------------------------------------------------------- model loading
 
 
-def resolve_model(path: str | Path) -> tuple[Path, list[Path]]:
-    """(base model folder, adapters to fold in, oldest first) for a plain HF folder or an adapter
-    folder written by Charter/PEFT (its base is read from the adapter config, recursively)."""
-    path = Path(path)
-    if not (path / "adapter_config.json").exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path}: not a model folder (no config.json) nor an adapter folder")
-        return path, []
-    rec = path / TRAIN_RECORD
-    if rec.exists():
-        info = json.loads(rec.read_text())
-        base = Path(info["base_model"])
-        return base, [Path(p) for p in info.get("base_adapters", [])] + [path]
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{path}/adapter_config.json: no base_model_name_or_path")
-    inner_base, inner = resolve_model(base)
-    return inner_base, inner + [path]
-
-
 def load_model_and_tokenizer(cfg: TrainConfig):
     """Base weights in fp32 (bf16 runs under autocast), earlier adapters folded in exactly, then
-    a fresh LoRA if asked. Returns (model, tokenizer, base_path, folded_adapters)."""
+    a fresh LoRA if asked. Returns (model, tokenizer, base name as given, folded_adapters)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from charter.train.lora import apply_lora, merged_state
 
-    base, adapters = resolve_model(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
+    ref = resolve_model(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32, use_safetensors=True,
                                                  attn_implementation=cfg.attn_implementation)
-    if adapters:
-        merged_state(model, [(a, 1.0) for a in adapters])
-    tok_src = Path(cfg.model) if (Path(cfg.model) / "tokenizer_config.json").exists() else base
-    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    if ref.adapters:
+        merged_state(model, [(a, 1.0) for a in ref.adapters])
+    tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer)
     if cfg.lora is not None:
         model = apply_lora(model, cfg.lora)
-    return model, tokenizer, base, adapters
+    return model, tokenizer, ref.base_name, list(ref.adapters)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -338,9 +316,10 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     return out
 
 
-def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, folded: list[Path]) -> None:
+def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: str, folded: list[Path]) -> None:
     """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: the
-    adapter (its config names the original base) + tokenizer, and with `merge` a folded copy."""
+    adapter (its config names the original base, a Hub id kept as one) + tokenizer, and with
+    `merge` a folded copy."""
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if cfg.lora is not None:

@@ -31,8 +31,8 @@ from typing import Literal
 from pydantic import Field
 
 from charter.config import Config
+from charter.models import ADAPTER_CONFIG, has_tokenizer, local_folder, resolve_model
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_RECORD = "charter_merge.json"
 
@@ -210,24 +210,19 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
 
     if not adapters:
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
-    base_path, out_dir = Path(base_path), Path(out_dir)
+    out_dir = Path(out_dir)
     configs = [read_adapter_config(p) for p, _ in adapters]  # fail before loading the base
-    for src in [base_path, *(Path(p) for p, _ in adapters)]:  # the output folder is replaced as a whole
+    for src in [Path(base_path), *(Path(p) for p, _ in adapters)]:  # the output folder is replaced as a whole
         if out_dir.resolve() in (src.resolve(), *src.resolve().parents):
             raise ValueError(f"output folder {out_dir} would replace the input {src}; pick another")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    if base_path.exists() and not (base_path / "config.json").exists():
+    base_dir = local_folder(base_path)  # a Hub id: its snapshot in the Hugging Face cache
+    if not (base_dir / "config.json").exists():
         raise FileNotFoundError(f"{base_path}: not a model folder (no config.json)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, use_safetensors=True)
-    except OSError as e:  # neither a local folder nor a reachable Hub model
-        if base_path.exists():
-            raise
-        raise FileNotFoundError(f"{base_path}: no such model folder, and not loadable from the Hugging Face "
-                                f"Hub ({str(e).splitlines()[0]})") from None
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype, use_safetensors=True)
     merged_state(model, adapters)
-    tok_src = base_path if _has_tokenizer(base_path) else Path(adapters[0][0])
-    tokenizer = AutoTokenizer.from_pretrained(tok_src) if _has_tokenizer(tok_src) else None
+    tok_src = base_dir if has_tokenizer(base_dir) else Path(adapters[0][0])
+    tokenizer = AutoTokenizer.from_pretrained(tok_src) if has_tokenizer(tok_src) else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -262,23 +257,6 @@ def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path |
     """
     if base_path is not None:
         return merge_adapters(base_path, [(adapter_dir, weight)], out_dir, dtype=dtype)
-    base, earlier = adapter_base(adapter_dir)
-    return merge_adapters(base, [(a, 1.0) for a in earlier] + [(adapter_dir, weight)], out_dir, dtype=dtype)
-
-
-def adapter_base(adapter_dir: str | Path) -> tuple[str, list[str]]:
-    """(base model, adapters already folded into it, oldest first) that this adapter was trained on."""
-    from charter.train.loop import TRAIN_RECORD
-
-    record = Path(adapter_dir) / TRAIN_RECORD
-    if record.exists():
-        info = json.loads(record.read_text())
-        return info["base_model"], list(info.get("base_adapters", []))
-    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{Path(adapter_dir) / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
-    return base, []
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    ref = resolve_model(adapter_dir)
+    return merge_adapters(ref.base_name, [(a, 1.0) for a in ref.adapters[:-1]] + [(adapter_dir, weight)], out_dir,
+                          dtype=dtype)
