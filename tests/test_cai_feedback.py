@@ -177,3 +177,18 @@ def test_malformed_pairs_file_names_line(tmp_path):
     cfg = LabelConfig(labeler={"model": "fake"}, pairs_file=str(pairs), out_dir=str(tmp_path / "out"))
     with pytest.raises(DataError, match=r"in.jsonl:2: field 'responses' must be a list of two"):
         run_label(cfg, BiasedScorer({}, 0.0))
+
+
+def test_openai_scorer_resolves_its_key_like_the_generator(monkeypatch):
+    """No `api_key_env`: $OPENAI_API_KEY is never sent to the labeler's base_url. A named variable
+    that is missing is an error, not a silent "EMPTY"."""
+    from charter.config import ConfigError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-for-openai-only")
+    monkeypatch.setenv("LABELER_KEY", "sk-labeler")
+    monkeypatch.delenv("MISSING_KEY", raising=False)
+    url = "http://127.0.0.1:9/v1"
+    assert OpenAIChoiceScorer("m", base_url=url).client.api_key != "sk-secret-for-openai-only"
+    assert OpenAIChoiceScorer("m", base_url=url, api_key_env="LABELER_KEY").client.api_key == "sk-labeler"
+    with pytest.raises(ConfigError, match="MISSING_KEY"):
+        OpenAIChoiceScorer("m", base_url=url, api_key_env="MISSING_KEY")

@@ -154,13 +154,13 @@ class OpenAIChoiceScorer:
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None, top: int = 20,
                  client=None):
-        import os
-
         if client is None:
             from openai import OpenAI
 
-            key = os.environ.get(api_key_env or "OPENAI_API_KEY", "EMPTY")
-            client = OpenAI(base_url=base_url, api_key=key)
+            from charter.backends.openai import api_key
+
+            # the client needs some key; "EMPTY" (no secret) stops it reading $OPENAI_API_KEY itself
+            client = OpenAI(base_url=base_url, api_key=api_key(api_key_env) or "EMPTY")
         self.client, self.model, self.top, self.name = client, model, top, model
 
     def option_probs(self, texts: Sequence[str]) -> list[tuple[float, float]]:
