@@ -203,7 +203,7 @@ def _encode_full(tokenizer, messages: list[dict]) -> EncodedChat:
     return EncodedChat(input_ids=list(ids), labels=labels)
 
 
-def _drop_first_exchange(messages: list[dict]) -> list[dict] | None:
+def drop_first_exchange(messages: list[dict]) -> list[dict] | None:
     """Remove the earliest user..assistant exchange after the system prompt; None if only one is left."""
     head = 1 if messages and messages[0]["role"] == "system" else 0
     body = messages[head:]
@@ -232,7 +232,7 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
     dropped = 0
     if max_length is not None:
         while len(enc) > max_length:
-            shorter = _drop_first_exchange(messages)
+            shorter = drop_first_exchange(messages)
             if shorter is None:
                 break
             messages, dropped = shorter, dropped + 1
