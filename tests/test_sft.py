@@ -120,14 +120,42 @@ def test_sft_from_dpo_adapter_chains_and_merges(tiny_model_dir, sft_data, tmp_pa
     first = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "first", max_steps=2, lora=lora, lr=1e-2))
     second = train_sft(_cfg(first, sft_data, tmp_path / "second", max_steps=2, lora=lora, lr=1e-2, merge=True))
     rec = json.loads((second / "charter_train.json").read_text())
-    assert rec["base_model"] == str(tiny_model_dir) and rec["base_adapters"] == [str(first)]
-    ref = merge_adapters(tiny_model_dir, [(first, 1.0), (second, 1.0)], tmp_path / "ref")
+    assert rec["base_model"] == str(tiny_model_dir) and rec["trained_on"] == [str(first)]
+    ref = merge_adapters(tiny_model_dir, [(first, 1.0), (second / rec["stage_adapter"], 1.0)], tmp_path / "ref")
     got, want = load_file(str(second / "merged" / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(got[q], before[q])
     after = load_file(str(tiny_model_dir / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_chained_lora_export_loads_whole_chain_with_plain_peft(tiny_model_dir, sft_data, tmp_path):
+    """An adapter trained on another adapter is exported self-contained: plain PEFT on the raw
+    base (what Hub / vLLM-LoRA users do) gives the same logits as Charter's chain loading and as
+    applying the chain step by step; its own delta alone (stage_adapter/) names its real base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from charter.backends.hf import load_causal_lm
+
+    lora = LoraSettings(r=4, alpha=8)
+    first = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "first", max_steps=2, lora=lora, lr=1e-2))
+    second = train_sft(_cfg(first, sft_data, tmp_path / "second", max_steps=2, lora=LoraSettings(r=2, alpha=8),
+                            lr=1e-2))
+    raw = lambda: AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # noqa: E731
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        plain = PeftModel.from_pretrained(raw(), str(second)).merge_and_unload()(ids).logits
+        charter, _ = load_causal_lm(str(second))
+        torch.testing.assert_close(plain, charter(ids).logits, rtol=0, atol=1e-5)
+        step = PeftModel.from_pretrained(raw(), str(first)).merge_and_unload()
+        step = PeftModel.from_pretrained(step, str(second / "stage_adapter")).merge_and_unload()
+        torch.testing.assert_close(plain, step(ids).logits, rtol=0, atol=1e-5)
+        assert not torch.allclose(plain, PeftModel.from_pretrained(raw(), str(first))(ids).logits, atol=1e-4)
+    config = lambda d: json.loads((d / "adapter_config.json").read_text())  # noqa: E731
+    assert config(second)["base_model_name_or_path"] == str(tiny_model_dir)
+    assert config(second / "stage_adapter")["base_model_name_or_path"] == str(first)
 
 
 def test_bad_row_names_file_line_and_field(tiny_model_dir, tmp_path):

@@ -324,26 +324,50 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
+        exported = export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
         atomic_write_json(out / TRAIN_RECORD, {
-            "kind": kind, "done": True, "steps": total, "base_model": str(base),
-            "base_adapters": [str(a) for a in folded], "lora": cfg.lora is not None,
-            "config_hash": cfg.hash(), "torch": torch.__version__})
+            "kind": kind, "done": True, "steps": total, "base_model": str(base), **exported,
+            "lora": cfg.lora is not None, "config_hash": cfg.hash(), "torch": torch.__version__})
     accelerator.wait_for_everyone()
     return out
 
 
-def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, folded: list[Path]) -> None:
-    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: the
-    adapter (its config names the original base) + tokenizer, and with `merge` a folded copy."""
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    if cfg.lora is not None:
-        adapter_cfg = out / "adapter_config.json"
-        info = json.loads(adapter_cfg.read_text())
-        info["base_model_name_or_path"] = str(base)
-        adapter_cfg.write_text(json.dumps(info, indent=2))
-        if cfg.merge:
-            from charter.train.lora import merge_adapters
+STAGE_ADAPTER = "stage_adapter"  # subfolder: this stage's own LoRA delta, when trained on other adapters
 
-            merge_adapters(base, [(a, 1.0) for a in folded] + [(out, 1.0)], out / "merged")
+
+def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, folded: list[Path]) -> dict:
+    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: an adapter
+    on the original base + tokenizer, and with `merge` a folded copy. A LoRA trained on top of
+    other adapters (SFT on a DPO adapter) is exported self-contained: the folder's adapter is the
+    exact combination of the whole chain (`save_combined_adapter`), and this stage's own delta
+    goes to `STAGE_ADAPTER/` (its config names the adapter it was trained on) for weighted merges.
+    Returns what the training record must add."""
+    tokenizer.save_pretrained(out)
+    if cfg.lora is None:
+        model.save_pretrained(out, safe_serialization=True)
+        return {"base_adapters": [str(a) for a in folded]}
+    from charter.train.lora import merge_adapters, save_combined_adapter
+
+    record: dict = {"base_adapters": []}
+    if folded:
+        _save_adapter(model, out / STAGE_ADAPTER, folded[-1])
+        save_combined_adapter(model, folded, out)
+        record.update(trained_on=[str(a) for a in folded], stage_adapter=STAGE_ADAPTER)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    _name_base(out, base)
+    if cfg.merge:
+        merge_adapters(base, [(out, 1.0)], out / "merged")
+    return record
+
+
+def _save_adapter(model, folder: Path, base: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    _name_base(folder, base)
+
+
+def _name_base(folder: Path, base: Path) -> None:
+    adapter_cfg = folder / "adapter_config.json"
+    info = json.loads(adapter_cfg.read_text())
+    info["base_model_name_or_path"] = str(base)
+    adapter_cfg.write_text(json.dumps(info, indent=2))

@@ -266,6 +266,29 @@ def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path |
     return merge_adapters(base, [(a, 1.0) for a in earlier] + [(adapter_dir, weight)], out_dir, dtype=dtype)
 
 
+def save_combined_adapter(model, chain: list[Path], out_dir: Path) -> None:
+    """Save `chain` (earlier adapters, oldest first) plus `model`'s trained adapter as ONE adapter
+    on the original base, so plain PEFT / vLLM / Hub users get the whole chain.
+
+    PEFT's `cat` combination stacks the A and B matrices (rank = sum of ranks, scale 1, each
+    A pre-multiplied by its own scale), so its delta is exactly `sum_i scale_i * B_i @ A_i`.
+    """
+    import tempfile
+
+    names = [f"chain{i}" for i in range(len(chain))]
+    for name, path in zip(names, chain):
+        _check_supported(read_adapter_config(path), Path(path))
+        model.load_adapter(str(path), adapter_name=name)
+    model.add_weighted_adapter(names + ["default"], [1.0] * (len(chain) + 1), "combined", combination_type="cat")
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["combined"], safe_serialization=True)
+        for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.move(str(Path(tmp) / "combined" / f), str(out_dir / f))
+    model.delete_adapter("combined")
+    for name in names:
+        model.delete_adapter(name)
+
+
 def adapter_base(adapter_dir: str | Path) -> tuple[str, list[str]]:
     """(base model, adapters already folded into it, oldest first) that this adapter was trained on."""
     from charter.train.loop import TRAIN_RECORD
