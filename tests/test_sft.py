@@ -97,6 +97,65 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path
     assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(full)]
 
 
+def _crash_at(n):
+    class Killed(Exception):
+        pass
+
+    def crash(step, row):
+        if step == n:
+            raise Killed
+    return Killed, crash
+
+
+def test_checkpoints_hold_no_pickle_and_lora_dropout_resumes_exactly(tiny_model_dir, sft_data, tmp_path):
+    """Checkpoints are safetensors + JSON only (nothing torch.load could unpickle), and they carry
+    the RNG: a LoRA run with dropout killed and resumed equals the uninterrupted one bit for bit."""
+    from safetensors.torch import load_file
+
+    lora = LoraSettings(r=4, alpha=8, dropout=0.3)
+    kw = dict(max_steps=4, batch_size=4, save_steps=2, lora=lora, lr=1e-2)
+    full = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "full", **kw))
+    killed, crash = _crash_at(3)
+    cfg = _cfg(tiny_model_dir, sft_data, tmp_path / "cut", resume=True, **kw)
+    with pytest.raises(killed):
+        train_sft(cfg, on_step=crash)
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-2"
+    files = sorted(f.name for f in ckpt.iterdir())
+    assert files and all(f.endswith((".safetensors", ".json")) for f in files), files
+    for f in ckpt.glob("*.safetensors"):
+        load_file(str(f))
+    for f in ckpt.glob("*.json"):
+        json.loads(f.read_text())
+    resumed = train_sft(cfg)
+    wf, wr = load_file(str(full / "adapter_model.safetensors")), load_file(str(resumed / "adapter_model.safetensors"))
+    assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(full)]
+
+
+@pytest.mark.parametrize("change", ["data", "config"])
+def test_resume_with_changed_data_or_config_is_refused(tiny_model_dir, sft_data, tmp_path, change):
+    import subprocess
+    import sys
+
+    killed, crash = _crash_at(3)
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, _rows())
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "cut", max_steps=4, batch_size=4, save_steps=2, resume=True)
+    with pytest.raises(killed):
+        train_sft(cfg, on_step=crash)
+    if change == "data":
+        write_jsonl(data, _rows(seed=1))
+    else:
+        cfg = cfg.model_copy(update={"lr": 2e-3})
+    cfg.save(tmp_path / "sft.yaml")
+    res = subprocess.run([sys.executable, "-m", "charter.cli", "train", "sft", str(tmp_path / "sft.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    said = [line for line in (res.stdout + res.stderr).splitlines() if "error" in line.lower() or "Trace" in line]
+    assert res.returncode == 2 and len(said) == 1, res.stderr[-2000:]
+    assert said[0].startswith("error: ") and "step-2: saved with a different config or data file" in said[0]
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+
+
 def test_full_ft_output_loads_with_transformers(tiny_model_dir, sft_data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

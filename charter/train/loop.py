@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 from pydantic import Field, model_validator
 
 from charter.config import Config
+from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
 from charter.train.lora import LoraSettings
 
 TRAIN_RECORD = "charter_train.json"
@@ -171,38 +171,6 @@ def window_order(n: int, global_batch: int, seed: int, shuffle: bool, world: int
     return order
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _ckpt_dirs(out: Path) -> list[Path]:
-    root = out / "checkpoints"
-    if not root.exists():
-        return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step-") and (d / "state.json").exists()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
-def save_checkpoint(accelerator, out: Path, step: int, limit: int, cfg_hash: str) -> None:
-    """Model, optimiser, scheduler and every process's RNG via `accelerator.save_state` (works for
-    DDP/FSDP/DeepSpeed), written to a temp folder and renamed so a kill never leaves half a one."""
-    from charter.data.jsonl import atomic_write_json
-
-    root = out / "checkpoints"
-    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "state.json", {"step": step, "config_hash": cfg_hash})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _ckpt_dirs(out)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -260,17 +228,12 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     optimizer = make_optimizer(model, cfg)
     scheduler = LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio, cfg.min_lr_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    start = 0
-    ckpts = _ckpt_dirs(out) if cfg.resume else []
+    start, ckpt_key = 0, resume_key(cfg)
+    ckpts = checkpoint_dirs(out) if cfg.resume else []
     if ckpts:
-        accelerator.load_state(str(ckpts[-1]))
-        state = json.loads((ckpts[-1] / "state.json").read_text())
-        start = state["step"]
-        if state.get("config_hash") != cfg.hash() and accelerator.is_main_process:
-            print(f"warning: resuming {ckpts[-1]} with a different config than it was saved with")
+        start = load_checkpoint(accelerator, model, optimizer, scheduler, ckpts[-1], ckpt_key)
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +280,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         bar.update(1)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
-            save_checkpoint(accelerator, out, step + 1, cfg.save_total_limit, cfg.hash())
+            save_checkpoint(accelerator, model, optimizer, scheduler, out, step + 1, cfg.save_total_limit, ckpt_key)
         if on_step is not None:
             on_step(step + 1, row)
     bar.close()
