@@ -56,17 +56,16 @@ def comparison_question(messages: list[dict], principle: Principle, a: str, b: s
 
 
 def fitted_question(conv: list[dict], principle: Principle, a: str, b: str, render, fits) -> str:
-    """The labeler's input for one comparison, shortened the way training truncates: whole early
-    exchanges go (after the system prompt) until `fits(text)`; BOS, the template's start, the
-    question's opening, the last exchange and both options always stay."""
+    """The labeler's input, shortened as training truncates: whole early exchanges go (after the
+    system prompt) until `fits(text)`; BOS, the question, the last exchange and the options stay."""
     while True:
         text = render(comparison_question(conv, principle, a, b))
         if fits is None or fits(text):
             return text
         shorter = drop_first_exchange(conv)
         if shorter is None:
-            raise CannotScore(f"a comparison does not fit the labeler's context even with only the last exchange "
-                              f"({len(text)} characters); use a longer-context labeler or shorter responses")
+            raise CannotScore("a comparison does not fit the labeler's context even with only the last exchange; "
+                              "use a longer-context labeler or shorter responses")
         conv = shorter
 
 
@@ -88,9 +87,7 @@ class ChoiceScorer(Protocol):
     def option_probs(self, texts: Sequence[str]) -> list[tuple[float, float]]:
         """Unnormalised (P(A), P(B)) for each full prompt text."""
         ...
-
-    # Scorers with a context limit also define `fits(text) -> bool`; `label_pairs` then drops
-    # early exchanges until the text fits (`fitted_question`) instead of cutting tokens blindly.
+    # with a context limit, also `fits(text) -> bool` (then `label_pairs` uses `fitted_question`)
 
 
 def option_paths(tokenizer, letter: str, variants: Sequence[str] = OPTION_VARIANTS) -> list[tuple[int, ...]]:
@@ -132,10 +129,9 @@ class HFChoiceScorer:
 
         out = []
         for s in range(0, len(texts), self.batch_size):
-            chunk = texts[s:s + self.batch_size]
-            if not all(self.fits(t) for t in chunk):  # label_pairs shortens first; never cut tokens here
+            prompts = [self._ids(t) for t in texts[s:s + self.batch_size]]
+            if any(len(p) + len(max(self.rows, key=len)) >= self.max_len for p in prompts):  # never cut tokens
                 raise CannotScore(f"{self.name}: a labeler input is longer than the model's {self.max_len} positions")
-            prompts = [self._ids(t) for t in chunk]
             seqs = [(i, p + list(r)) for i, p in enumerate(prompts) for r in self.rows]
             width = max(len(q) for _, q in seqs)
             pad = self.tokenizer.pad_token_id or 0
@@ -157,9 +153,8 @@ class HFChoiceScorer:
             total += math.exp(path_logprob(row, start, path))
         return total
 
-    def fits(self, text: str) -> bool:
-        """Room for the text plus the longest option prefix fed after it."""
-        return len(self._ids(text)) + max(len(r) for r in self.rows) + 1 <= self.max_len
+    def fits(self, text: str) -> bool:  # room for the text and the longest option prefix fed after it
+        return len(self._ids(text)) + len(max(self.rows, key=len)) < self.max_len
 
     def _ids(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -183,8 +178,7 @@ class OpenAIChoiceScorer:
 
             from charter.backends.openai import api_key
 
-            # the client needs some key; "EMPTY" (no secret) stops it reading $OPENAI_API_KEY itself
-            client = OpenAI(base_url=base_url, api_key=api_key(api_key_env) or "EMPTY")
+            client = OpenAI(base_url=base_url, api_key=api_key(api_key_env) or "EMPTY")  # never $OPENAI_API_KEY
         self.client, self.model, self.top, self.name = client, model, top, model
 
     def option_probs(self, texts: Sequence[str]) -> list[tuple[float, float]]:
