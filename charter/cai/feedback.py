@@ -58,15 +58,13 @@ def comparison_question(messages: list[dict], principle: Principle, a: str, b: s
 def fitted_question(conv: list[dict], principle: Principle, a: str, b: str, render, fits) -> str:
     """The labeler's input, shortened as training truncates: whole early exchanges go (after the
     system prompt) until `fits(text)`; BOS, the question, the last exchange and the options stay."""
-    while True:
-        text = render(comparison_question(conv, principle, a, b))
-        if fits is None or fits(text):
-            return text
-        shorter = drop_first_exchange(conv)
-        if shorter is None:
+    text = render(comparison_question(conv, principle, a, b))
+    while fits is not None and not fits(text):
+        if (conv := drop_first_exchange(conv)) is None:
             raise CannotScore("a comparison does not fit the labeler's context even with only the last exchange; "
                               "use a longer-context labeler or shorter responses")
-        conv = shorter
+        text = render(comparison_question(conv, principle, a, b))
+    return text
 
 
 def labeler_text(question: str, tokenizer=None, style: Literal["chat", "completion"] = "chat") -> str:
