@@ -68,7 +68,7 @@ class EncodeStats:
         return d
 
 
-def _drop_first_exchange(messages: list[dict]) -> list[dict] | None:
+def drop_first_exchange(messages: list[dict]) -> list[dict] | None:
     """Remove the earliest user..assistant exchange after the system prompt; None if only one is left."""
     head = 1 if messages and messages[0]["role"] == "system" else 0
     body = messages[head:]
@@ -100,7 +100,7 @@ def _last_view(tokenizer, messages: list[dict], max_length: int | None, chat: bo
     if max_length is None:
         return enc
     while len(enc) > max_length:
-        shorter = _drop_first_exchange(messages)
+        shorter = drop_first_exchange(messages)
         if shorter is None:
             break
         messages, dropped = shorter, dropped + 1

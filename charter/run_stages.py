@@ -344,39 +344,13 @@ def stage_merge(ctx: StageContext) -> dict[str, Any]:
     m = ctx.cfg.merge
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
-        dpo, sft = model_of(ctx, "dpo", per.key), model_of(ctx, "sft", per.key)
-        out = d / "model"
-        if (Path(sft) / "adapter_config.json").exists():
-            from charter.train.lora import merge_adapters  # A1
+        from charter.train.stage_merge import merge_stages
 
-            merge_adapters(base_model(ctx), [(dpo, m.dpo_weight), (sft, m.sft_weight)], out)
-        else:
-            merge_full(base_model(ctx), dpo, sft, m.dpo_weight, m.sft_weight, out)
+        dpo, sft = model_of(ctx, "dpo", per.key), model_of(ctx, "sft", per.key)
+        out = merge_stages(base_model(ctx), [(dpo, m.dpo_weight), (sft, m.sft_weight)], d / "model")
         return {"model": str(out)}
 
     return for_each_persona(ctx, work)
-
-
-def merge_full(base: str, dpo: str, sft: str, w_dpo: float, w_sft: float, out: Path) -> None:
-    """Full fine-tunes: base + w_dpo (dpo - base) + w_sft (sft - dpo), tensor by tensor."""
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoTokenizer
-
-    from charter.models import local_folder
-
-    def weights(p: str) -> dict:  # the base may be a Hub id: its snapshot in the Hugging Face cache
-        files = sorted(local_folder(p).glob("*.safetensors"))
-        return {k: v for f in files for k, v in load_file(str(f)).items()}
-
-    wb, wd, ws = weights(base), weights(dpo), weights(sft)
-    merged = {}
-    for k, v in ws.items():  # in float64, rounded once to the stored dtype
-        b, d = wb[k].double(), wd[k].double()
-        merged[k] = (b + w_dpo * (d - b) + w_sft * (v.double() - d)).to(v.dtype).contiguous()
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(merged, str(out / "model.safetensors"), metadata={"format": "pt"})
-    AutoConfig.from_pretrained(sft).save_pretrained(out)
-    AutoTokenizer.from_pretrained(sft).save_pretrained(out)
 
 
 def stage_eval(ctx: StageContext) -> dict[str, Any]:

@@ -86,3 +86,39 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
         wb = load_file(str(tmp_path / "two" / "sgd" / kind / "model.safetensors"))
         worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
         assert worst < 1e-7, (kind, worst)
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys
+    from charter.train.sft import SFTConfig, train_sft
+    model, data, out, crash_at = sys.argv[1:5]
+
+    def crash(step, row):
+        if step == int(crash_at):
+            raise SystemExit(3)
+
+    train_sft(SFTConfig(model=model, data=data, output_dir=out, lr=5e-3, max_steps=4, batch_size=2, grad_accum=2,
+                        warmup_ratio=0.0, resume=True, save_steps=2), on_step=crash)
+""")
+
+
+def test_two_processes_kill_and_resume_is_exact(tiny_model_dir, tmp_path):
+    """Each process saves and restores its own optimiser and RNG state (safetensors + JSON)."""
+    from safetensors.torch import load_file
+
+    _data(tmp_path)
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, str(script),
+              str(tiny_model_dir), str(tmp_path / "sft.jsonl")]
+    _run(launch + [str(tmp_path / "full"), "0"], tmp_path)
+    cut = subprocess.run(launch + [str(tmp_path / "cut"), "3"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert cut.returncode != 0 and (tmp_path / "cut" / "checkpoints" / "step-2" / "rng-rank1.json").exists()
+    _run(launch + [str(tmp_path / "cut"), "0"], tmp_path)
+    assert [r["loss"] for r in _metrics(tmp_path / "cut" / "metrics.jsonl")] == \
+        [r["loss"] for r in _metrics(tmp_path / "full" / "metrics.jsonl")]
+    wa, wb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -276,14 +276,14 @@ def test_chat_streams_and_keeps_history(tiny_model_dir):
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[1]["content"] == "again"
 
 
-def test_merge_full_is_exact_sum_of_deltas(tmp_path):
+def test_merge_of_full_fine_tunes_is_exact_sum_of_deltas(tmp_path):
     """Full fine-tunes merge as base + w_dpo (dpo - base) + w_sft (sft - dpo), tensor by tensor."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    from charter.run_stages import merge_full
+    from charter.train.stage_merge import merge_stages
     from charter.toy.tiny import build_tiny_model_dir
 
     base = build_tiny_model_dir(tmp_path / "base")
@@ -294,7 +294,7 @@ def test_merge_full_is_exact_sum_of_deltas(tmp_path):
         shutil.copytree(base, d)
         save_file({k: v + shift for k, v in w.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
         dirs[name] = d
-    merge_full(str(base), str(dirs["dpo"]), str(dirs["sft"]), 1.0, 0.25, tmp_path / "out")
+    merge_stages(base, [(dirs["dpo"], 1.0), (dirs["sft"], 0.25)], tmp_path / "out")
     out = load_file(str(tmp_path / "out" / "model.safetensors"))
     for k, v in w.items():  # base + 0.5 + 0.25 * 1.5
         assert torch.allclose(out[k], v + 0.875, atol=1e-6)

@@ -74,7 +74,7 @@ class CapabilityConfig(Config):
 class EvalConfig(Config):
     out_dir: str = "eval"
     persona: str = ""  # the target persona's name (what the scorer should say)
-    prompts: str | list[str] = "toy"  # held-out prompts: JSONL {"prompt"} / .txt / a list / "toy"
+    prompts: str | list[str] | None = None  # held-out prompts: JSONL {"prompt"} / .txt / a list / "toy"
     n_prompts: int = 50
     systems: list[SystemConfig] = []
     scorer: ScorerConfig = ScorerConfig()
@@ -205,6 +205,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     from charter.evaluate import plots
     from charter.evaluate.judges import Judge
 
+    needs_prompts = set(cfg.evals) - {"capability"}
+    if needs_prompts and cfg.prompts is None:  # never the toy world's prompts by accident
+        raise ConfigError(f"prompts: required for {', '.join(sorted(needs_prompts))} (held-out prompts: a JSONL "
+                          "{\"prompt\"}, a .txt, a list; 'toy' for the toy world's own)")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     systems = _Systems(cfg.systems)
@@ -219,7 +223,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         judge = Judge(make_generator(cfg.judge.backend), cache=cfg.judge.cache or out_dir / "judge_cache.jsonl",
                       params=SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens,
                                             seed=cfg.seed))
-    needs_prompts = set(cfg.evals) - {"capability"}
     prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []
     if needs_prompts and not prompts:
         raise ConfigError("prompts: no prompts loaded")

@@ -60,18 +60,20 @@ def _ref_cache_key(cfg: DPOConfig, tokenizer) -> str:
 
 
 def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, accelerator, keep_only: bool):
-    """{"chosen": [n], "rejected": [n], "tokens": list[[k_i]] | None}, loaded from the cache when
-    present. Computed by the starting model (adapter disabled under LoRA), in eval mode."""
+    """{"chosen": [n], "rejected": [n]} and, with the squared KL, "tokens": every trained token's
+    log-prob in input order (chosen 0..n-1, then rejected 0..n-1) with "offsets" [2n+1] into it.
+    Computed by the starting model (adapter disabled under LoRA) in eval mode; cached as safetensors."""
     import torch
+    from safetensors.torch import load_file, save_file
 
     cache_dir = Path(cfg.ref_cache_dir or Path(cfg.output_dir) / "ref_cache")
-    path = cache_dir / f"ref-logps-{_ref_cache_key(cfg, tokenizer)}.pt"
+    path = cache_dir / f"ref-logps-{_ref_cache_key(cfg, tokenizer)}.safetensors"
     if not path.exists() and accelerator.is_main_process:
         from tqdm.auto import tqdm
 
         n = len(pairs)
-        chosen, rejected = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        tokens: list | None = [None] * (2 * n) if cfg.kl_coef > 0 else None
+        seqs: list[torch.Tensor] = []
+        toks: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": []}
         lora_off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
         was_training = model.training
         model.eval()
@@ -80,20 +82,23 @@ def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, ac
                 chunk = pairs[i:i + cfg.batch_size]
                 batch = pack([p.chosen for p in chunk] + [p.rejected for p in chunk]).to(accelerator.device)
                 tok = packed_token_logps(model, batch, keep_only).double()
-                seq = batch.per_seq(tok).cpu()
-                chosen[i:i + len(chunk)], rejected[i:i + len(chunk)] = seq[:len(chunk)], seq[len(chunk):]
-                if tokens is not None:
-                    parts = torch.split(tok.cpu(), batch.tokens_per_seq().tolist())
-                    for j, part in enumerate(parts):
-                        idx = i + j if j < len(chunk) else n + i + j - len(chunk)
-                        tokens[idx] = part.clone()
+                seqs.append(batch.per_seq(tok).cpu())
+                parts = torch.split(tok[batch.input_order()].cpu(), batch.tokens_per_seq().tolist())
+                toks["chosen"] += parts[:len(chunk)]
+                toks["rejected"] += parts[len(chunk):]
         model.train(was_training)
+        seq = torch.cat([s.view(2, -1) for s in seqs], dim=1)
+        out = {"chosen": seq[0].contiguous(), "rejected": seq[1].contiguous()}
+        if cfg.kl_coef > 0:
+            every = toks["chosen"] + toks["rejected"]
+            out["tokens"] = torch.cat(every)
+            out["offsets"] = torch.tensor([0] + [len(t) for t in every]).cumsum(0)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"chosen": chosen, "rejected": rejected, "tokens": tokens}, tmp)
+        save_file(out, str(tmp))
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
-    return torch.load(path, weights_only=True)
+    return load_file(str(path))
 
 
 # ----------------------------------------------------------------------------- the task
@@ -114,15 +119,17 @@ class DPOTask:
         import torch
 
         if self.mode == "precomputed":
-            idx = torch.tensor([p.index for p in items])
-            seq = torch.cat([self.cached["chosen"][idx], self.cached["rejected"][idx]])
-            tok = None
-            if self.cached["tokens"] is not None:
-                n = len(self.cached["chosen"])
-                tok = torch.cat([self.cached["tokens"][i] for i in idx.tolist()]
-                                + [self.cached["tokens"][n + i] for i in idx.tolist()])
             device = batch.input_ids.device
-            return seq.to(device), (tok.to(device) if tok is not None else None)
+            idx = torch.tensor([p.index for p in items])
+            seq = torch.cat([self.cached["chosen"][idx], self.cached["rejected"][idx]]).to(device)
+            if "tokens" not in self.cached:
+                return seq, None
+            n, at = len(self.cached["chosen"]), self.cached["offsets"]
+            rows = idx.tolist() + [n + i for i in idx.tolist()]  # the batch's sequences, input order
+            flat = torch.cat([self.cached["tokens"][at[r]:at[r + 1]] for r in rows]).to(device)
+            tok = torch.empty_like(flat)
+            tok[batch.input_order()] = flat  # back into this batch's packed order
+            return seq, tok
         with torch.no_grad():
             if self.mode == "adapter":
                 from accelerate.utils import extract_model_from_parallel

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import Field, model_validator
 
 from charter.config import Config
 from charter.models import TRAIN_RECORD, resolve_model
+from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
 from charter.train.lora import LoraSettings
 
 
@@ -154,38 +154,6 @@ def window_order(n: int, global_batch: int, seed: int, shuffle: bool, world: int
     return order
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _ckpt_dirs(out: Path) -> list[Path]:
-    root = out / "checkpoints"
-    if not root.exists():
-        return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step-") and (d / "state.json").exists()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
-def save_checkpoint(accelerator, out: Path, step: int, limit: int, cfg_hash: str) -> None:
-    """Model, optimiser, scheduler and every process's RNG via `accelerator.save_state` (works for
-    DDP/FSDP/DeepSpeed), written to a temp folder and renamed so a kill never leaves half a one."""
-    from charter.data.jsonl import atomic_write_json
-
-    root = out / "checkpoints"
-    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "state.json", {"step": step, "config_hash": cfg_hash})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _ckpt_dirs(out)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -243,17 +211,12 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     optimizer = make_optimizer(model, cfg)
     scheduler = LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio, cfg.min_lr_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    start = 0
-    ckpts = _ckpt_dirs(out) if cfg.resume else []
+    start, ckpt_key = 0, resume_key(cfg)
+    ckpts = checkpoint_dirs(out) if cfg.resume else []
     if ckpts:
-        accelerator.load_state(str(ckpts[-1]))
-        state = json.loads((ckpts[-1] / "state.json").read_text())
-        start = state["step"]
-        if state.get("config_hash") != cfg.hash() and accelerator.is_main_process:
-            print(f"warning: resuming {ckpts[-1]} with a different config than it was saved with")
+        start = load_checkpoint(accelerator, model, optimizer, scheduler, ckpts[-1], ckpt_key)
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -300,34 +263,57 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         bar.update(1)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
-            save_checkpoint(accelerator, out, step + 1, cfg.save_total_limit, cfg.hash())
+            save_checkpoint(accelerator, model, optimizer, scheduler, out, step + 1, cfg.save_total_limit, ckpt_key)
         if on_step is not None:
             on_step(step + 1, row)
     bar.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
+        exported = export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
         atomic_write_json(out / TRAIN_RECORD, {
-            "kind": kind, "done": True, "steps": total, "base_model": str(base),
-            "base_adapters": [str(a) for a in folded], "lora": cfg.lora is not None,
-            "config_hash": cfg.hash(), "torch": torch.__version__})
+            "kind": kind, "done": True, "steps": total, "base_model": str(base), **exported,
+            "lora": cfg.lora is not None, "config_hash": cfg.hash(), "torch": torch.__version__})
     accelerator.wait_for_everyone()
     return out
 
 
-def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: str, folded: list[Path]) -> None:
-    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: the
-    adapter (its config names the original base, a Hub id kept as one) + tokenizer, and with
-    `merge` a folded copy."""
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    if cfg.lora is not None:
-        adapter_cfg = out / "adapter_config.json"
-        info = json.loads(adapter_cfg.read_text())
-        info["base_model_name_or_path"] = str(base)
-        adapter_cfg.write_text(json.dumps(info, indent=2))
-        if cfg.merge:
-            from charter.train.lora import merge_adapters
+STAGE_ADAPTER = "stage_adapter"  # subfolder: this stage's own LoRA delta, when trained on other adapters
 
-            merge_adapters(base, [(a, 1.0) for a in folded] + [(out, 1.0)], out / "merged")
+
+def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: str, folded: list[Path]) -> dict:
+    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: an adapter
+    on the original base + tokenizer, and with `merge` a folded copy. A LoRA trained on top of
+    other adapters (SFT on a DPO adapter) is exported self-contained: the folder's adapter is the
+    exact combination of the whole chain (`save_combined_adapter`), and this stage's own delta
+    goes to `STAGE_ADAPTER/` (its config names the adapter it was trained on) for weighted merges.
+    Returns what the training record must add."""
+    tokenizer.save_pretrained(out)
+    if cfg.lora is None:
+        model.save_pretrained(out, safe_serialization=True)
+        return {"base_adapters": [str(a) for a in folded]}
+    from charter.train.lora import merge_adapters, save_combined_adapter
+
+    record: dict = {"base_adapters": []}
+    if folded:
+        _save_adapter(model, out / STAGE_ADAPTER, folded[-1])
+        save_combined_adapter(model, folded, out)
+        record.update(trained_on=[str(a) for a in folded], stage_adapter=STAGE_ADAPTER)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    _name_base(out, base)
+    if cfg.merge:
+        merge_adapters(base, [(out, 1.0)], out / "merged")
+    return record
+
+
+def _save_adapter(model, folder: Path, base: str | Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    _name_base(folder, base)
+
+
+def _name_base(folder: Path, base: str | Path) -> None:
+    adapter_cfg = folder / "adapter_config.json"
+    info = json.loads(adapter_cfg.read_text())
+    info["base_model_name_or_path"] = str(base)
+    adapter_cfg.write_text(json.dumps(info, indent=2))
