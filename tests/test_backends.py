@@ -141,7 +141,8 @@ def test_sft_adapter_trained_on_dpo_brings_its_dpo_chain(tiny_model_dir, tmp_pat
 
     chained = HFGenerator(str(tiny_model_dir), adapter=str(sft))
     merged = HFGenerator(str(sft / "merged"))
-    sft_only = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(sft)).merge_and_unload()
+    sft_only = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                         str(sft / "stage_adapter")).merge_and_unload()
     ids = torch.tensor([merged.prompt_ids(GenerationRequest(messages=[{"role": "user", "content": lines[0]}]))])
     with torch.no_grad():
         want = merged.model(ids).logits

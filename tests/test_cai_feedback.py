@@ -177,3 +177,42 @@ def test_malformed_pairs_file_names_line(tmp_path):
     cfg = LabelConfig(labeler={"model": "fake"}, pairs_file=str(pairs), out_dir=str(tmp_path / "out"))
     with pytest.raises(DataError, match=r"in.jsonl:2: field 'responses' must be a list of two"):
         run_label(cfg, BiasedScorer({}, 0.0))
+
+
+def test_openai_scorer_resolves_its_key_like_the_generator(monkeypatch):
+    """No `api_key_env`: $OPENAI_API_KEY is never sent to the labeler's base_url. A named variable
+    that is missing is an error, not a silent "EMPTY"."""
+    from charter.config import ConfigError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-for-openai-only")
+    monkeypatch.setenv("LABELER_KEY", "sk-labeler")
+    monkeypatch.delenv("MISSING_KEY", raising=False)
+    url = "http://127.0.0.1:9/v1"
+    assert OpenAIChoiceScorer("m", base_url=url).client.api_key != "sk-secret-for-openai-only"
+    assert OpenAIChoiceScorer("m", base_url=url, api_key_env="LABELER_KEY").client.api_key == "sk-labeler"
+    with pytest.raises(ConfigError, match="MISSING_KEY"):
+        OpenAIChoiceScorer("m", base_url=url, api_key_env="MISSING_KEY")
+
+
+def test_long_conversation_drops_early_exchanges_not_bos_or_start(tiny):
+    """Too long for the labeler: whole early exchanges go (system prompt kept), exactly as if the
+    conversation had been given without them; never a left cut through BOS and the question."""
+    model, tok = tiny
+    system = {"role": "system", "content": "You are kind."}
+    early = [{"role": "user", "content": "Tell me about the moon and the dark river at night."},
+             {"role": "assistant", "content": "The moon is pale and the river is dark and slow."}]
+    last = [{"role": "user", "content": "Tell me about the sea."}]
+    ps, render = PrincipleSet([PRINCIPLE]), (lambda q: labeler_text(q, tok))  # noqa: E731
+    a, b = "The sea is blue.", "Go away."
+    full, short = HFChoiceScorer(model, tok), HFChoiceScorer(model, tok)
+    need = len(tok.encode(render(comparison_question([system] + last, PRINCIPLE, a, b)), add_special_tokens=False))
+    short.max_len = need + max(len(r) for r in short.rows) + 1
+    too_long = render(comparison_question([system] + early + last, PRINCIPLE, a, b))
+    assert len(tok.encode(too_long, add_special_tokens=False)) > need + 10
+    got = label_pairs(short, [([system] + early + last, a, b)], ps, render)[0]
+    want = label_pairs(full, [([system] + last, a, b)], ps, render)[0]
+    assert got["p_first"] == pytest.approx(want["p_first"], abs=1e-9)
+    assert got["per_principle"][0]["q_forward"] == pytest.approx(want["per_principle"][0]["q_forward"], abs=1e-9)
+    short.max_len = need  # not even the last exchange fits: a clear error, not a silent cut
+    with pytest.raises(CannotScore, match="last exchange"):
+        label_pairs(short, [([system] + early + last, a, b)], ps, render)

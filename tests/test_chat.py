@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from charter.chat import (IGNORE_INDEX, TemplateError, encode_chat, encode_dataset, has_chat_template,
-                          render_prompt, render_text)
+from charter.chat import (IGNORE_INDEX, encode_chat, encode_dataset, encode_views, has_chat_template, render_prompt,
+                          render_text)
 from charter.toy.tiny import build_tokenizer
 
 LLAMA3 = (
@@ -161,13 +161,18 @@ def test_gemma_folds_system_into_first_user_turn(toks):
     assert SYSTEM not in "".join(labelled_runs(tok, enc))
 
 
-def test_not_prefix_stable_template_is_refused(toks):
+def test_not_prefix_stable_template_trains_each_turn_in_its_own_view(toks):
+    """Mistral v0.3 moves the system prompt into the last user turn: every turn gets its own row,
+    rendered as the model sees it at inference, and is trained exactly once."""
     tok = toks["mistral_v3"]
-    with pytest.raises(TemplateError, match="prefix-stable"):
-        encode_chat(tok, CONV)
-    # without a system prompt the same template is prefix-stable and works
-    enc = encode_chat(tok, CONV[1:])
-    assert labelled_runs(tok, enc) == [" " + a + "</s>" for a in ANSWERS]
+    rows = encode_views(tok, CONV)
+    assert [labelled_runs(tok, r) for r in rows] == [[" " + a + "</s>"] for a in ANSWERS]
+    for row, i in zip(rows, [2, 4, 6]):
+        assert tok.decode(row.input_ids).startswith(render_prompt(tok, CONV[:i]))
+    assert encode_chat(tok, CONV).input_ids == rows[-1].input_ids  # the row ending at the final turn
+    # without a system prompt the same template is prefix-stable: one row trains every turn
+    (row,) = encode_views(tok, CONV[1:])
+    assert labelled_runs(tok, row) == [" " + a + "</s>" for a in ANSWERS]
 
 
 def test_fallback_template_for_base_models(toks):

@@ -38,13 +38,45 @@ def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("kw", [{}, {"reference": "copy"}, {"lora": LoraSettings(r=4, alpha=8)}],
-                         ids=["precomputed", "copy", "lora-adapter"])
-def test_step1_loss_is_ln2(tiny_model_dir, dpo_data, tmp_path, kw):
-    m = _metrics(train_dpo(_cfg(tiny_model_dir, dpo_data, tmp_path / "o", max_steps=2, **kw)))
-    assert m[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+def _plain_chosen_nll(model_dir, rows) -> float:
+    """Mean over pairs of the chosen completion's per-token NLL, from a plain unpacked forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.train.data import encode_pair, pair_messages
+    from charter.train.losses import sequence_logps
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    nll = []
+    with torch.no_grad():
+        for row in rows:
+            seq = encode_pair(tok, *pair_messages(row), max_length=None).chosen
+            s, n = sequence_logps(model(torch.tensor([seq.input_ids])).logits, torch.tensor([seq.labels]))
+            nll.append(-s.item() / n.item())
+    return sum(nll) / len(nll)
+
+
+LORA = LoraSettings(r=4, alpha=8)
+REFERENCES = {"precomputed": {"reference": "precomputed"}, "copy": {"reference": "copy"},
+              "lora-adapter": {"lora": LORA, "reference": "adapter"},
+              "lora-precomputed": {"lora": LORA, "reference": "precomputed"}}
+
+
+@pytest.mark.parametrize("kw", list(REFERENCES.values()), ids=list(REFERENCES))
+def test_step1_loss_is_ln2_with_every_regulariser(tiny_model_dir, dpo_data, tmp_path, kw):
+    """At step 1 policy == reference token for token, so the squared KL is 0 and the loss is
+    ln 2 + nll_coef * NLL(chosen). The shuffled window differs from the precomputation's batches,
+    and pairs of different lengths make packing reorder sequences."""
+    from charter.train.loop import window_order
+
+    m = _metrics(train_dpo(_cfg(tiny_model_dir, dpo_data, tmp_path / "o", max_steps=2, batch_size=4,
+                                grad_accum=2, kl_coef=1.0, nll_coef=0.5, **kw)))
+    step1 = window_order(16, 8, seed=0, shuffle=True, world=1)(0)  # the shuffled window of step 1
+    nll = _plain_chosen_nll(tiny_model_dir, [_pairs()[i] for i in step1])
+    assert m[0]["sq_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert m[0]["nll"] == pytest.approx(nll, abs=1e-5)
+    assert m[0]["loss"] == pytest.approx(math.log(2) + 0.5 * nll, abs=1e-5)
     assert m[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
-    assert m[1]["loss"] != pytest.approx(math.log(2), abs=1e-6)  # it did learn
+    assert m[1]["sq_kl"] > 0  # it did learn, and the regulariser sees it
 
 
 def test_logps_are_summed_completion_logps_of_plain_forward(tiny_model_dir, dpo_data, tmp_path):
@@ -74,7 +106,7 @@ def test_logps_are_summed_completion_logps_of_plain_forward(tiny_model_dir, dpo_
 def test_precomputed_matches_frozen_copy_and_cache_is_reused(tiny_model_dir, dpo_data, tmp_path):
     cache = tmp_path / "cache"
     pre = train_dpo(_cfg(tiny_model_dir, dpo_data, tmp_path / "pre", ref_cache_dir=str(cache)))
-    files = list(cache.glob("ref-logps-*.pt"))
+    files = list(cache.glob("ref-logps-*.safetensors"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
     cp = train_dpo(_cfg(tiny_model_dir, dpo_data, tmp_path / "copy", reference="copy"))
@@ -82,12 +114,12 @@ def test_precomputed_matches_frozen_copy_and_cache_is_reused(tiny_model_dir, dpo
         for k in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
             assert a[k] == pytest.approx(b[k], abs=1e-5)
     train_dpo(_cfg(tiny_model_dir, dpo_data, tmp_path / "pre2", ref_cache_dir=str(cache)))
-    assert list(cache.glob("ref-logps-*.pt")) == files and files[0].stat().st_mtime_ns == mtime
+    assert list(cache.glob("ref-logps-*.safetensors")) == files and files[0].stat().st_mtime_ns == mtime
     # different data -> different key
     other = tmp_path / "other.jsonl"
     write_jsonl(other, _pairs(seed=1))
     train_dpo(_cfg(tiny_model_dir, other, tmp_path / "pre3", ref_cache_dir=str(cache), max_steps=1))
-    assert len(list(cache.glob("ref-logps-*.pt"))) == 2
+    assert len(list(cache.glob("ref-logps-*.safetensors"))) == 2
 
 
 def test_lora_reference_is_the_base(tiny_model_dir, dpo_data, tmp_path):

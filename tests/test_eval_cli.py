@@ -183,3 +183,20 @@ def test_charter_eval_cli_end_to_end(tiny_model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert again["judge"]["generated"] == 0 and again["judge"]["cached"] == 6
+
+
+def test_eval_without_prompts_is_an_error_not_toy_prompts(tiny_model_dir, tmp_path):
+    """A real model's eval never falls back to the toy world's prompts: one clear line, exit 2."""
+    import subprocess
+    import sys
+
+    cfg = {"out_dir": str(tmp_path / "out"), "persona": "warm", "progress": False, "evals": ["adherence"],
+           "systems": [{"name": "base", "backend": {"kind": "hf", "model": str(tiny_model_dir)}}],
+           "scorer": {"kind": "toy"}}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "charter.cli", "eval", str(tmp_path / "eval.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: prompts: required"), lines
+    assert not (tmp_path / "out" / "eval.json").exists()

@@ -206,8 +206,9 @@ def test_real_graph_toy_sections(tmp_path):
     assert reruns("constitutions=[toy:warm]")[:2] == ["prompts", "teacher"]
 
 
-def test_dry_run_paper_preset_needs_no_model(tmp_path, monkeypatch):
-    """The plan is printed for a model that exists nowhere; nothing is loaded or written."""
+def test_dry_run_paper_preset_needs_no_model(tmp_path, tiny_model_dir, monkeypatch):
+    """The plan is printed after the student's config and tokenizer resolve (no weights, no
+    generator; a served teacher is not contacted); nothing is written."""
     import charter.backends
 
     from typer.testing import CliRunner
@@ -219,11 +220,11 @@ def test_dry_run_paper_preset_needs_no_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(charter.backends, "make_generator", boom)
     run_dir = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", "--preset", "paper", "student.model=no-org/no-such-model-70B",
+    res = CliRunner().invoke(app, ["run", "--preset", "paper", f"student.model={tiny_model_dir}",
                                    "teacher.base_url=http://127.0.0.1:9/v1", "--run-dir", str(run_dir),
                                    "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "no-org/no-such-model-70B" in res.output
+    assert str(tiny_model_dir) in res.output
     for stage in ("prompts", "teacher", "student", "pairs", "dpo", "reflection", "interaction", "filter",
                   "sft", "merge", "eval", "report"):
         assert f"  {stage} " in res.output
@@ -275,14 +276,14 @@ def test_chat_streams_and_keeps_history(tiny_model_dir):
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[1]["content"] == "again"
 
 
-def test_merge_full_is_exact_sum_of_deltas(tmp_path):
+def test_merge_of_full_fine_tunes_is_exact_sum_of_deltas(tmp_path):
     """Full fine-tunes merge as base + w_dpo (dpo - base) + w_sft (sft - dpo), tensor by tensor."""
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    from charter.run_stages import merge_full
+    from charter.train.stage_merge import merge_stages
     from charter.toy.tiny import build_tiny_model_dir
 
     base = build_tiny_model_dir(tmp_path / "base")
@@ -293,7 +294,7 @@ def test_merge_full_is_exact_sum_of_deltas(tmp_path):
         shutil.copytree(base, d)
         save_file({k: v + shift for k, v in w.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
         dirs[name] = d
-    merge_full(str(base), str(dirs["dpo"]), str(dirs["sft"]), 1.0, 0.25, tmp_path / "out")
+    merge_stages(base, [(dirs["dpo"], 1.0), (dirs["sft"], 0.25)], tmp_path / "out")
     out = load_file(str(tmp_path / "out" / "model.safetensors"))
     for k, v in w.items():  # base + 0.5 + 0.25 * 1.5
         assert torch.allclose(out[k], v + 0.875, atol=1e-6)
@@ -330,7 +331,7 @@ class FakeToyGenerator:
 
 
 @pytest.mark.slow
-def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, monkeypatch):
+def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import charter.run_stages as rs
     from charter.run_config import load_run_config
 
@@ -368,6 +369,15 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     assert {i.stage: i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)}["eval"] == "resume"
     pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
     assert (tmp_path / "run" / "summary.json").read_text() == before
+    assert json.loads(before)["heldout"]["overlap"] == 0
+    # an eval prompts file that repeats two training prompts is measured and warned about
+    leaked = tmp_path / "leaked.txt"
+    leaked.write_text("\n".join([p["prompt"].upper() for p in list(prompts.values())[:2]] + ["Is this new?"]))
+    cfg = load_run_config(preset="quick", overrides=over + [f"eval.prompts_file={leaked}"])
+    pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    heldout = json.loads((tmp_path / "run" / "summary.json").read_text())["heldout"]
+    assert (heldout["overlap"], heldout["eval_distinct"]) == (2, 3)
+    assert "2 of 3 distinct eval prompts are also training prompts" in capsys.readouterr().err
 
 
 def test_chat_constitutional_shows_each_step(tiny_model_dir):

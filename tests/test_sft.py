@@ -97,6 +97,65 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model_dir, sft_data, tmp_path
     assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(full)]
 
 
+def _crash_at(n):
+    class Killed(Exception):
+        pass
+
+    def crash(step, row):
+        if step == n:
+            raise Killed
+    return Killed, crash
+
+
+def test_checkpoints_hold_no_pickle_and_lora_dropout_resumes_exactly(tiny_model_dir, sft_data, tmp_path):
+    """Checkpoints are safetensors + JSON only (nothing torch.load could unpickle), and they carry
+    the RNG: a LoRA run with dropout killed and resumed equals the uninterrupted one bit for bit."""
+    from safetensors.torch import load_file
+
+    lora = LoraSettings(r=4, alpha=8, dropout=0.3)
+    kw = dict(max_steps=4, batch_size=4, save_steps=2, lora=lora, lr=1e-2)
+    full = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "full", **kw))
+    killed, crash = _crash_at(3)
+    cfg = _cfg(tiny_model_dir, sft_data, tmp_path / "cut", resume=True, **kw)
+    with pytest.raises(killed):
+        train_sft(cfg, on_step=crash)
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-2"
+    files = sorted(f.name for f in ckpt.iterdir())
+    assert files and all(f.endswith((".safetensors", ".json")) for f in files), files
+    for f in ckpt.glob("*.safetensors"):
+        load_file(str(f))
+    for f in ckpt.glob("*.json"):
+        json.loads(f.read_text())
+    resumed = train_sft(cfg)
+    wf, wr = load_file(str(full / "adapter_model.safetensors")), load_file(str(resumed / "adapter_model.safetensors"))
+    assert wf.keys() == wr.keys() and all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(full)]
+
+
+@pytest.mark.parametrize("change", ["data", "config"])
+def test_resume_with_changed_data_or_config_is_refused(tiny_model_dir, sft_data, tmp_path, change):
+    import subprocess
+    import sys
+
+    killed, crash = _crash_at(3)
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, _rows())
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "cut", max_steps=4, batch_size=4, save_steps=2, resume=True)
+    with pytest.raises(killed):
+        train_sft(cfg, on_step=crash)
+    if change == "data":
+        write_jsonl(data, _rows(seed=1))
+    else:
+        cfg = cfg.model_copy(update={"lr": 2e-3})
+    cfg.save(tmp_path / "sft.yaml")
+    res = subprocess.run([sys.executable, "-m", "charter.cli", "train", "sft", str(tmp_path / "sft.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    said = [line for line in (res.stdout + res.stderr).splitlines() if "error" in line.lower() or "Trace" in line]
+    assert res.returncode == 2 and len(said) == 1, res.stderr[-2000:]
+    assert said[0].startswith("error: ") and "step-2: saved with a different config or data file" in said[0]
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+
+
 def test_full_ft_output_loads_with_transformers(tiny_model_dir, sft_data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -120,14 +179,42 @@ def test_sft_from_dpo_adapter_chains_and_merges(tiny_model_dir, sft_data, tmp_pa
     first = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "first", max_steps=2, lora=lora, lr=1e-2))
     second = train_sft(_cfg(first, sft_data, tmp_path / "second", max_steps=2, lora=lora, lr=1e-2, merge=True))
     rec = json.loads((second / "charter_train.json").read_text())
-    assert rec["base_model"] == str(tiny_model_dir) and rec["base_adapters"] == [str(first)]
-    ref = merge_adapters(tiny_model_dir, [(first, 1.0), (second, 1.0)], tmp_path / "ref")
+    assert rec["base_model"] == str(tiny_model_dir) and rec["trained_on"] == [str(first)]
+    ref = merge_adapters(tiny_model_dir, [(first, 1.0), (second / rec["stage_adapter"], 1.0)], tmp_path / "ref")
     got, want = load_file(str(second / "merged" / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(got[q], before[q])
     after = load_file(str(tiny_model_dir / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_chained_lora_export_loads_whole_chain_with_plain_peft(tiny_model_dir, sft_data, tmp_path):
+    """An adapter trained on another adapter is exported self-contained: plain PEFT on the raw
+    base (what Hub / vLLM-LoRA users do) gives the same logits as Charter's chain loading and as
+    applying the chain step by step; its own delta alone (stage_adapter/) names its real base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from charter.backends.hf import load_causal_lm
+
+    lora = LoraSettings(r=4, alpha=8)
+    first = train_sft(_cfg(tiny_model_dir, sft_data, tmp_path / "first", max_steps=2, lora=lora, lr=1e-2))
+    second = train_sft(_cfg(first, sft_data, tmp_path / "second", max_steps=2, lora=LoraSettings(r=2, alpha=8),
+                            lr=1e-2))
+    raw = lambda: AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # noqa: E731
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        plain = PeftModel.from_pretrained(raw(), str(second)).merge_and_unload()(ids).logits
+        charter, _ = load_causal_lm(str(second))
+        torch.testing.assert_close(plain, charter(ids).logits, rtol=0, atol=1e-5)
+        step = PeftModel.from_pretrained(raw(), str(first)).merge_and_unload()
+        step = PeftModel.from_pretrained(step, str(second / "stage_adapter")).merge_and_unload()
+        torch.testing.assert_close(plain, step(ids).logits, rtol=0, atol=1e-5)
+        assert not torch.allclose(plain, PeftModel.from_pretrained(raw(), str(first))(ids).logits, atol=1e-4)
+    config = lambda d: json.loads((d / "adapter_config.json").read_text())  # noqa: E731
+    assert config(second)["base_model_name_or_path"] == str(tiny_model_dir)
+    assert config(second / "stage_adapter")["base_model_name_or_path"] == str(first)
 
 
 def test_bad_row_names_file_line_and_field(tiny_model_dir, tmp_path):

@@ -81,7 +81,10 @@ def test_system_prompt_lists_every_trait():
 
 def test_eval_prompts_deterministic():
     assert eval_prompts(20, seed=1) == eval_prompts(20, seed=1)
-    assert len(set(eval_prompts(200))) > 80
+    assert eval_prompts(20, seed=1) != eval_prompts(20, seed=2)
+    assert len(set(eval_prompts(150))) == 150  # distinct
+    with pytest.raises(ValueError, match="evaluation partition has 192 distinct prompts"):
+        eval_prompts(300)
 
 
 # ------------------------------------------------------------------ grammar + scorer

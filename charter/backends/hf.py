@@ -37,66 +37,61 @@ def _make_stop_criteria(tokenizer, stops: list[str], prompt_len: int):
     return _StopStrings()
 
 
-def _merged_into(model_dir: str | None) -> set[Path]:
+def _merged_into(model_dir: Path) -> set[Path]:
     """Adapters already folded into a `merge_adapters` output folder (none for a plain model)."""
     from charter.train.lora import MERGE_RECORD
 
-    record = Path(model_dir) / MERGE_RECORD if model_dir else None
-    if record is None or not record.exists():
+    record = model_dir / MERGE_RECORD
+    if not record.exists():
         return set()
     return {Path(a["path"]).resolve() for a in json.loads(record.read_text())["adapters"]}
 
 
-def adapter_chain(adapter: str) -> list[str]:
-    """The adapters a Charter-trained `adapter` was trained on top of, oldest first ([] for a
-    plain PEFT adapter or a Hub id)."""
-    from charter.train.loop import TRAIN_RECORD
-    from charter.train.lora import adapter_base
-
-    return adapter_base(adapter)[1] if (Path(adapter) / TRAIN_RECORD).exists() else []
-
-
-def apply_adapter(model: Any, adapter: str, model_dir: str | None = None) -> Any:
-    """Merge a LoRA adapter into `model`, first folding in the adapters it was trained on top of.
-
-    A Charter SFT adapter trained on a DPO model records its base plus the DPO adapter folded in
-    before training (`charter.train.lora.adapter_base`); loading it on the plain base alone would
-    silently drop DPO. Chain adapters already merged into `model_dir` are not folded twice.
-    """
+def apply_adapters(model: Any, adapters: list[Path]) -> Any:
+    """Fold LoRA adapters into `model`, oldest first: the earlier ones exactly (`merged_state`),
+    the last through PEFT (which also handles adapter kinds that are not a plain sum of deltas)."""
     from peft import PeftModel
 
     from charter.train.lora import merged_state
 
-    done = _merged_into(model_dir)
-    earlier = [a for a in adapter_chain(adapter) if Path(a).resolve() not in done]
-    if earlier:
-        merged_state(model, [(a, 1.0) for a in earlier])
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if not adapters:
+        return model
+    if adapters[:-1]:
+        merged_state(model, [(a, 1.0) for a in adapters[:-1]])
+    return PeftModel.from_pretrained(model, str(adapters[-1])).merge_and_unload()
+
+
+def weights_and_adapters(path: str, adapter: str | None = None) -> tuple[Path, list[Path], Path]:
+    """(folder to load weights from, adapters to fold in, tokenizer folder) for a model folder or
+    Hub id, or an adapter folder (its whole chain: an SFT adapter trained on DPO brings DPO),
+    plus an optional `adapter` on top (its chain minus adapters already merged into the model)."""
+    from charter.models import adapter_chain, has_tokenizer, local_folder, resolve_model
+
+    ref = resolve_model(path)
+    folder, fold = (ref.merged, []) if ref.merged else (ref.base, list(ref.adapters))
+    tokenizer = ref.tokenizer
+    if adapter:
+        extra = adapter_chain(local_folder(adapter))[1]
+        done = _merged_into(folder) | {a.resolve() for a in ref.adapters}
+        fold += [a for a in extra if a.resolve() not in done]
+        tokenizer = extra[-1] if has_tokenizer(extra[-1]) else tokenizer
+    return folder, fold, tokenizer
 
 
 def load_causal_lm(path: str, adapter: str | None = None, dtype: str | None = None,
                    tokenizer: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer) for a model folder or Hub id, optionally with `adapter` merged in.
-
-    `path` may itself be a LoRA adapter folder: its recorded base is loaded and the adapter
-    applied with its whole chain (`apply_adapter`). The tokenizer comes from the adapter folder
-    when it ships one (training may add tokens), else from the model.
-    """
+    """(model, tokenizer) for a model folder, Hub id (from the Hugging Face cache when offline) or
+    adapter folder, optionally with `adapter` merged in. The tokenizer comes from the adapter
+    folder when it ships one (training may add tokens), else from the model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from charter.train.lora import adapter_base
-
-    if adapter is None and (Path(path) / "adapter_config.json").exists():
-        adapter, path = path, adapter_base(path)[0]
+    folder, adapters, tok_src = weights_and_adapters(path, adapter)
     if tokenizer is None:
-        tok_src = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
-    if adapter:
-        model = apply_adapter(model, adapter, path)
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True)
+    return apply_adapters(model, adapters), tokenizer
 
 
 class HFGenerator:
@@ -116,7 +111,9 @@ class HFGenerator:
             if tokenizer is None:
                 raise ValueError("HFGenerator: pass the tokenizer along with an in-memory model")
             if adapter:
-                model = apply_adapter(model, adapter)
+                from charter.models import adapter_chain, local_folder
+
+                model = apply_adapters(model, list(adapter_chain(local_folder(adapter))[1]))
         if adapter:
             self.name = f"{self.name}+{adapter}"
         self.model = model.to(self.device).eval()

@@ -38,6 +38,19 @@ class BackendError(RuntimeError):
     """A request the server refused, or that kept failing after all retries."""
 
 
+def api_key(api_key_env: str | None) -> str | None:
+    """The key named by `api_key_env`, or None when none is named: a key is only ever sent to a
+    server the user tied it to, never picked up from `$OPENAI_API_KEY` by default."""
+    if not api_key_env:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        from charter.config import ConfigError
+
+        raise ConfigError(f"backend: environment variable {api_key_env} (api_key_env) is not set")
+    return key
+
+
 class OpenAIGenerator:
     def __init__(self, model: str, base_url: str, api_key_env: str | None = None, chat: bool | None = None,
                  concurrency: int = 8, timeout: float = 120.0, max_retries: int = 5,
@@ -58,12 +71,8 @@ class OpenAIGenerator:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.tokenizer = tokenizer
         self._headers = {"Content-Type": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                from charter.config import ConfigError
-
-                raise ConfigError(f"backend: environment variable {api_key_env} (api_key_env) is not set")
+        key = api_key(api_key_env)
+        if key:
             self._headers["Authorization"] = f"Bearer {key}"
         self._warned: set[str] = set()
         self.stats = {"calls": 0, "retries": 0}

@@ -21,19 +21,40 @@ def _import_vllm():
 
 def _refuse_chain(adapter: str) -> None:
     """A LoRARequest applies one adapter: one trained on top of others (SFT on DPO) would lose them."""
-    from charter.backends.hf import adapter_chain
-    from charter.config import ConfigError
+    from pathlib import Path
 
-    chain = adapter_chain(adapter)
+    from charter.config import ConfigError
+    from charter.models import recorded_base
+
+    chain = recorded_base(Path(adapter))[1] if Path(adapter).is_dir() else []
     if chain:
         raise ConfigError(f"backend.adapter {adapter}: was trained on top of {', '.join(chain)}, which vLLM "
                           f"cannot stack; merge the chain first (`charter merge --export {adapter} --out DIR`) "
                           f"and use DIR as backend.model, or use kind: hf")
 
 
+def vllm_model(model: str, adapter: str | None) -> tuple[str, str | None]:
+    """(model, adapter) as vLLM takes them: a model folder or Hub id as given; a Charter training
+    output as its merged copy when it wrote one, else as its base plus the adapter."""
+    from pathlib import Path
+
+    from charter.config import ConfigError
+    from charter.models import ADAPTER_CONFIG, resolve_model
+
+    if not (Path(model) / ADAPTER_CONFIG).exists():
+        return model, adapter
+    ref = resolve_model(model)
+    if ref.merged:
+        return str(ref.merged), adapter
+    if adapter:
+        raise ConfigError(f"backend.model {model} is a LoRA adapter; vLLM cannot add backend.adapter on top of it")
+    return str(ref.base), model
+
+
 class VLLMGenerator:
     def __init__(self, model: str, adapter: str | None = None, tensor_parallel: int = 1, dtype: str | None = None,
                  chat: bool | None = None, max_lora_rank: int = 64):
+        model, adapter = vllm_model(model, adapter)
         if adapter:
             _refuse_chain(adapter)
         vllm = _import_vllm()

@@ -28,15 +28,12 @@ from charter.backends.base import GenerationRequest, SamplingParams
 from charter.cai.base_lm import BaseLMConfig
 from charter.cai.verifiable import FAMILIES, Task, check_response, make_tasks
 from charter.chat import fallback_render
+from charter.chat_render import TemplateLeakError, assert_no_template, template_markers  # noqa: F401 - re-exported
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 
 STAGES = ["instructions", "questions", "generation", "evaluation", "revision", "constitutional"]
 Framing = Literal["raw", "question", "instruction", "fewshot", "hh"]
-
-
-class TemplateLeakError(ValueError):
-    """A chat-template marker or special token reached a base-model prompt."""
 
 
 class Frame(Config):
@@ -58,31 +55,7 @@ class Frame(Config):
 
 
 # ---------------------------------------------------------------------------------------------
-# the guard
-
-
-def template_markers(tokenizer) -> list[str]:
-    """Literal text a chat template would add: special tokens, and the scaffolding the template renders."""
-    allowed = {tokenizer.bos_token} - {None}
-    markers = {t for t in getattr(tokenizer, "all_special_tokens", []) if t not in allowed and t != tokenizer.pad_token}
-    markers |= {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
-                if getattr(t, "special", False) and str(t) not in allowed}
-    if getattr(tokenizer, "chat_template", None):
-        probe = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"},
-                                               {"role": "assistant", "content": "\x00"}], tokenize=False)
-        markers |= {frag.strip() for frag in probe.split("\x00") if len(frag.strip()) >= 3}
-    return sorted(markers, key=len, reverse=True)
-
-
-def assert_no_template(text: str, tokenizer, where: str = "base-model prompt") -> None:
-    """Raise TemplateLeakError if `text` holds any chat-template marker or encodes to a special token."""
-    for m in template_markers(tokenizer):
-        if m in text:
-            raise TemplateLeakError(f"{where}: chat-template marker {m!r} in a base-model input: {text[:120]!r}")
-    special = set(getattr(tokenizer, "all_special_ids", [])) - {tokenizer.bos_token_id, None}
-    hit = special & set(tokenizer.encode(text, add_special_tokens=False))
-    if hit:
-        raise TemplateLeakError(f"{where}: special token ids {sorted(hit)} in a base-model input")
+# framing (the guard itself, `assert_no_template`, lives in charter.chat_render)
 
 
 def framed(framing: Framing, instruction: str, frame: Frame, shots: list[tuple[str, str]]) -> tuple[str, list[str]]:

@@ -27,7 +27,7 @@ from charter.backends.base import SamplingParams
 from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.backends import BackendConfig, make_generator
 from charter.cai.revise import load_prompts
-from charter.chat import fallback_render, has_chat_template, render_prompt
+from charter.chat import drop_first_exchange, fallback_render, has_chat_template, render_prompt
 from charter.config import Config
 from charter.data.jsonl import DataError, RecordStore, atomic_write_json, iter_jsonl, stable_id, write_jsonl
 
@@ -55,6 +55,18 @@ def comparison_question(messages: list[dict], principle: Principle, a: str, b: s
             f"{principle.comparison}\nOptions:\n(A) {a.strip()}\n(B) {b.strip()}")
 
 
+def fitted_question(conv: list[dict], principle: Principle, a: str, b: str, render, fits) -> str:
+    """The labeler's input, shortened as training truncates: whole early exchanges go (after the
+    system prompt) until `fits(text)`; BOS, the question, the last exchange and the options stay."""
+    text = render(comparison_question(conv, principle, a, b))
+    while fits is not None and not fits(text):
+        if (conv := drop_first_exchange(conv)) is None:
+            raise CannotScore("a comparison does not fit the labeler's context even with only the last exchange; "
+                              "use a longer-context labeler or shorter responses")
+        text = render(comparison_question(conv, principle, a, b))
+    return text
+
+
 def labeler_text(question: str, tokenizer=None, style: Literal["chat", "completion"] = "chat") -> str:
     """The full text the labeler scores: question in a user turn, answer lead as the assistant's prefix."""
     msgs = [{"role": "user", "content": question}]
@@ -73,6 +85,7 @@ class ChoiceScorer(Protocol):
     def option_probs(self, texts: Sequence[str]) -> list[tuple[float, float]]:
         """Unnormalised (P(A), P(B)) for each full prompt text."""
         ...
+    # with a context limit, also `fits(text) -> bool` (then `label_pairs` uses `fitted_question`)
 
 
 def option_paths(tokenizer, letter: str, variants: Sequence[str] = OPTION_VARIANTS) -> list[tuple[int, ...]]:
@@ -115,6 +128,8 @@ class HFChoiceScorer:
         out = []
         for s in range(0, len(texts), self.batch_size):
             prompts = [self._ids(t) for t in texts[s:s + self.batch_size]]
+            if any(len(p) + len(max(self.rows, key=len)) >= self.max_len for p in prompts):  # never cut tokens
+                raise CannotScore(f"{self.name}: a labeler input is longer than the model's {self.max_len} positions")
             seqs = [(i, p + list(r)) for i, p in enumerate(prompts) for r in self.rows]
             width = max(len(q) for _, q in seqs)
             pad = self.tokenizer.pad_token_id or 0
@@ -136,13 +151,15 @@ class HFChoiceScorer:
             total += math.exp(path_logprob(row, start, path))
         return total
 
+    def fits(self, text: str) -> bool:  # room for the text and the longest option prefix fed after it
+        return len(self._ids(text)) + len(max(self.rows, key=len)) < self.max_len
+
     def _ids(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos) and not has_chat_template(self.tokenizer):
             ids = [bos] + ids
-        room = self.max_len - max(len(r) for r in self.rows) - 1
-        return ids[-room:] if len(ids) > room else ids  # keep the end: options and answer lead
+        return ids
 
 
 class OpenAIChoiceScorer:
@@ -154,13 +171,12 @@ class OpenAIChoiceScorer:
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None, top: int = 20,
                  client=None):
-        import os
-
         if client is None:
             from openai import OpenAI
 
-            key = os.environ.get(api_key_env or "OPENAI_API_KEY", "EMPTY")
-            client = OpenAI(base_url=base_url, api_key=key)
+            from charter.backends.openai import api_key
+
+            client = OpenAI(base_url=base_url, api_key=api_key(api_key_env) or "EMPTY")  # never $OPENAI_API_KEY
         self.client, self.model, self.top, self.name = client, model, top, model
 
     def option_probs(self, texts: Sequence[str]) -> list[tuple[float, float]]:
@@ -223,15 +239,16 @@ def label_pairs(scorer: ChoiceScorer, items: Sequence[tuple[list[dict], str, str
                 clamp: tuple[float, float] | None = None) -> list[dict]:
     """Label (conversation, response1, response2) items: P(response1 better), ensembled over k principles.
 
-    `render(question) -> text` turns a question into the labeler's input. All 2*k
-    prompts per item go through the scorer in one batch.
+    `render(question) -> text` turns a question into the labeler's input, shortened to the
+    scorer's context by `fitted_question`. All 2*k prompts per item go through the scorer in one batch.
     """
     texts, plan = [], []
+    fits = getattr(scorer, "fits", None)
     for conv, r1, r2 in items:
         picks = principles.sample(random.Random(stable_id("cai-label", seed, conv, r1, r2)), k)
         plan.append(picks)
         for p in picks:
-            texts += [render(comparison_question(conv, p, r1, r2)), render(comparison_question(conv, p, r2, r1))]
+            texts += [fitted_question(conv, p, r1, r2, render, fits), fitted_question(conv, p, r2, r1, render, fits)]
     probs = scorer.option_probs(texts)
     out, i = [], 0
     for picks in plan:

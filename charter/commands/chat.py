@@ -105,8 +105,10 @@ def chat(target: str = typer.Argument(..., help="a run directory or a model path
          ) -> None:
     """Interactive chat with streaming output. /reset clears the history, /exit quits."""
     from charter.backends.hf import load_causal_lm
+    from charter.models import check_model
 
     path = resolve_model(target, stage, persona)
+    check_model(path)  # a missing folder or uncached Hub id: one line naming it, before "loading"
     typer.echo(f"loading {path} ...", err=True)
     model, tokenizer = load_causal_lm(path)  # an adapter folder brings its whole chain (e.g. SFT on DPO)
     model.eval()

@@ -27,7 +27,8 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
         run_dir: Optional[str] = typer.Option(None, "--run-dir", help="default: runs/<name>"),
         start: Optional[str] = typer.Option(None, "--from", help="re-run from this stage on"),
         only: Optional[str] = typer.Option(None, "--only", help="run just this stage"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan; load no model")) -> None:
+        dry_run: bool = typer.Option(False, "--dry-run",
+                                     help="check every model resolves (config + tokenizer), print the plan")) -> None:
     """Run constitution -> prompts -> pairs -> DPO -> introspection -> SFT -> merge -> eval -> report."""
     from pathlib import Path
 

@@ -74,7 +74,7 @@ class CapabilityConfig(Config):
 class EvalConfig(Config):
     out_dir: str = "eval"
     persona: str = ""  # the target persona's name (what the scorer should say)
-    prompts: str | list[str] = "toy"  # held-out prompts: JSONL {"prompt"} / .txt / a list / "toy"
+    prompts: str | list[str] | None = None  # held-out prompts: JSONL {"prompt"} / .txt / a list / "toy"
     n_prompts: int = 50
     systems: list[SystemConfig] = []
     scorer: ScorerConfig = ScorerConfig()
@@ -203,8 +203,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     from charter.evaluate import plots
     from charter.evaluate.judges import Judge
 
-    needs_prompts = set(cfg.evals) - {"capability"}  # read first: a bad prompts file fails before a model loads
-    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []
+    needs_prompts = set(cfg.evals) - {"capability"}
+    if needs_prompts and cfg.prompts is None:  # never the toy world's prompts by accident
+        raise ConfigError(f"prompts: required for {', '.join(sorted(needs_prompts))} (held-out prompts: a JSONL "
+                          "{\"prompt\"}, a .txt, a list; 'toy' for the toy world's own)")
+    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []  # before a model loads
     if needs_prompts and not prompts:
         raise ConfigError("prompts: no prompts loaded")
     out_dir = Path(cfg.out_dir)

@@ -143,3 +143,18 @@ def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         seen.setdefault(r["id"], r)
     return list(seen.values())
+
+
+def canonical_prompt(text: str) -> str:
+    """Case and spacing folded: two prompts that differ only there are the same prompt."""
+    return " ".join(text.lower().split())
+
+
+def prompt_overlap(eval_prompts: list[str], train_prompts: list[str]) -> dict[str, Any]:
+    """How many evaluation prompts were also training prompts (the figure `summary.json` reports;
+    anything above 0 means the evaluation is not held out)."""
+    train = {canonical_prompt(t) for t in train_prompts}
+    distinct = list(dict.fromkeys(canonical_prompt(p) for p in eval_prompts))
+    shared = [p for p in distinct if p in train]
+    return {"eval_prompts": len(eval_prompts), "eval_distinct": len(distinct), "train_prompts": len(train),
+            "overlap": len(shared), "overlap_examples": shared[:5]}

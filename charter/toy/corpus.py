@@ -8,8 +8,10 @@ model learns to read exactly the prompts the pipeline will show it.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
+from typing import Literal
 
 from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES,
                                  REQUEST_TEMPLATES, SMALLTALK, TOPICS, TRAITS, heldout_traits,
@@ -17,6 +19,8 @@ from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUES
 
 CONSTITUTION_DIR = Path(__file__).parent / "constitutions"
 PROMPT_KINDS = {"question": 0.42, "request": 0.2, "greet": 0.12, "thanks": 0.08, "self": 0.18}
+EVAL_SHARE = 5  # one prompt in five (by hash) is held out for evaluation
+Split = Literal["any", "train", "eval"]
 
 
 def render_system(trait_texts: list[str], persona: str, assistant_name: str = ASSISTANT_NAME) -> str:
@@ -34,8 +38,24 @@ def constitution_path(persona: str) -> Path:
     return CONSTITUTION_DIR / f"{persona}.yaml"
 
 
-def sample_prompt(rng: random.Random) -> tuple[str, str, str | None]:
-    """A user prompt: (text, kind, topic or None)."""
+def in_eval_split(text: str) -> bool:
+    """Held out for evaluation? A fixed rule on the prompt's canonical form (case and spacing
+    folded), so training and evaluation prompts are disjoint by construction, whatever the seeds."""
+    canonical = " ".join(text.lower().split())
+    return int(hashlib.sha256(canonical.encode()).hexdigest()[:12], 16) % EVAL_SHARE == 0
+
+
+def sample_prompt(rng: random.Random, split: Split = "any") -> tuple[str, str, str | None]:
+    """A user prompt, (text, kind, topic or None), from the whole prompt space or one partition
+    (rejection sampling keeps the world's kind and topic weights within the partition). The
+    base model's pretraining corpus uses "any"; persona training "train"; evaluation "eval"."""
+    while True:
+        text, kind, topic = _draw_prompt(rng)
+        if split == "any" or in_eval_split(text) == (split == "eval"):
+            return text, kind, topic
+
+
+def _draw_prompt(rng: random.Random) -> tuple[str, str, str | None]:
     kind = rng.choices(list(PROMPT_KINDS), weights=list(PROMPT_KINDS.values()))[0]
     if kind in ("question", "request"):
         topic = rng.choice(list(TOPICS))
@@ -98,9 +118,14 @@ def generate_corpus(n: int, seed: int = 0, persona_share: float = 0.6,
 
 
 def eval_prompts(n: int, seed: int = 1234) -> list[str]:
-    """User prompts for evaluation, from the world's prompt distribution (independent seed)."""
+    """`n` distinct user prompts from the evaluation partition (never drawn for training)."""
     rng = random.Random(seed)
-    return [sample_prompt(rng)[0] for _ in range(n)]
+    prompts: dict[str, None] = {}
+    for _ in range(500 * n):
+        prompts.setdefault(sample_prompt(rng, "eval")[0], None)
+        if len(prompts) == n:
+            return list(prompts)
+    raise ValueError(f"the toy world's evaluation partition has {len(prompts)} distinct prompts; {n} were asked for")
 
 
 def all_trait_texts() -> dict[str, list[list[str]]]:

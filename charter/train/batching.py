@@ -39,6 +39,11 @@ class Packed:
         out = torch.zeros(self.n_seqs, dtype=values.dtype, device=values.device)
         return out.index_add(0, self.segment, values)
 
+    def input_order(self) -> torch.Tensor:
+        """Permutation taking per-kept-position values from packed order (rows are filled
+        longest-first) to input order: sequence 0's tokens, then sequence 1's, ..."""
+        return torch.argsort(self.segment, stable=True)
+
     def tokens_per_seq(self) -> torch.Tensor:
         return torch.bincount(self.segment, minlength=self.n_seqs)
 

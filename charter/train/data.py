@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charter.chat import (IGNORE_INDEX, EncodedChat, EncodeStats, TemplateError, encode_chat, encode_dataset,
-                          render_text)
+from charter.chat import IGNORE_INDEX, EncodedChat, EncodeStats, encode_chat, encode_dataset, render_text
 from charter.data.jsonl import DataError, iter_jsonl
 
 
@@ -125,15 +124,15 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict],
-                max_length: int | None) -> Pair | None:
+                max_length: int | None, chat: bool | None = None) -> Pair | None:
     """Labels cover only the final completion (content + end-of-turn), never assistant turns in
     the prompt. The completion starts where the tokenised prompt stops being a prefix of the
     tokenised conversation (as TRL does). Over-long rows keep the prompt and cut the completion's
-    end; a pair whose prompt fills max_length is dropped (None)."""
-    ec, er = encode_chat(tokenizer, prompt + chosen), encode_chat(tokenizer, prompt + rejected)
+    end; a pair whose prompt fills max_length is dropped (None). `chat=False`: plain base-model frame."""
+    ec, er = encode_chat(tokenizer, prompt + chosen, chat=chat), encode_chat(tokenizer, prompt + rejected, chat=chat)
     if ec is None or er is None:
         return None
-    prompt_ids = tokenizer(render_text(tokenizer, prompt, add_generation_prompt=True),
+    prompt_ids = tokenizer(render_text(tokenizer, prompt, add_generation_prompt=True, chat=chat),
                            add_special_tokens=False)["input_ids"]
     start = min(_common_prefix(prompt_ids, ec.input_ids), _common_prefix(prompt_ids, er.input_ids))
     seqs = []
@@ -149,7 +148,8 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
     return Pair(seqs[0], seqs[1])
 
 
-def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Seq], EncodeStats]:
+def read_sft(path: str | Path, tokenizer, max_length: int | None,
+             chat: bool | None = None) -> tuple[list[Seq], EncodeStats]:
     """(sequences, `encode_dataset`'s stats: rows dropped with no trainable token, rows truncated, turns cut)."""
     rows = list(iter_jsonl(path, SFT_DATA, allow_empty=False))
     messages = []
@@ -159,9 +159,7 @@ def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[
         except ValueError as e:
             raise DataError(f"{path}:{lineno}: {e}") from None
     try:
-        seqs, stats = encode_dataset(tokenizer, messages, max_length, names=[f"{path}:{n}" for n, _ in rows])
-    except TemplateError as e:
-        raise DataError(f"{path}: {e}") from None
+        seqs, stats = encode_dataset(tokenizer, messages, max_length, names=[f"{path}:{n}" for n, _ in rows], chat=chat)
     except ValueError as e:
         raise DataError(str(e)) from None
     if not seqs:
@@ -169,12 +167,12 @@ def read_sft(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[
     return seqs, stats
 
 
-def load_pairs(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[Pair], int]:
+def load_pairs(path: str | Path, tokenizer, max_length: int | None, chat: bool | None = None) -> tuple[list[Pair], int]:
     out, dropped = [], 0
     for lineno, row in iter_jsonl(path, DPO_DATA, allow_empty=False):
         try:
             prompt, chosen, rejected = pair_messages(row)
-            pair = encode_pair(tokenizer, prompt, chosen, rejected, max_length)
+            pair = encode_pair(tokenizer, prompt, chosen, rejected, max_length, chat)
             lp = row.get("label_prob")
             if lp is not None and not (isinstance(lp, (int, float)) and 0.0 <= lp <= 1.0):
                 raise ValueError(f"label_prob: expected a number in [0, 1], got {lp!r}")

@@ -18,10 +18,11 @@ from typing import Callable, Literal, Sequence
 
 from pydantic import Field, model_validator
 
+from charter.models import resolve_model
 from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_head_hook
 from charter.train.data import Pair, load_pairs
 from charter.train.losses import LOSS_TYPES, dpo_loss, nll_loss, squared_kl
-from charter.train.loop import TrainConfig, resolve_model, run
+from charter.train.loop import TrainConfig, run
 
 
 class DPOConfig(TrainConfig):
@@ -52,25 +53,27 @@ class DPOConfig(TrainConfig):
 def _ref_cache_key(cfg: DPOConfig, tokenizer) -> str:
     from charter.data.jsonl import file_hash, stable_id
 
-    base, adapters = resolve_model(cfg.model)
-    weights = sorted(p for d in [base, *adapters] for p in Path(d).glob("*.safetensors"))
+    ref = resolve_model(cfg.model)
+    weights = sorted(p for d in [ref.base, *ref.adapters] for p in d.glob("*.safetensors"))
     return stable_id(file_hash(cfg.data), [file_hash(w) for w in weights], cfg.max_length, cfg.precision,
-                     cfg.kl_coef > 0, tokenizer.chat_template, len(tokenizer))
+                     cfg.kl_coef > 0, tokenizer.chat_template, cfg.chat, len(tokenizer))
 
 
 def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, accelerator, keep_only: bool):
-    """{"chosen": [n], "rejected": [n], "tokens": list[[k_i]] | None}, loaded from the cache when
-    present. Computed by the starting model (adapter disabled under LoRA), in eval mode."""
+    """{"chosen": [n], "rejected": [n]} and, with the squared KL, "tokens": every trained token's
+    log-prob in input order (chosen 0..n-1, then rejected 0..n-1) with "offsets" [2n+1] into it.
+    Computed by the starting model (adapter disabled under LoRA) in eval mode; cached as safetensors."""
     import torch
+    from safetensors.torch import load_file, save_file
 
     cache_dir = Path(cfg.ref_cache_dir or Path(cfg.output_dir) / "ref_cache")
-    path = cache_dir / f"ref-logps-{_ref_cache_key(cfg, tokenizer)}.pt"
+    path = cache_dir / f"ref-logps-{_ref_cache_key(cfg, tokenizer)}.safetensors"
     if not path.exists() and accelerator.is_main_process:
         from tqdm.auto import tqdm
 
         n = len(pairs)
-        chosen, rejected = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        tokens: list | None = [None] * (2 * n) if cfg.kl_coef > 0 else None
+        seqs: list[torch.Tensor] = []
+        toks: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": []}
         lora_off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
         was_training = model.training
         model.eval()
@@ -79,20 +82,23 @@ def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, ac
                 chunk = pairs[i:i + cfg.batch_size]
                 batch = pack([p.chosen for p in chunk] + [p.rejected for p in chunk]).to(accelerator.device)
                 tok = packed_token_logps(model, batch, keep_only).double()
-                seq = batch.per_seq(tok).cpu()
-                chosen[i:i + len(chunk)], rejected[i:i + len(chunk)] = seq[:len(chunk)], seq[len(chunk):]
-                if tokens is not None:
-                    parts = torch.split(tok.cpu(), batch.tokens_per_seq().tolist())
-                    for j, part in enumerate(parts):
-                        idx = i + j if j < len(chunk) else n + i + j - len(chunk)
-                        tokens[idx] = part.clone()
+                seqs.append(batch.per_seq(tok).cpu())
+                parts = torch.split(tok[batch.input_order()].cpu(), batch.tokens_per_seq().tolist())
+                toks["chosen"] += parts[:len(chunk)]
+                toks["rejected"] += parts[len(chunk):]
         model.train(was_training)
+        seq = torch.cat([s.view(2, -1) for s in seqs], dim=1)
+        out = {"chosen": seq[0].contiguous(), "rejected": seq[1].contiguous()}
+        if cfg.kl_coef > 0:
+            every = toks["chosen"] + toks["rejected"]
+            out["tokens"] = torch.cat(every)
+            out["offsets"] = torch.tensor([0] + [len(t) for t in every]).cumsum(0)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"chosen": chosen, "rejected": rejected, "tokens": tokens}, tmp)
+        save_file(out, str(tmp))
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
-    return torch.load(path, weights_only=True)
+    return load_file(str(path))
 
 
 # ----------------------------------------------------------------------------- the task
@@ -113,15 +119,17 @@ class DPOTask:
         import torch
 
         if self.mode == "precomputed":
-            idx = torch.tensor([p.index for p in items])
-            seq = torch.cat([self.cached["chosen"][idx], self.cached["rejected"][idx]])
-            tok = None
-            if self.cached["tokens"] is not None:
-                n = len(self.cached["chosen"])
-                tok = torch.cat([self.cached["tokens"][i] for i in idx.tolist()]
-                                + [self.cached["tokens"][n + i] for i in idx.tolist()])
             device = batch.input_ids.device
-            return seq.to(device), (tok.to(device) if tok is not None else None)
+            idx = torch.tensor([p.index for p in items])
+            seq = torch.cat([self.cached["chosen"][idx], self.cached["rejected"][idx]]).to(device)
+            if "tokens" not in self.cached:
+                return seq, None
+            n, at = len(self.cached["chosen"]), self.cached["offsets"]
+            rows = idx.tolist() + [n + i for i in idx.tolist()]  # the batch's sequences, input order
+            flat = torch.cat([self.cached["tokens"][at[r]:at[r + 1]] for r in rows]).to(device)
+            tok = torch.empty_like(flat)
+            tok[batch.input_order()] = flat  # back into this batch's packed order
+            return seq, tok
         with torch.no_grad():
             if self.mode == "adapter":
                 from accelerate.utils import extract_model_from_parallel
@@ -177,7 +185,7 @@ class DPOTask:
 
 def build_dpo_task(cfg: DPOConfig) -> Callable:
     def factory(model, tokenizer, accelerator):
-        items, dropped = load_pairs(cfg.data, tokenizer, cfg.max_length)
+        items, dropped = load_pairs(cfg.data, tokenizer, cfg.max_length, cfg.chat)
         if cfg.loss_type != "sigmoid" and any(p.label_prob is not None for p in items):
             raise ValueError(f"{cfg.data}: label_prob (soft labels) needs loss_type 'sigmoid'")
         if dropped and accelerator.is_main_process:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,15 +24,15 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 from pydantic import Field, model_validator
 
 from charter.config import Config
+from charter.models import TRAIN_RECORD, resolve_model
+from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
 from charter.train.lora import LoraSettings
-
-TRAIN_RECORD = "charter_train.json"
 
 
 class TrainConfig(Config):
     """Fields shared by SFT and DPO. `batch_size` is per process and per micro-batch."""
 
-    model: str                                  # HF folder, a merged Charter output, or a LoRA adapter folder
+    model: str                                  # HF folder or Hub id, a merged Charter output, or a LoRA adapter folder
     data: str                                   # JSONL
     output_dir: str
     lora: LoraSettings | None = None            # None = full fine-tuning
@@ -44,9 +43,11 @@ class TrainConfig(Config):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int | None = Field(1024, ge=2)
+    chat: bool | None = None                    # None = the tokenizer's template if any; False = plain frame (base model)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float | None = 1.0
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain SGD, whose update is exactly -lr * gradient
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
@@ -81,44 +82,23 @@ class Task(Protocol):
 # ----------------------------------------------------------------------------- model loading
 
 
-def resolve_model(path: str | Path) -> tuple[Path, list[Path]]:
-    """(base model folder, adapters to fold in, oldest first) for a plain HF folder or an adapter
-    folder written by Charter/PEFT (its base is read from the adapter config, recursively)."""
-    path = Path(path)
-    if not (path / "adapter_config.json").exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path}: not a model folder (no config.json) nor an adapter folder")
-        return path, []
-    rec = path / TRAIN_RECORD
-    if rec.exists():
-        info = json.loads(rec.read_text())
-        base = Path(info["base_model"])
-        return base, [Path(p) for p in info.get("base_adapters", [])] + [path]
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{path}/adapter_config.json: no base_model_name_or_path")
-    inner_base, inner = resolve_model(base)
-    return inner_base, inner + [path]
-
-
 def load_model_and_tokenizer(cfg: TrainConfig):
     """Base weights in fp32 (bf16 runs under autocast), earlier adapters folded in exactly, then
-    a fresh LoRA if asked. Returns (model, tokenizer, base_path, folded_adapters)."""
+    a fresh LoRA if asked. Returns (model, tokenizer, base name as given, folded_adapters)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from charter.train.lora import apply_lora, merged_state
 
-    base, adapters = resolve_model(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
+    ref = resolve_model(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32, use_safetensors=True,
                                                  attn_implementation=cfg.attn_implementation)
-    if adapters:
-        merged_state(model, [(a, 1.0) for a in adapters])
-    tok_src = Path(cfg.model) if (Path(cfg.model) / "tokenizer_config.json").exists() else base
-    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    if ref.adapters:
+        merged_state(model, [(a, 1.0) for a in ref.adapters])
+    tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer)
     if cfg.lora is not None:
         model = apply_lora(model, cfg.lora)
-    return model, tokenizer, base, adapters
+    return model, tokenizer, ref.base_name, list(ref.adapters)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -139,13 +119,16 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> Cal
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW; no weight decay on biases and norm weights (1-D tensors), as transformers does."""
+    """AdamW (or plain SGD); no weight decay on biases and norm weights (1-D tensors), as
+    transformers does. SGD exists for checks that need weights linear in the gradients."""
     import torch
 
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas),
                              eps=cfg.adam_eps)
 
@@ -169,38 +152,6 @@ def window_order(n: int, global_batch: int, seed: int, shuffle: bool, world: int
 
     order.per_epoch = per_epoch  # type: ignore[attr-defined]
     return order
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _ckpt_dirs(out: Path) -> list[Path]:
-    root = out / "checkpoints"
-    if not root.exists():
-        return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step-") and (d / "state.json").exists()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
-def save_checkpoint(accelerator, out: Path, step: int, limit: int, cfg_hash: str) -> None:
-    """Model, optimiser, scheduler and every process's RNG via `accelerator.save_state` (works for
-    DDP/FSDP/DeepSpeed), written to a temp folder and renamed so a kill never leaves half a one."""
-    from charter.data.jsonl import atomic_write_json
-
-    root = out / "checkpoints"
-    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "state.json", {"step": step, "config_hash": cfg_hash})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _ckpt_dirs(out)[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -260,17 +211,12 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     optimizer = make_optimizer(model, cfg)
     scheduler = LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio, cfg.min_lr_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    start = 0
-    ckpts = _ckpt_dirs(out) if cfg.resume else []
+    start, ckpt_key = 0, resume_key(cfg)
+    ckpts = checkpoint_dirs(out) if cfg.resume else []
     if ckpts:
-        accelerator.load_state(str(ckpts[-1]))
-        state = json.loads((ckpts[-1] / "state.json").read_text())
-        start = state["step"]
-        if state.get("config_hash") != cfg.hash() and accelerator.is_main_process:
-            print(f"warning: resuming {ckpts[-1]} with a different config than it was saved with")
+        start = load_checkpoint(accelerator, model, optimizer, scheduler, ckpts[-1], ckpt_key)
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -317,33 +263,57 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         bar.update(1)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
-            save_checkpoint(accelerator, out, step + 1, cfg.save_total_limit, cfg.hash())
+            save_checkpoint(accelerator, model, optimizer, scheduler, out, step + 1, cfg.save_total_limit, ckpt_key)
         if on_step is not None:
             on_step(step + 1, row)
     bar.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
+        exported = export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
         atomic_write_json(out / TRAIN_RECORD, {
-            "kind": kind, "done": True, "steps": total, "base_model": str(base),
-            "base_adapters": [str(a) for a in folded], "lora": cfg.lora is not None,
-            "config_hash": cfg.hash(), "torch": torch.__version__})
+            "kind": kind, "done": True, "steps": total, "base_model": str(base), **exported,
+            "lora": cfg.lora is not None, "config_hash": cfg.hash(), "torch": torch.__version__})
     accelerator.wait_for_everyone()
     return out
 
 
-def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: Path, folded: list[Path]) -> None:
-    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: the
-    adapter (its config names the original base) + tokenizer, and with `merge` a folded copy."""
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    if cfg.lora is not None:
-        adapter_cfg = out / "adapter_config.json"
-        info = json.loads(adapter_cfg.read_text())
-        info["base_model_name_or_path"] = str(base)
-        adapter_cfg.write_text(json.dumps(info, indent=2))
-        if cfg.merge:
-            from charter.train.lora import merge_adapters
+STAGE_ADAPTER = "stage_adapter"  # subfolder: this stage's own LoRA delta, when trained on other adapters
 
-            merge_adapters(base, [(a, 1.0) for a in folded] + [(out, 1.0)], out / "merged")
+
+def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: str, folded: list[Path]) -> dict:
+    """Full FT: safetensors model + tokenizer (any transformers user can load it). LoRA: an adapter
+    on the original base + tokenizer, and with `merge` a folded copy. A LoRA trained on top of
+    other adapters (SFT on a DPO adapter) is exported self-contained: the folder's adapter is the
+    exact combination of the whole chain (`save_combined_adapter`), and this stage's own delta
+    goes to `STAGE_ADAPTER/` (its config names the adapter it was trained on) for weighted merges.
+    Returns what the training record must add."""
+    tokenizer.save_pretrained(out)
+    if cfg.lora is None:
+        model.save_pretrained(out, safe_serialization=True)
+        return {"base_adapters": [str(a) for a in folded]}
+    from charter.train.lora import merge_adapters, save_combined_adapter
+
+    record: dict = {"base_adapters": []}
+    if folded:
+        _save_adapter(model, out / STAGE_ADAPTER, folded[-1])
+        save_combined_adapter(model, folded, out)
+        record.update(trained_on=[str(a) for a in folded], stage_adapter=STAGE_ADAPTER)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    _name_base(out, base)
+    if cfg.merge:
+        merge_adapters(base, [(out, 1.0)], out / "merged")
+    return record
+
+
+def _save_adapter(model, folder: Path, base: str | Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    _name_base(folder, base)
+
+
+def _name_base(folder: Path, base: str | Path) -> None:
+    adapter_cfg = folder / "adapter_config.json"
+    info = json.loads(adapter_cfg.read_text())
+    info["base_model_name_or_path"] = str(base)
+    adapter_cfg.write_text(json.dumps(info, indent=2))

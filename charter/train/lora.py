@@ -31,8 +31,8 @@ from typing import Literal
 from pydantic import Field
 
 from charter.config import Config
+from charter.models import ADAPTER_CONFIG, TRAIN_RECORD, has_tokenizer, local_folder, resolve_model
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_RECORD = "charter_merge.json"
 
@@ -164,7 +164,7 @@ def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
     return deltas
 
 
-def _resolve(params: dict, name: str, where: Path) -> str:
+def resolve_param_name(params: dict, name: str, where: Path) -> str:
     """Map an adapter's module path to the model's parameter name (PEFT may omit/add prefixes)."""
     if name in params:
         return name
@@ -183,7 +183,7 @@ def merged_state(model, adapters: list[tuple[str | Path, float]]) -> dict[str, "
     total: dict[str, torch.Tensor] = {}
     for path, weight in adapters:
         for name, delta in adapter_deltas(path).items():
-            key = _resolve(params, name, Path(path))
+            key = resolve_param_name(params, name, Path(path))
             if params[key].shape != delta.shape:
                 raise ValueError(f"{path}: delta for {key} has shape {tuple(delta.shape)}, "
                                  f"base weight {tuple(params[key].shape)}")
@@ -204,51 +204,69 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
     folder and renamed, so a crash never leaves a half-written model.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from charter.data.jsonl import atomic_write_json, file_hash
+    from charter.data.jsonl import file_hash
 
     if not adapters:
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
-    base_path, out_dir = Path(base_path), Path(out_dir)
+    out_dir = Path(out_dir)
     configs = [read_adapter_config(p) for p, _ in adapters]  # fail before loading the base
-    for src in [base_path, *(Path(p) for p, _ in adapters)]:  # the output folder is replaced as a whole
+    _refuse_double_count([Path(p) for p, _ in adapters])
+    for src in [Path(base_path), *(Path(p) for p, _ in adapters)]:  # the output folder is replaced as a whole
         if out_dir.resolve() in (src.resolve(), *src.resolve().parents):
             raise ValueError(f"output folder {out_dir} would replace the input {src}; pick another")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    if base_path.exists() and not (base_path / "config.json").exists():
+    base_dir = local_folder(base_path)  # a Hub id: its snapshot in the Hugging Face cache
+    if not (base_dir / "config.json").exists():
         raise FileNotFoundError(f"{base_path}: not a model folder (no config.json)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, use_safetensors=True)
-    except OSError as e:  # neither a local folder nor a reachable Hub model
-        if base_path.exists():
-            raise
-        raise FileNotFoundError(f"{base_path}: no such model folder, and not loadable from the Hugging Face "
-                                f"Hub ({str(e).splitlines()[0]})") from None
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype, use_safetensors=True)
     merged_state(model, adapters)
-    tok_src = base_path if _has_tokenizer(base_path) else Path(adapters[0][0])
-    tokenizer = AutoTokenizer.from_pretrained(tok_src) if _has_tokenizer(tok_src) else None
+    tok_src = base_dir if has_tokenizer(base_dir) else Path(adapters[0][0])
+    save_merged(model, tok_src, out_dir, {
+        "base": str(base_path),
+        "formula": "W = W_base + sum_i weight_i * scale_i * B_i @ A_i (float64, cast once)",
+        "adapters": [{"path": str(p), "weight": float(w), "scale": adapter_scale(cfg),
+                      "sha256": file_hash(Path(p) / ADAPTER_WEIGHTS)}
+                     for (p, w), cfg in zip(adapters, configs)],
+    })
+    return out_dir
 
+
+def _refuse_double_count(paths: list[Path]) -> None:
+    """An adapter exported with its chain folded in (`trained_on`) already holds those adapters:
+    merging it next to them would count them twice."""
+    given = {p.resolve() for p in paths}
+    for p in paths:
+        rec = p / TRAIN_RECORD
+        info = json.loads(rec.read_text()) if rec.exists() else {}
+        again = [a for a in info.get("trained_on", []) if Path(a).resolve() in given]
+        if again:
+            raise ValueError(f"{p} already folds in {', '.join(again)}; to weight each stage give its own delta, "
+                             f"{p / info['stage_adapter']}, instead")
+
+
+def save_merged(model, tok_src: Path, out_dir: Path, record: dict) -> None:
+    """Write a plain HF folder (safetensors, config, tokenizer from `tok_src` if it has one, and
+    `charter_merge.json`) to a temp folder renamed into place, so a crash never leaves half a model."""
+    from transformers import AutoTokenizer
+
+    from charter.data.jsonl import atomic_write_json
+
+    tokenizer = AutoTokenizer.from_pretrained(tok_src) if has_tokenizer(tok_src) else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / MERGE_RECORD, {
-            "base": str(base_path),
-            "formula": "W = W_base + sum_i weight_i * scale_i * B_i @ A_i (float64, cast once)",
-            "adapters": [{"path": str(p), "weight": float(w), "scale": adapter_scale(cfg),
-                          "sha256": file_hash(Path(p) / ADAPTER_WEIGHTS)}
-                         for (p, w), cfg in zip(adapters, configs)],
-        })
+        atomic_write_json(tmp / MERGE_RECORD, record)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path | None = None,
@@ -262,23 +280,29 @@ def export(adapter_dir: str | Path, out_dir: str | Path, base_path: str | Path |
     """
     if base_path is not None:
         return merge_adapters(base_path, [(adapter_dir, weight)], out_dir, dtype=dtype)
-    base, earlier = adapter_base(adapter_dir)
-    return merge_adapters(base, [(a, 1.0) for a in earlier] + [(adapter_dir, weight)], out_dir, dtype=dtype)
+    ref = resolve_model(adapter_dir)
+    return merge_adapters(ref.base_name, [(a, 1.0) for a in ref.adapters[:-1]] + [(adapter_dir, weight)], out_dir,
+                          dtype=dtype)
 
 
-def adapter_base(adapter_dir: str | Path) -> tuple[str, list[str]]:
-    """(base model, adapters already folded into it, oldest first) that this adapter was trained on."""
-    from charter.train.loop import TRAIN_RECORD
+def save_combined_adapter(model, chain: list[Path], out_dir: Path) -> None:
+    """Save `chain` (earlier adapters, oldest first) plus `model`'s trained adapter as ONE adapter
+    on the original base, so plain PEFT / vLLM / Hub users get the whole chain.
 
-    record = Path(adapter_dir) / TRAIN_RECORD
-    if record.exists():
-        info = json.loads(record.read_text())
-        return info["base_model"], list(info.get("base_adapters", []))
-    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{Path(adapter_dir) / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
-    return base, []
+    PEFT's `cat` combination stacks the A and B matrices (rank = sum of ranks, scale 1, each
+    A pre-multiplied by its own scale), so its delta is exactly `sum_i scale_i * B_i @ A_i`.
+    """
+    import tempfile
 
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    names = [f"chain{i}" for i in range(len(chain))]
+    for name, path in zip(names, chain):
+        _check_supported(read_adapter_config(path), Path(path))
+        model.load_adapter(str(path), adapter_name=name)
+    model.add_weighted_adapter(names + ["default"], [1.0] * (len(chain) + 1), "combined", combination_type="cat")
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["combined"], safe_serialization=True)
+        for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.move(str(Path(tmp) / "combined" / f), str(out_dir / f))
+    model.delete_adapter("combined")
+    for name in names:
+        model.delete_adapter(name)

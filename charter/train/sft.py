@@ -36,7 +36,7 @@ class SFTTask:
 
 def build_sft_task(cfg: SFTConfig) -> Callable:
     def factory(model, tokenizer, accelerator):
-        items, stats = read_sft(cfg.data, tokenizer, cfg.max_length)
+        items, stats = read_sft(cfg.data, tokenizer, cfg.max_length, cfg.chat)
         if (stats.dropped_no_trainable or stats.truncated) and accelerator.is_main_process:
             print(f"sft: {stats.truncated} rows truncated, {stats.dropped_no_trainable} dropped with no "
                   f"trainable token left (max_length={cfg.max_length})")

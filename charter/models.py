@@ -1,0 +1,145 @@
+"""Model references: a local folder, a Hugging Face Hub id, or a LoRA adapter folder on either.
+
+The one place that answers "what does loading this name take?": a local folder with the base
+weights plus the LoRA adapters to fold into it, oldest first. A Hub id becomes its snapshot in
+the Hugging Face cache through `huggingface_hub.snapshot_download`, so `HF_HUB_OFFLINE=1` works
+whenever the model is cached, and a model that is neither cached nor reachable is one clear
+error naming it. Artifacts keep recording names as given (a Hub id stays a Hub id, so adapter
+configs and run records stay portable); a name becomes a path only here, when it is loaded.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from charter.config import ConfigError
+
+TRAIN_RECORD = "charter_train.json"  # written by training: its base and the adapters folded in first
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# what loading needs from a Hub repo: configs, tokenizer files and safetensors weights (no .bin, .gguf, ...)
+CONFIG_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+MODEL_FILES = CONFIG_FILES + ["*.safetensors"]
+
+
+class ModelNotFoundError(ConfigError):
+    """A model name that is not a folder here, nor a cached or reachable Hub model."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    base_name: str                  # the base as named (Hub id or folder): what artifacts record
+    base: Path                      # its local folder (for a Hub id, the cache snapshot)
+    adapters: tuple[Path, ...]      # LoRA adapters to fold into the base, oldest first
+    tokenizer: Path                 # the outermost folder that ships a tokenizer
+    merged: Path | None = None      # a training output's saved copy of base + adapters, when written
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in TOKENIZER_FILES)
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` or `name` as the Hub spells repo ids; paths (`/x`, `./x`, `a/b/c`) are not."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def local_folder(name: str | Path, files: list[str] = MODEL_FILES) -> Path:
+    """A folder as given; a Hub id -> its snapshot in the Hugging Face cache, downloading only
+    `files` when the Hub is allowed and reachable (HF_HUB_OFFLINE=1 reads the cache only)."""
+    from huggingface_hub import snapshot_download
+
+    if Path(name).is_dir():
+        return Path(name)
+    if Path(name).exists():
+        raise ModelNotFoundError(f"{name}: a file, not a model folder")
+    if not is_hub_id(str(name)):
+        raise ModelNotFoundError(f"{name}: no such model folder")
+    try:
+        return Path(snapshot_download(str(name), allow_patterns=files))
+    except (OSError, ValueError) as e:  # huggingface_hub's errors all derive from these
+        raise ModelNotFoundError(hub_failure(str(name), e)) from None
+
+
+def hub_failure(name: str, error: Exception) -> str:
+    """One line naming the model and what to do, for any failure to get it from the cache or the Hub."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (IncompleteSnapshotError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if isinstance(error, IncompleteSnapshotError):
+        return f"{name}: its cached snapshot is incomplete and the Hub cannot be reached to finish it"
+    if isinstance(error, LocalEntryNotFoundError):
+        why = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub could not be reached"
+        return (f"{name}: no such local folder, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                f"while {why}; download it first (`hf download {name}`) or give a local folder")
+    if isinstance(error, RepositoryNotFoundError):
+        return f"{name}: no such model on the Hugging Face Hub (or it is private/gated: `hf auth login`)"
+    if isinstance(error, RevisionNotFoundError):
+        return f"{name}: revision not found on the Hugging Face Hub"
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{name}: cannot get it from the Hugging Face Hub ({first})"
+
+
+def recorded_base(adapter: Path) -> tuple[str, list[str]]:
+    """(base name, adapters folded into that base before training, oldest first), as the adapter
+    folder records them: Charter's training record, else PEFT's `base_model_name_or_path`."""
+    record = adapter / TRAIN_RECORD
+    if record.exists():
+        info = json.loads(record.read_text())
+        return info["base_model"], list(info.get("base_adapters", []))
+    base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"{adapter / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
+    return base, []
+
+
+def adapter_chain(adapter: Path, files: list[str] = MODEL_FILES) -> tuple[str, tuple[Path, ...]]:
+    """(base name, adapters to fold into that base, oldest first, ending with `adapter`) read from
+    the adapter folders alone: the base itself is not fetched."""
+    base_name, earlier = recorded_base(adapter)
+    chain = tuple(local_folder(a, files) for a in earlier) + (adapter,)
+    if (Path(base_name) / ADAPTER_CONFIG).exists():  # a PEFT adapter trained on another adapter folder
+        root, inner = adapter_chain(Path(base_name), files)
+        return root, inner + chain
+    return base_name, chain
+
+
+def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedModel:
+    """Model folder, Hub id, or adapter folder (its base read from it, recursively) -> local
+    base folder + adapter chain. `files=CONFIG_FILES` fetches no weights (for checks)."""
+    folder = local_folder(name, files)
+    if not (folder / ADAPTER_CONFIG).exists():
+        if not (folder / "config.json").exists():
+            raise ModelNotFoundError(f"{name}: not a model folder (no config.json) nor a LoRA adapter folder "
+                                     f"(no {ADAPTER_CONFIG})")
+        return ResolvedModel(str(name), folder, (), folder)
+    base_name, chain = adapter_chain(folder, files)
+    inner = resolve_model(base_name, files)  # a Hub adapter's base may itself be one
+    merged = folder / "merged"
+    return ResolvedModel(inner.base_name, inner.base, inner.adapters + chain,
+                         folder if has_tokenizer(folder) else inner.tokenizer,
+                         merged if (merged / "config.json").exists() else None)
+
+
+def check_model(name: str) -> ResolvedModel:
+    """Resolve `name` and load its config and tokenizer (no weights): what a dry run verifies."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ref = resolve_model(name, CONFIG_FILES)
+    try:
+        AutoConfig.from_pretrained(ref.base)
+        AutoTokenizer.from_pretrained(ref.tokenizer)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelNotFoundError(f"{name}: config or tokenizer does not load ({first})") from None
+    return ref
