@@ -90,6 +90,7 @@ def test_cli_names_a_missing_model_in_one_line(hub, dpo_on_hub_id, tmp_path, mon
 
     argv = [str(dpo_on_hub_id) if a == "ADAPTER" else str(tmp_path / "o") if a == "OUT" else a for a in argv]
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jsonl").write_text('{"prompt": "hi", "completion": "hello"}\n')  # only the model is missing
     monkeypatch.setattr(sys, "argv", ["charter", *argv])
     with pytest.raises(SystemExit) as exit_:
         main()
@@ -160,11 +161,12 @@ def test_dry_run_checks_every_model_before_anything_runs(hub, tmp_path):
                                         f"eval.prompts_file={tmp_path / 'heldout.txt'}",
                                         "--run-dir", str(tmp_path / "run"), "--dry-run"])
 
+    (tmp_path / "heldout.txt").write_text("What is the weather like?\n")
     ok = dry(HUB_ID)
     assert ok.exit_code == 0, ok.output
     assert HUB_ID in ok.output and "  dpo " in ok.output
     bad = dry("tiny-org/not-cached")
-    assert isinstance(bad.exception, ModelNotFoundError) and str(bad.exception).startswith("tiny-org/not-cached: ")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: tiny-org/not-cached: "), bad.output
     assert not (tmp_path / "run").exists()
 
 
