@@ -221,6 +221,18 @@ def test_empty_jsonl_only_where_records_are_required(tmp_path):
         read_text_file(path, "x")
 
 
+def test_unreadable_file_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match=rf"^{path}: cannot read \(Permission denied\); expected x$"):
+        read_text_file(path, "x")
+
+
 def test_write_to_a_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=rf"^{tmp_path}: is a folder; expected a file path to write$"):
         atomic_write_text(tmp_path, "x")

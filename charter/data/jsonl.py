@@ -64,8 +64,8 @@ def _not_utf8(path: Path, lineno: int, e: UnicodeDecodeError, what: str) -> Data
 
 
 def read_text_file(path: str | Path, what: str, allow_empty: bool = False) -> str:
-    """The text of a user-named file. A missing path, a folder, bytes that are not UTF-8 or (unless
-    `allow_empty`) a blank file are a DataError naming the path, the line and `what` was expected."""
+    """The text of a user-named file. A missing path, a folder, an unreadable file, bytes that are not
+    UTF-8 or (unless `allow_empty`) a blank file are a DataError naming the path (and line) and `what`."""
     path = check_file(path, what)
     try:
         data = path.read_bytes()
@@ -127,8 +127,8 @@ def _json_object(path: Path, lineno: int, line: str) -> dict[str, Any]:
     return obj
 
 
-def read_jsonl(path: str | Path, what: str = JSONL, allow_empty: bool = True) -> list[dict[str, Any]]:
-    return [obj for _, obj in iter_jsonl(path, what, allow_empty)]
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [obj for _, obj in iter_jsonl(path)]
 
 
 def parse_json_or_yaml(path: str | Path, text: str, fmt: str) -> Any:
