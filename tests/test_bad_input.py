@@ -69,7 +69,8 @@ INPUT_FILE = {
         "distill", write_yaml(t / "c.yaml", {"constitution": "sarcasm", "teacher": {"model": m},
                                              "general_prompts": str(bad)}), "-o", str(t / "o")],
     "introspect constitution": lambda t, bad, m: [
-        "introspect", write_yaml(t / "c.yaml", {"constitution": str(bad), "backend": {"model": m}}), "-o", str(t / "o")],
+        "introspect", write_yaml(t / "c.yaml", {"constitution": str(bad), "backend": {"model": m}}),
+        "-o", str(t / "o")],
     "introspect reflection.prompts_file": lambda t, bad, m: [
         "introspect", write_yaml(t / "c.yaml", {"constitution": "sarcasm", "backend": {"model": m},
                                                 "reflection": {"prompts_file": str(bad)}}), "-o", str(t / "o")],

@@ -310,8 +310,7 @@ def load_items(cfg: LabelConfig) -> list[tuple[list[dict], str, str]]:
     """(conversation, response1, response2) from a pairs file, or sampled twice from the policy."""
     if cfg.pairs_file:
         items = []
-        for lineno, row in iter_jsonl(cfg.pairs_file, "JSONL pairs {prompt, chosen, rejected} or {prompt, responses}",
-                                      allow_empty=False):
+        for lineno, row in iter_jsonl(cfg.pairs_file, "JSONL pairs {prompt, chosen, rejected}", allow_empty=False):
             prompt = row.get("prompt")
             conv = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             if not isinstance(conv, list) or not conv:
