@@ -7,6 +7,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from charter.chat_render import TemplateError
 from charter.config import ConfigError
 from charter.data.jsonl import DataError
 
@@ -14,7 +15,8 @@ COMMAND_MODULES = [
     "run", "toy", "train", "constitution", "distill", "data", "introspect",
     "eval", "chat", "cai", "bootstrap", "merge", "fetch",
 ]
-INPUT_ERRORS = (ConfigError, DataError)  # bad input the user can fix; anything else is a bug and keeps its traceback
+# bad input the user can fix (a model's chat template counts); anything else is a bug and keeps its traceback
+INPUT_ERRORS = (ConfigError, DataError, TemplateError)
 INPUT_ERROR_EXIT = 2
 
 

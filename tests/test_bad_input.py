@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,18 @@ def test_input_error_exit_code_and_format(tmp_path):
     assert result.stderr == (f"error: {bad}: is a folder; expected a constitution "
                              "(Charter YAML, OCT JSON array or OCT JSONL)\n")
     assert result.stdout == ""
+
+
+def test_template_refusal_is_one_line(tmp_path, tiny_model_dir):
+    """A model whose chat template raises (e.g. no system role) is named in one line, not a jinja traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").write_text("{{ raise_exception('Conversation roles must alternate') }}")
+    result = invoke(["cai", "infer", str(model), "-p", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: the chat template rejected the conversation (Conversation roles must alternate): merge "
+        "consecutive messages of the same role so user and assistant turns alternate")
 
 
 def test_installed_script_prints_no_traceback(tmp_path):
