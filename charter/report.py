@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl
-from charter.evaluate.stats import wilson_ci
+from charter.evaluate.stats import mcnemar_paired, wilson_ci
 
 SYSTEMS = ["base", "base+constitution", "dpo", "dpo+sft"]
 CURVE_KEYS = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
@@ -33,6 +33,32 @@ N_SAMPLES = 2  # sample replies shown per system and persona
 def _prop(k: int, n: int) -> dict[str, Any]:
     lo, hi = wilson_ci(k, n)
     return {"k": k, "n": n, "rate": k / n if n else None, "ci": [round(lo, 4), round(hi, 4)]}
+
+
+def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled adherence over personas. Where personas share a system's replies (the base model
+    answers the same prompts once for all of them), the interval counts each reply once: n for the
+    Wilson interval is the number of distinct generations (`n_unique`), not of scored rows."""
+    k, n = sum(r["label"] == r["persona"] for r in rows), len(rows)
+    shared = {r["generation"] for r in rows if r.get("generation")}
+    unique = len(shared) + sum(1 for r in rows if not r.get("generation"))
+    lo, hi = wilson_ci(k / n * unique, unique) if n else (0.0, 1.0)
+    return {"k": k, "n": n, "n_unique": unique, "rate": k / n if n else None, "ci": [round(lo, 4), round(hi, 4)]}
+
+
+def paired_test(rows: list[dict[str, Any]], before: str, after: str) -> dict[str, Any] | None:
+    """McNemar on the same (persona, prompt) answered by two systems: did `after` keep the
+    character where `before` lost it more often than the reverse?"""
+    def in_character(system: str) -> dict[tuple[str, str], bool]:
+        return {(r["persona"], r["prompt"]): r["label"] == r["persona"] for r in rows if r["system"] == system}
+
+    a, b = in_character(before), in_character(after)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    result = mcnemar_paired([a[k] for k in shared], [b[k] for k in shared]).to_dict()
+    return {"before": before, "after": after, "n": len(shared), "rate_before": sum(a[k] for k in shared) / len(shared),
+            "rate_after": sum(b[k] for k in shared) / len(shared), **result}
 
 
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
@@ -81,12 +107,13 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
             per[p] = _prop(sum(r["label"] == p for r in rp), len(rp))
         rates = [v["rate"] for v in per.values() if v["rate"] is not None]
         summary["adherence"][s] = {"mean": sum(rates) / len(rates) if rates else None,
-                                   "pooled": _prop(sum(r["label"] == r["persona"] for r in mine), len(mine)),
+                                   "pooled": _pooled(mine),
                                    "per_persona": per}
         for key in ("well_formed", "relevant"):
             checked = [r for r in mine if r.get(key) is not None]
             summary[key][s] = _prop(sum(bool(r[key]) for r in checked), len(checked))
         summary["undecided"][s] = sum(r["label"] is None for r in mine)
+    summary["paired"] = {"dpo+sft vs dpo": paired_test(rows, "dpo", "dpo+sft")}
     heldout = run_dir / "eval" / "heldout.json"
     summary["heldout"] = json.loads(heldout.read_text()) if heldout.exists() else None
     summary["filter_pass_rates"] = filter_rates(run_dir)
@@ -171,7 +198,17 @@ def plot_bars(groups: dict[str, dict[str, Any]], title: str, ylabel: str) -> str
 def _fmt(p: dict[str, Any] | None) -> str:
     if not p or p.get("rate") is None:
         return "n/a"
-    return f"{p['rate']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] (n={p['n']})"
+    unique = f", {p['n_unique']} distinct replies" if p.get("n_unique", p["n"]) != p["n"] else ""
+    return f"{p['rate']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] (n={p['n']}{unique})"
+
+
+def _paired_line(summary: dict[str, Any]) -> str:
+    t = (summary.get("paired") or {}).get("dpo+sft vs dpo")
+    if not t:
+        return ""
+    return (f"<p>Paired on the same prompts (McNemar, exact): DPO {t['rate_before']:.3f} → DPO+SFT "
+            f"{t['rate_after']:.3f}, n={t['n']}; kept by DPO only {t['b']}, by DPO+SFT only {t['c']}, "
+            f"p={t['p_exact']:.3g}.</p>")
 
 
 def _img(b64: str | None, alt: str) -> str:
@@ -209,10 +246,12 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px}}img{{max-width:100%}}<
 <p>Seed {e(str(summary.get('seed')))}, config {e(str(summary.get('config_hash')))}.
 Adherence = share of replies in the trained persona <b>without the constitution in the prompt</b>
 (base+constitution is the ceiling: the base model with the constitution as system prompt).
-Brackets are Wilson 95% intervals.</p>
+Brackets are Wilson 95% intervals; where personas share one system's replies (base), the interval
+counts each distinct reply once.</p>
 <h2>Adherence, well-formedness, topic relevance</h2>
 <table><tr><th>system</th><th>mean adherence</th><th>pooled</th>{head}<th>well-formed</th><th>relevant</th><th>undecided</th></tr>
 {''.join(rows)}</table>
+{_paired_line(summary)}
 {_img(plots.get('adherence'), 'adherence by system')}
 {_img(plots.get('well_formed'), 'well-formedness by system')}
 {_img(plots.get('relevant'), 'topic relevance by system')}

@@ -379,9 +379,11 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
                         [sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
                     memo[key] = [comps[0].text for comps in outs]
                 replies = memo[key]
-                for rid, p, reply, sc in zip(ids, prompts, replies, score_all(judge, list(zip(prompts, replies)))):
-                    store.add({"id": rid, "persona": per.key, "system": system, "prompt": p, "reply": reply,
-                               "label": sc.persona, "well_formed": sc.well_formed, "relevant": sc.relevant})
+                generations = [stable_id(*key, i) for i in range(len(prompts))]  # shared replies share one id
+                for rid, gen, p, reply, sc in zip(ids, generations, prompts, replies,
+                                                  score_all(judge, list(zip(prompts, replies)))):
+                    store.add({"id": rid, "generation": gen, "persona": per.key, "system": system, "prompt": p,
+                               "reply": reply, "label": sc.persona, "well_formed": sc.well_formed, "relevant": sc.relevant})
         counts: dict[str, int] = {}
         for r in store.records.values():
             counts[r["system"]] = counts.get(r["system"], 0) + 1

@@ -231,7 +231,10 @@ def test_quick_preset_runs_end_to_end_offline_on_a_hub_id(tmp_path):
     dpo, sft = run / "dpo" / "sarcasm" / "model", run / "sft" / "sarcasm" / "model"
     assert json.loads((dpo / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
     assert json.loads((sft / "charter_train.json").read_text())["base_model"] == hub_id
-    assert json.loads((sft / "charter_train.json").read_text())["base_adapters"] == [str(dpo)]
+    record = json.loads((sft / "charter_train.json").read_text())
+    # the SFT folder's adapter folds DPO in (self-contained on the Hub id); its own delta is kept apart
+    assert record["base_adapters"] == [] and record["trained_on"] == [str(dpo)]
+    assert json.loads((sft / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
     assert json.loads((run / "merge" / "sarcasm" / "model" / "charter_merge.json").read_text())["base"] == hub_id
     replies = read_jsonl(run / "eval" / "replies.jsonl")
     assert len(replies) == 4 * 3 and {r["reply"] for r in replies} == {REPLY}

@@ -24,6 +24,9 @@ def make_run(tmp_path):
         rows += _replies(p, "base+constitution", 20, 20, 20, 16)
         rows += _replies(p, "dpo", kd, 20, 19, 14)
         rows += _replies(p, "dpo+sft", ks, 20, 19, 15)
+    for r in rows:  # the base model answers once for every persona: its replies are shared
+        if r["system"] == "base":
+            r["generation"] = "base-" + r["prompt"]
     rows[0]["label"] = None  # one undecided reply (base, warm): counts as not in character
     write_jsonl(tmp_path / "eval" / "replies.jsonl", rows)
     for p in ("warm", "sarcastic"):
@@ -43,8 +46,15 @@ def test_summary_numbers(tmp_path):
     assert s["systems"] == ["base", "base+constitution", "dpo", "dpo+sft"]
     assert s["adherence"]["base"]["per_persona"]["warm"]["k"] == 0  # the undecided one is not adherent
     assert s["adherence"]["dpo"]["mean"] == (16 / 20 + 14 / 20) / 2
-    assert s["adherence"]["dpo+sft"]["pooled"] == {"k": 35, "n": 40, "rate": 35 / 40,
+    assert s["adherence"]["dpo+sft"]["pooled"] == {"k": 35, "n": 40, "n_unique": 40, "rate": 35 / 40,
                                                    "ci": [round(x, 4) for x in wilson_ci(35, 40)]}
+    # 40 base rows, but 20 replies: the interval is as wide as 20 replies allow, not 40
+    base = s["adherence"]["base"]["pooled"]
+    assert (base["k"], base["n"], base["n_unique"]) == (0, 40, 20)
+    assert base["ci"] == [round(x, 4) for x in wilson_ci(0, 20)] and base["ci"][1] > wilson_ci(0, 40)[1] + 0.05
+    # paired on the same (persona, prompt): dpo+sft kept 2 + 3 replies dpo lost, and lost none it kept
+    paired = s["paired"]["dpo+sft vs dpo"]
+    assert (paired["n"], paired["b"], paired["c"]) == (40, 0, 5) and paired["p_exact"] == 2 * 0.5 ** 5
     assert s["well_formed"]["dpo"]["k"] == 38 and s["relevant"]["base"]["k"] == 30
     assert s["undecided"] == {"base": 1, "base+constitution": 0, "dpo": 0, "dpo+sft": 0}
     assert s["filter_pass_rates"]["repetition"]["k"] == 12 and s["filter_pass_rates"]["repetition"]["n"] == 18
