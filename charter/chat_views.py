@@ -26,6 +26,8 @@ appended and trained.
 """
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import dataclass
 
@@ -91,14 +93,6 @@ def stop_end(text: str, start: int, spans: list[tuple[int, int]]) -> int | None:
     return end
 
 
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
 
 def _longest_suffix_in(prompt: str, text: str) -> int:
     """Largest n with prompt[-n:] occurring in text (if a suffix occurs, so do all shorter ones)."""
@@ -112,7 +106,7 @@ def _longest_suffix_in(prompt: str, text: str) -> int:
 def _opened_reply(prompt: str, done: str, reply: str, specials: list[str]) -> tuple[str, int] | None:
     """The generation prompt opens the reply (`<think>\n`): (text, start) for a reply that begins
     with the opener, trained after the whole prompt; None for one that does not."""
-    shared = _common_prefix(prompt, done)
+    shared = len(os.path.commonprefix([prompt, done]))
     opener = prompt[shared:].strip()
     if not opener or not reply.startswith(opener):
         return None
@@ -134,7 +128,7 @@ def _turn_text(tokenizer, messages: list[dict], i: int, chat: bool | None) -> tu
     if done.startswith(render_text(tokenizer, messages[:i], False, chat)):
         opened = _opened_reply(prompt, done, reply, special_strings(tokenizer))
         if opened is None:  # trained as the template renders a finished turn
-            return done, _common_prefix(prompt, done), prompt
+            return done, len(os.path.commonprefix([prompt, done])), prompt
         return opened[0], opened[1], prompt
     # the template rewrote the context (Mistral v0.3 moves the system prompt to the last user
     # turn): the turn is what follows the end of the prompt's last rendered message

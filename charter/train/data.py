@@ -6,6 +6,8 @@ Every accepted format is normalised to chat messages first, then tokenised by
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,14 +116,6 @@ def pair_messages(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[dic
 # ----------------------------------------------------------------------------- tokenisation
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
 
 def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict],
                 max_length: int | None, chat: bool | None = None) -> Pair | None:
@@ -134,7 +128,7 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
         return None
     prompt_ids = tokenizer(render_text(tokenizer, prompt, add_generation_prompt=True, chat=chat),
                            add_special_tokens=False)["input_ids"]
-    start = min(_common_prefix(prompt_ids, ec.input_ids), _common_prefix(prompt_ids, er.input_ids))
+    start = min(len(os.path.commonprefix([prompt_ids, ids])) for ids in (ec.input_ids, er.input_ids))
     seqs = []
     for e in (ec, er):
         labels = [IGNORE_INDEX] * start + list(e.labels[start:])
