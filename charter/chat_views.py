@@ -27,7 +27,6 @@ appended and trained.
 from __future__ import annotations
 
 import os
-
 import re
 from dataclasses import dataclass
 
