@@ -57,6 +57,11 @@ def check_messages(messages: Any, where: str = "messages") -> list[dict]:
     return out
 
 
+# Where a base model's reply ends in the plain frame when it does not emit EOS: it goes on to
+# write the next turn itself. Generation stops at these; training teaches EOS after each reply.
+FRAME_STOPS = ["\n\nHuman:", "\n\nAssistant:"]
+
+
 def fallback_render(messages: list[dict], add_generation_prompt: bool = False, bos_token: str | None = None,
                     eos_token: str | None = None) -> str:
     """Plain transcript for base models: `BOS system\\n\\nHuman: ...\\n\\nAssistant: ...EOS`.

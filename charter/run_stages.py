@@ -111,9 +111,12 @@ def scorer(cfg: RunConfig, cache_dir: Path):
         from charter.toy.scorer import ToyScorer
 
         return ToyScorer()
+    from charter.backends import SamplingParams
     from charter.evaluate.judges import Judge, JudgePersonaScorer
 
-    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=cache_dir / "judge_cache.jsonl")
+    params = SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens, seed=0)
+    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=cache_dir / "judge_cache.jsonl",
+                  params=params)
     return JudgePersonaScorer(judge, {p.key: " ".join(t.text for t in p.constitution.traits) for p in personas(cfg)})
 
 
@@ -214,11 +217,10 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     dc = distill_config(cfg)
     tok = None
     if dc.max_pair_tokens is not None:
-        from transformers import AutoTokenizer
+        from charter.models import CONFIG_FILES, load_tokenizer, local_folder
 
-        from charter.models import CONFIG_FILES, local_folder
-
-        tok = AutoTokenizer.from_pretrained(local_folder(dc.tokenizer or base_model(ctx), CONFIG_FILES))
+        template = cfg.student.chat_template if cfg.student.chat is not False else None
+        tok = load_tokenizer(local_folder(dc.tokenizer or base_model(ctx), CONFIG_FILES), template)
     sampling = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed}).model_dump()  # as `_answer` ran
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
@@ -247,7 +249,8 @@ def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, dat
         from charter.train.dpo import DPOConfig as Cls, train_dpo as fn
     else:
         from charter.train.sft import SFTConfig as Cls, train_sft as fn
-    tcfg = Cls(**{"chat": ctx.cfg.student.chat, **section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
+    student = ctx.cfg.student
+    tcfg = Cls(**{"chat": student.chat, "chat_template": student.chat_template, **section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
     t = ctx.cfg.trainer
     if t.launcher == "local":
         return str(fn(tcfg))
