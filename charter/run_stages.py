@@ -120,6 +120,14 @@ def scorer(cfg: RunConfig, cache_dir: Path):
     return JudgePersonaScorer(judge, {p.key: " ".join(t.text for t in p.constitution.traits) for p in personas(cfg)})
 
 
+def require_kept(where: str, kept: int, total: int, dropped: dict[str, int], hint: str) -> None:
+    """Stop the run when filters left nothing: training on no data would hide the cause."""
+    if kept:
+        return
+    named = ", ".join(f"{name}: {n}" for name, n in dropped.items() if n) or "no candidates"
+    raise ConfigError(f"{where}: the filters dropped all {total} candidates ({named}); {hint}")
+
+
 def score_all(judge, pairs: list[tuple[str, str]]) -> list:
     """Batch scoring where the scorer supports it (an LLM judge), else one by one."""
     many = getattr(judge, "score_many", None)
@@ -235,6 +243,9 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
                       "teacher_name": teacher_name, "student_name": student}
         make = PairMaker(teacher_name, student, dc.self_names, prefill, dc.think_end, tok, dc.max_pair_tokens)
         pairs, counts = build_pairs(make, prompts, dict(sorted(side["teacher"].items())), side["student"], provenance)
+        require_kept(f"pairs/{per.key}", len(pairs), sum(counts.values()), dict(counts),
+                     f"DPO would train on nothing; see {ctx.input_dir('teacher') / per.key / 'answers.jsonl'} "
+                     "(a cut-off answer fails `length`: raise distill.sampling.max_new_tokens)")
         write_jsonl(d / "pairs.jsonl", pairs)
         return {"pairs": len(pairs), **dict(counts)}
 
@@ -329,6 +340,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
         atomic_write_json(d / "pass_rates.json", {t["filter"]: {"checked": t["checked"],
                                                                "passed": t["checked"] - t["failed"]}
                                                   for t in res.table})
+        require_kept(f"filter/{per.key}", len(res.kept), res.total, {t["filter"]: t["first_failed"] for t in res.table},
+                     f"SFT would train on nothing; see {d / 'rejected.jsonl'} (a cut-off reply fails `unfinished`: "
+                     "raise reflection/interaction sampling.max_new_tokens)")
         return {"candidates": res.total, "kept": len(res.kept), "sft_rows": len(sft)}
 
     return for_each_persona(ctx, work)
