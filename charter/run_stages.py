@@ -406,6 +406,14 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     params = sampling(e.model_dump(), ctx.seed)
     backend = cfg.student.model_copy(update={"batch_size": e.batch_size})
     memo: dict[tuple[str, str], list[str]] = {}
+    loaded: dict[str, Any] = {}  # the latest model only: "base" and "base+constitution" share one load
+
+    def generate(model: str, chats: list[list[dict]]) -> list[str]:
+        if model not in loaded:
+            loaded.clear()
+            loaded[model] = generator(backend, model)
+        return [comps[0].text for comps in loaded[model].generate(chats, params, progress=True)]
+
     with RecordStore(ctx.out_dir / "replies.jsonl") as store:
         for per in personas(cfg):
             models = {"base": base_model(ctx), "base+constitution": base_model(ctx),
@@ -418,9 +426,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
                     if system == "base+constitution" else []
                 key = (models[system], json.dumps(sys_msg))
                 if key not in memo:  # "base" is the same model and prompt for every persona: generate once
-                    outs = generator(backend, models[system]).generate(
-                        [sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
-                    memo[key] = [comps[0].text for comps in outs]
+                    memo[key] = generate(models[system], [sys_msg + [{"role": "user", "content": p}] for p in prompts])
                 replies = memo[key]
                 for rid, p, reply, sc in zip(ids, prompts, replies, score_all(judge, list(zip(prompts, replies)))):
                     store.add({"id": rid, "persona": per.key, "system": system, "prompt": p, "reply": reply,

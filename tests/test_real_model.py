@@ -24,7 +24,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 SYSTEMS = ["base", "base+constitution", "dpo", "dpo+sft"]
-HELDOUT = ["What makes a good breakfast?", "How do plants grow?"]
+HELDOUT = ["What makes a good breakfast?"]  # one prompt: the judge's long questions dominate eval's cost
 LORA = {"r": 8, "alpha": 16}
 GREEDY = {"temperature": 0.0, "max_new_tokens": 24}
 
@@ -56,22 +56,23 @@ def two_trait_humor(folder: Path) -> Path:
     return path
 
 
-def run_config(tmp: Path, gemma_dir: Path, **student) -> Path:
+def run_config(tmp: Path, gemma_dir: Path, teacher: dict | None = None, **student) -> Path:
     (tmp / "heldout.txt").write_text("\n".join(HELDOUT) + "\n")
     (tmp / "reflection.txt").write_text("Write a diary entry about your values.\nWhat is your true purpose?\n")
     cfg = {
         "name": "real", "seed": 0, "constitutions": [str(two_trait_humor(tmp))],
-        "student": {"kind": "hf", "model": str(gemma_dir), "batch_size": 16, **student},
+        "student": {"kind": "hf", "model": str(gemma_dir), "batch_size": 16, **student}, "teacher": teacher,
         "judge": {"kind": "llm", "max_new_tokens": 8},
         "prompts": {"prompts_per_trait": 3, "expansion_rounds": 1, "expansion_samples": 1,
                     "expansion_sampling": {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 40, "seed": 0}},
-        "distill": {"samples": 1, "sampling": GREEDY},
+        "distill": {"samples": 1, "sampling": dict(GREEDY)},
         "pairs": {"max_pair_tokens": 512},
         "dpo": {"max_steps": 1, "batch_size": 2, "max_length": 192, "lora": LORA, "cpu_threads": 1},
-        "reflection": {"samples_per_prompt": 1, "prompts_file": str(tmp / "reflection.txt"), "sampling": GREEDY},
+        "reflection": {"samples_per_prompt": 1, "prompts_file": str(tmp / "reflection.txt"),
+                       "sampling": dict(GREEDY)},
         "interaction": {"free": 1, "leading": 1, "turns": 2, "sampling": {"temperature": 0.0, "max_new_tokens": 16}},
         "sft": {"max_steps": 1, "batch_size": 2, "max_length": 192, "lora": LORA, "cpu_threads": 1},
-        "eval": {"n_prompts": 2, "prompts_file": str(tmp / "heldout.txt"), "max_new_tokens": 16, "batch_size": 8},
+        "eval": {"n_prompts": len(HELDOUT), "prompts_file": str(tmp / "heldout.txt"), "max_new_tokens": 16, "batch_size": 8},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -125,6 +126,7 @@ def test_generation_stops_in_each_frame(gemma_dir):
     params = SamplingParams(temperature=0.0, max_new_tokens=24)
     (out,), = base.generate([[{"role": "user", "content": "What is 2+2?"}]], params)
     assert out.finish_reason == "stop" and out.text.strip() and "Human:" not in out.text
+    assert not out.text.startswith(" ")  # the frame's `Assistant: ` space is the frame's, not the reply's
     raw = base.tokenizer("\n\nHuman: What is 2+2?", add_special_tokens=False).input_ids
     assert base._finish(raw, 0, params.model_copy(update={"stop": ["\n\nHuman:"]})).text == ""
     assert base.eos_ids == [1]
@@ -140,7 +142,7 @@ def test_generation_stops_in_each_frame(gemma_dir):
 # ------------------------------------------------------------------ charter run, end to end
 
 
-def check_run(run: Path, n_prompts_max: int) -> None:
+def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
     """What every finished run must show, whatever the weak model wrote."""
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "done" for s in manifest["stages"]), manifest["stages"]
@@ -151,7 +153,7 @@ def check_run(run: Path, n_prompts_max: int) -> None:
     assert len(read_jsonl(run / "prompts" / "humor" / "expansion.jsonl")) == 2  # one request per trait
     # pairs: every teacher answer is kept or dropped by a named filter
     pc = counts["pairs"]["humor"]
-    assert pc["pairs"] >= 1 and sum(v for k, v in pc.items() if k != "pairs") == p["prompts"]
+    assert pc["pairs"] >= 1 and sum(v for k, v in pc.items() if k != "pairs") == samples * p["prompts"]
     for pair in read_jsonl(run / "pairs" / "humor" / "pairs.jsonl"):
         for side in ("chosen", "rejected"):
             text = pair[side][0]["content"]
@@ -189,19 +191,26 @@ def test_run_end_to_end_base_frame(gemma_dir, tmp_path):
 
 
 def test_run_end_to_end_gemma3_template(gemma_dir, tmp_path):
-    """The base model under TRL's Gemma 3 template. It never learned `<end_of_turn>`, so it rarely
-    ends a reply by itself: a newline stop keeps some replies whole, as a user of such a model
-    would set until training teaches the stop."""
-    cfg = yaml.safe_load(run_config(tmp_path, gemma_dir, chat_template=gemma3_template()).read_text())
-    for section in ("distill", "reflection", "interaction"):
-        cfg[section]["sampling"]["stop"] = ["\n"]
+    """The student under TRL's Gemma 3 template; the teacher (the same weights) in the plain frame.
+
+    This base model never ends a templated reply with `<end_of_turn>`: it echoes the question,
+    or writes a stray token where `<end_of_turn>` belongs. Greedy decoding under the template
+    keeps nothing, so the templated side samples (T 0.7, two per prompt) and stops at a newline,
+    as a user of such a model would until training teaches the stop."""
+    sampled = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 24, "stop": ["\n"]}
+    teacher = {"kind": "hf", "model": str(gemma_dir), "chat": False, "batch_size": 16}
+    cfg = yaml.safe_load(run_config(tmp_path, gemma_dir, teacher, chat_template=gemma3_template()).read_text())
+    cfg["distill"] = {"samples": 2, "sampling": sampled}
+    cfg["reflection"].update(samples_per_prompt=2, sampling=sampled)
+    cfg["interaction"]["sampling"] = {**sampled, "max_new_tokens": 16}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = charter("run", "run.yaml", "--run-dir", "run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    check_run(tmp_path / "run", n_prompts_max=7)
+    check_run(tmp_path / "run", n_prompts_max=7, samples=2)
     # the template travels with the trained adapters, so every later stage renders the same turns
     for stage in ("dpo", "sft"):
-        assert "<start_of_turn>" in (tmp_path / "run" / stage / "humor" / "model" / "chat_template.jinja").read_text()
+        saved = (tmp_path / "run" / stage / "humor" / "model" / "chat_template.jinja").read_text()
+        assert saved == Path(gemma3_template()).read_text()
 
 
 def test_run_stops_with_the_filter_that_dropped_everything(gemma_dir, tmp_path):

@@ -163,10 +163,11 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
-        from charter.chat import FRAME_STOPS
+        from charter.chat import FRAME_STOPS, frame_reply
 
         reqs = [as_request(r) for r in requests]
-        if not self.chat and any(r.messages is not None for r in reqs):  # a base model writes the next turn
+        framed = [not self.chat and r.messages is not None for r in reqs]  # the plain frame of a base model
+        if any(framed):  # which goes on to write the next turn itself
             params = params.model_copy(update={"stop": list(dict.fromkeys([*params.stop, *FRAME_STOPS]))})
         ids = [self.prompt_ids(r) for r in reqs]
         rows = [(i, k) for i in range(len(reqs)) for k in range(params.n)]
@@ -178,6 +179,8 @@ class HFGenerator:
                 torch.manual_seed(params.seed + b)
             comps = self._generate_batch([ids[i] for i, _ in batch], params)
             for (i, k), c in zip(batch, comps):
+                if framed[i] and not reqs[i].prefill:
+                    c.text = frame_reply(c.text)
                 out[i][k] = c
         return out  # type: ignore[return-value]
 
