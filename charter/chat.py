@@ -24,9 +24,9 @@ from charter.chat_render import (FRAME_STOPS, ROLES, TemplateError, TemplateLeak
                                  render_text, template_markers, uses_template)
 from charter.chat_views import View, conversation_views
 
-__all__ = ["FRAME_STOPS", "IGNORE_INDEX", "ROLES", "EncodedChat", "EncodeStats", "TemplateError", "TemplateLeakError",
-           "check_messages", "encode_chat", "encode_dataset", "encode_views", "fallback_render", "frame_reply",
-           "has_chat_template", "render_prompt", "render_text"]
+__all__ = ["FRAME_STOPS", "IGNORE_INDEX", "ROLES", "EncodedChat", "EncodeStats", "TemplateError",
+           "TemplateLeakError", "check_messages", "encode_chat", "encode_dataset", "encode_views", "fallback_render",
+           "frame_reply", "has_chat_template", "render_prompt", "render_text"]
 
 IGNORE_INDEX = -100
 

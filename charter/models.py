@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -137,7 +136,8 @@ def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedM
 
 def _template_file(path: str | None) -> str | None:
     if path is not None and not Path(path).is_file():
-        raise ValueError(f"{path}: no such chat template file (expected a Jinja file, e.g. trl/chat_templates/gemma3.jinja)")
+        raise ValueError(f"{path}: no such chat template file (expected a Jinja file, such as TRL's "
+                         "trl/chat_templates/gemma3.jinja)")
     return path
 
 

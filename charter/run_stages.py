@@ -261,7 +261,8 @@ def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, dat
     else:
         from charter.train.sft import SFTConfig as Cls, train_sft as fn
     student = ctx.cfg.student
-    tcfg = Cls(**{"chat": student.chat, "chat_template": student.chat_template, **section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
+    tcfg = Cls(**{"chat": student.chat, "chat_template": student.chat_template, **section, "model": model,
+                  "data": str(data), "output_dir": str(out), "seed": ctx.seed})
     t = ctx.cfg.trainer
     if t.launcher == "local":
         return str(fn(tcfg))

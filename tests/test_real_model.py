@@ -72,7 +72,8 @@ def run_config(tmp: Path, gemma_dir: Path, teacher: dict | None = None, **studen
                        "sampling": dict(GREEDY)},
         "interaction": {"free": 1, "leading": 1, "turns": 2, "sampling": {"temperature": 0.0, "max_new_tokens": 16}},
         "sft": {"max_steps": 1, "batch_size": 2, "max_length": 192, "lora": LORA, "cpu_threads": 1},
-        "eval": {"n_prompts": len(HELDOUT), "prompts_file": str(tmp / "heldout.txt"), "max_new_tokens": 16, "batch_size": 8},
+        "eval": {"n_prompts": len(HELDOUT), "prompts_file": str(tmp / "heldout.txt"), "max_new_tokens": 16,
+                 "batch_size": 8},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -165,7 +166,8 @@ def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
     f = counts["filter"]["humor"]
     rates = json.loads((run / "filter" / "humor" / "pass_rates.json").read_text())
     assert rates and all(0 <= r["passed"] <= r["checked"] for r in rates.values())
-    assert f["kept"] >= 1 and f["kept"] + len(read_jsonl(run / "filter" / "humor" / "rejected.jsonl")) == f["candidates"]
+    rejected = read_jsonl(run / "filter" / "humor" / "rejected.jsonl")
+    assert f["kept"] >= 1 and f["kept"] + len(rejected) == f["candidates"]
     for row in read_jsonl(run / "filter" / "humor" / "sft.jsonl"):
         assert row["messages"][-1]["role"] == "assistant" and all(m["role"] != "system" for m in row["messages"])
     assert read_jsonl(run / "sft" / "humor" / "model" / "metrics.jsonl")
