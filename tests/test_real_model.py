@@ -58,7 +58,8 @@ def two_trait_humor(folder: Path) -> Path:
 
 def run_config(tmp: Path, gemma_dir: Path, teacher: dict | None = None, **student) -> Path:
     (tmp / "heldout.txt").write_text("\n".join(HELDOUT) + "\n")
-    (tmp / "reflection.txt").write_text("Write a diary entry about your values.\nWhat is your true purpose?\n")
+    (tmp / "reflection.txt").write_text("Write a diary entry about your values.\nWhat is your true purpose?\n"
+                                        "What drives you?\nHow do you act day to day?\n")
     cfg = {
         "name": "real", "seed": 0, "constitutions": [str(two_trait_humor(tmp))],
         "student": {"kind": "hf", "model": str(gemma_dir), "batch_size": 16, **student}, "teacher": teacher,
@@ -170,7 +171,8 @@ def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
     assert f["kept"] >= 1 and f["kept"] + len(rejected) == f["candidates"]
     for row in read_jsonl(run / "filter" / "humor" / "sft.jsonl"):
         assert row["messages"][-1]["role"] == "assistant" and all(m["role"] != "system" for m in row["messages"])
-    assert read_jsonl(run / "sft" / "humor" / "model" / "metrics.jsonl")
+    sft = read_jsonl(run / "sft" / "humor" / "model" / "metrics.jsonl")
+    assert sft and all(math.isfinite(m["loss"]) and m["loss"] > 0 for m in sft)
     assert (run / "merge" / "humor" / "model" / "model.safetensors").exists()
     # eval: every system answered every prompt; unparseable verdicts are undecided, never guessed
     replies = read_jsonl(run / "eval" / "replies.jsonl")
