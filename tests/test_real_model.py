@@ -129,8 +129,6 @@ def test_generation_stops_in_each_frame(gemma_dir):
     (out,), = base.generate([[{"role": "user", "content": "What is 2+2?"}]], params)
     assert out.finish_reason == "stop" and out.text.strip() and "Human:" not in out.text
     assert not out.text.startswith(" ")  # the frame's `Assistant: ` space is the frame's, not the reply's
-    raw = base.tokenizer("\n\nHuman: What is 2+2?", add_special_tokens=False).input_ids
-    assert base._finish(raw, 0, params.model_copy(update={"stop": ["\n\nHuman:"]})).text == ""
     assert base.eos_ids == [1]
 
     chat = make_generator(BackendConfig(model=str(gemma_dir), chat_template=gemma3_template(), device="cpu"))
@@ -244,8 +242,8 @@ def test_require_kept_names_each_filter_that_dropped():
 
 def test_bootstrap_stage_one(gemma_dir, tmp_path):
     cfg = {"out_dir": "out", "base_model": str(gemma_dir), "stages": ["instructions"], "fewshot": 1,
-           "train_tasks": 4, "samples": 1, "sampling": {"temperature": 0.0, "max_new_tokens": 16},
-           "eval_families": ["instructions"], "eval_tasks": 3, "baseline_framings": ["hh"], "eval_framings": ["hh"],
+           "train_tasks": 3, "samples": 1, "sampling": {"temperature": 0.0, "max_new_tokens": 16},
+           "eval_families": ["instructions"], "eval_tasks": 2, "baseline_framings": ["hh"], "eval_framings": ["hh"],
            "eval_max_new_tokens": 16, "min_pairs": 1, "device": "cpu",
            "sft": {"lr": 1e-4, "max_steps": 1, "batch_size": 4, "max_length": 128, "lora": LORA},
            "dpo": {"lr": 1e-4, "max_steps": 1, "batch_size": 2, "max_length": 128, "lora": LORA}}
@@ -256,9 +254,9 @@ def test_bootstrap_stage_one(gemma_dir, tmp_path):
     assert [r["stage"] for r in summary["rows"]] == ["baseline", "instructions"]
     for stage in ("stage_0_baseline", "stage_1_instructions"):
         answers = json.loads((tmp_path / "out" / stage / "eval.json").read_text())["answers"]["hh"]
-        assert len(answers) == 3 and not any("\n\nHuman:" in a or "\n\nAssistant:" in a for a in answers)
+        assert len(answers) == 2 and not any("\n\nHuman:" in a or "\n\nAssistant:" in a for a in answers)
     rows = read_jsonl(tmp_path / "out" / "stage_1_instructions" / "sft.jsonl")
-    assert len(rows) == 4 and not any("<start_of_turn>" in m["content"] for r in rows for m in r["messages"])
+    assert len(rows) == 3 and not any("<start_of_turn>" in m["content"] for r in rows for m in r["messages"])
 
 
 def test_cai_revise_and_label(gemma_dir, tmp_path):
