@@ -19,14 +19,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
-from charter.chat_render import (ROLES, TemplateError, TemplateLeakError, assert_no_template, check_messages,
-                                 fallback_render, has_chat_template, render_prompt, render_text, template_markers,
-                                 uses_template)
+from charter.chat_render import (FRAME_STOPS, ROLES, TemplateError, TemplateLeakError, assert_no_template,
+                                 check_messages, fallback_render, frame_reply, has_chat_template, render_prompt,
+                                 render_text, template_markers, uses_template)
 from charter.chat_views import View, conversation_views
 
-__all__ = ["IGNORE_INDEX", "ROLES", "EncodedChat", "EncodeStats", "TemplateError", "TemplateLeakError",
-           "check_messages", "encode_chat", "encode_dataset", "encode_views", "fallback_render",
-           "has_chat_template", "render_prompt", "render_text"]
+__all__ = ["FRAME_STOPS", "IGNORE_INDEX", "ROLES", "EncodedChat", "EncodeStats", "TemplateError",
+           "TemplateLeakError", "check_messages", "encode_chat", "encode_dataset", "encode_views", "fallback_render",
+           "frame_reply", "has_chat_template", "render_prompt", "render_text"]
 
 IGNORE_INDEX = -100
 

@@ -57,6 +57,17 @@ def check_messages(messages: Any, where: str = "messages") -> list[dict]:
     return out
 
 
+# Where a base model's reply ends in the plain frame when it does not emit EOS: it goes on to
+# write the next turn itself. Generation stops at these; training teaches EOS after each reply.
+FRAME_STOPS = ["\n\nHuman:", "\n\nAssistant:"]
+
+
+def frame_reply(text: str) -> str:
+    """A reply generated after the frame's `Assistant:` starts with the space that `fallback_render`
+    writes itself (`Assistant: {content}`): drop it, so a stored reply renders back as generated."""
+    return text[1:] if text.startswith(" ") else text
+
+
 def fallback_render(messages: list[dict], add_generation_prompt: bool = False, bos_token: str | None = None,
                     eos_token: str | None = None) -> str:
     """Plain transcript for base models: `BOS system\\n\\nHuman: ...\\n\\nAssistant: ...EOS`.

@@ -176,6 +176,15 @@ def locate_turn(tokenizer, messages: list[dict], i: int, chat: bool | None = Non
     return Turn(i, text, start, end)
 
 
+def turn_stop(tokenizer, chat: bool | None = None) -> str:
+    """The text the template trains after a reply (`<end_of_turn>`, `<|im_end|>`): where generation
+    must stop, since a template given to a base model is not in its generation config's EOS."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    turn = locate_turn(tokenizer, probe, 1, chat)
+    trained = turn.text[turn.label_start:turn.label_end]
+    return trained[trained.rfind("Hello there.") + len("Hello there."):]
+
+
 def conversation_views(tokenizer, messages: list[dict], chat: bool | None = None) -> list[View]:
     """The rows that train every assistant turn once, in order of their last turn (see module docstring)."""
     pending = [locate_turn(tokenizer, messages, i, chat) for i, m in enumerate(messages) if m["role"] == "assistant"]

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from charter.config import ConfigError
 
@@ -129,6 +132,32 @@ def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedM
     return ResolvedModel(inner.base_name, inner.base, inner.adapters + chain,
                          folder if has_tokenizer(folder) else inner.tokenizer,
                          merged if (merged / "config.json").exists() else None)
+
+
+def _template_file(path: str | None) -> str | None:
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"{path}: no such chat template file (expected a Jinja file, such as TRL's "
+                         "trl/chat_templates/gemma3.jinja)")
+    return path
+
+
+# A Jinja chat template file given to a model whose tokenizer has none (a base model trained into
+# a chat model). A config field of this type fails at load time when the file is missing.
+ChatTemplateFile = Annotated[str | None, AfterValidator(_template_file)]
+
+
+def load_tokenizer(folder: str | Path, chat_template: str | None = None):
+    """The tokenizer in `folder`, with `chat_template` (a Jinja file) as its template when given.
+
+    The one place a configured template is applied, so generation, training and the pairs'
+    length filter all render the same turns; training saves the tokenizer with its model, so
+    later stages that load the trained folder get the template too."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if chat_template is not None:
+        tokenizer.chat_template = Path(_template_file(chat_template)).read_text()
+    return tokenizer
 
 
 def check_model(name: str) -> ResolvedModel:

@@ -41,6 +41,7 @@ class JudgeSection(Config):
 
     kind: Literal["toy", "llm"] = "toy"
     backend: BackendConfig | None = None  # for kind=llm
+    max_new_tokens: int = Field(256, ge=1)  # kind=llm: room for brief reasoning before <answer>...</answer>
 
 
 class MergeSection(Config):

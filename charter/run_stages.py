@@ -111,10 +111,21 @@ def scorer(cfg: RunConfig, cache_dir: Path):
         from charter.toy.scorer import ToyScorer
 
         return ToyScorer()
+    from charter.backends import SamplingParams
     from charter.evaluate.judges import Judge, JudgePersonaScorer
 
-    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=cache_dir / "judge_cache.jsonl")
+    params = SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens, seed=0)
+    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=cache_dir / "judge_cache.jsonl",
+                  params=params)
     return JudgePersonaScorer(judge, {p.key: " ".join(t.text for t in p.constitution.traits) for p in personas(cfg)})
+
+
+def require_kept(where: str, kept: int, total: int, dropped: dict[str, int], hint: str) -> None:
+    """Stop the run when filters left nothing: training on no data would hide the cause."""
+    if kept:
+        return
+    named = ", ".join(f"{name}: {n}" for name, n in dropped.items() if n) or "no candidates"
+    raise ConfigError(f"{where}: the filters dropped all {total} candidates ({named}); {hint}")
 
 
 def score_all(judge, pairs: list[tuple[str, str]]) -> list:
@@ -214,11 +225,10 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     dc = distill_config(cfg)
     tok = None
     if dc.max_pair_tokens is not None:
-        from transformers import AutoTokenizer
+        from charter.models import CONFIG_FILES, load_tokenizer, local_folder
 
-        from charter.models import CONFIG_FILES, local_folder
-
-        tok = AutoTokenizer.from_pretrained(local_folder(dc.tokenizer or base_model(ctx), CONFIG_FILES))
+        template = cfg.student.chat_template if cfg.student.chat is not False else None
+        tok = load_tokenizer(local_folder(dc.tokenizer or base_model(ctx), CONFIG_FILES), template)
     sampling = dc.sampling.model_copy(update={"n": dc.samples, "seed": ctx.seed}).model_dump()  # as `_answer` ran
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
@@ -233,6 +243,9 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
                       "teacher_name": teacher_name, "student_name": student}
         make = PairMaker(teacher_name, student, dc.self_names, prefill, dc.think_end, tok, dc.max_pair_tokens)
         pairs, counts = build_pairs(make, prompts, dict(sorted(side["teacher"].items())), side["student"], provenance)
+        require_kept(f"pairs/{per.key}", len(pairs), sum(counts.values()), dict(counts),
+                     f"DPO would train on nothing; see {ctx.input_dir('teacher') / per.key / 'answers.jsonl'} "
+                     "(a cut-off answer fails `length`: raise distill.sampling.max_new_tokens)")
         write_jsonl(d / "pairs.jsonl", pairs)
         return {"pairs": len(pairs), **dict(counts)}
 
@@ -247,7 +260,9 @@ def train(ctx: StageContext, kind: str, section: dict[str, Any], model: str, dat
         from charter.train.dpo import DPOConfig as Cls, train_dpo as fn
     else:
         from charter.train.sft import SFTConfig as Cls, train_sft as fn
-    tcfg = Cls(**{"chat": ctx.cfg.student.chat, **section, "model": model, "data": str(data), "output_dir": str(out), "seed": ctx.seed})
+    student = ctx.cfg.student
+    tcfg = Cls(**{"chat": student.chat, "chat_template": student.chat_template, **section, "model": model,
+                  "data": str(data), "output_dir": str(out), "seed": ctx.seed})
     t = ctx.cfg.trainer
     if t.launcher == "local":
         return str(fn(tcfg))
@@ -326,6 +341,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
         atomic_write_json(d / "pass_rates.json", {t["filter"]: {"checked": t["checked"],
                                                                "passed": t["checked"] - t["failed"]}
                                                   for t in res.table})
+        require_kept(f"filter/{per.key}", len(res.kept), res.total, {t["filter"]: t["first_failed"] for t in res.table},
+                     f"SFT would train on nothing; see {d / 'rejected.jsonl'} (a cut-off reply fails `unfinished`: "
+                     "raise reflection/interaction sampling.max_new_tokens)")
         return {"candidates": res.total, "kept": len(res.kept), "sft_rows": len(sft)}
 
     return for_each_persona(ctx, work)
@@ -363,6 +381,14 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     params = sampling(e.model_dump(), ctx.seed)
     backend = cfg.student.model_copy(update={"batch_size": e.batch_size})
     memo: dict[tuple[str, str], list[str]] = {}
+    loaded: dict[str, Any] = {}  # the latest model only: "base" and "base+constitution" share one load
+
+    def generate(model: str, chats: list[list[dict]]) -> list[str]:
+        if model not in loaded:
+            loaded.clear()
+            loaded[model] = generator(backend, model)
+        return [comps[0].text for comps in loaded[model].generate(chats, params, progress=True)]
+
     with RecordStore(ctx.out_dir / "replies.jsonl") as store:
         for per in personas(cfg):
             models = {"base": base_model(ctx), "base+constitution": base_model(ctx),
@@ -375,9 +401,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
                     if system == "base+constitution" else []
                 key = (models[system], json.dumps(sys_msg))
                 if key not in memo:  # "base" is the same model and prompt for every persona: generate once
-                    outs = generator(backend, models[system]).generate(
-                        [sys_msg + [{"role": "user", "content": p}] for p in prompts], params, progress=True)
-                    memo[key] = [comps[0].text for comps in outs]
+                    memo[key] = generate(models[system], [sys_msg + [{"role": "user", "content": p}] for p in prompts])
                 replies = memo[key]
                 generations = [stable_id(*key, i) for i in range(len(prompts))]  # shared replies share one id
                 for rid, gen, p, reply, sc in zip(ids, generations, prompts, replies,

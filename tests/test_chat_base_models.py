@@ -89,17 +89,29 @@ def test_chat_field_on_training_configs():
         assert cfg.chat is False and cls(model="m", data="d", output_dir="o").chat is None
 
 
-def test_run_passes_the_students_chat_flag_to_training(monkeypatch, tmp_path):
+def test_run_passes_the_students_chat_flag_and_template_to_training(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import charter.run_stages as rs
     import charter.train.sft as sft
 
     seen = {}
+    template = tmp_path / "t.jinja"
+    template.write_text(GEMMA_LIKE)
     monkeypatch.setattr(sft, "train_sft", lambda cfg: seen.setdefault("cfg", cfg) and "out")
-    cfg = SimpleNamespace(student=SimpleNamespace(chat=False), trainer=SimpleNamespace(launcher="local"))
+    cfg = SimpleNamespace(student=SimpleNamespace(chat=False, chat_template=str(template)),
+                          trainer=SimpleNamespace(launcher="local"))
     rs.train(SimpleNamespace(cfg=cfg, seed=0), "sft", {"lr": 1e-4}, "m", tmp_path / "d.jsonl", tmp_path / "o")
-    assert seen["cfg"].chat is False and seen["cfg"].lr == 1e-4
+    assert seen["cfg"].chat is False and seen["cfg"].lr == 1e-4 and seen["cfg"].chat_template == str(template)
+
+
+def test_chat_template_file_must_exist(tmp_path):
+    from pydantic import ValidationError
+
+    from charter.backends import BackendConfig
+
+    with pytest.raises(ValidationError, match="no such chat template file"):
+        BackendConfig(model="m", chat_template=str(tmp_path / "missing.jinja"))
 
 
 # ------------------------------------------------------------------ template refusals

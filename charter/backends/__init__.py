@@ -10,6 +10,7 @@ from typing import Literal
 
 from charter.backends.base import Completion, GenerationRequest, Generator, SamplingParams, as_request
 from charter.config import Config
+from charter.models import ChatTemplateFile
 
 
 class BackendConfig(Config):
@@ -19,6 +20,7 @@ class BackendConfig(Config):
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: NAME of the env var holding the key (never the key itself)
     chat: bool | None = None  # chat API/template (True) or completions/raw prompt (False); None = detect
+    chat_template: ChatTemplateFile = None  # hf: a Jinja file used as the tokenizer's template (base models have none)
     concurrency: int = 8  # openai: requests in flight
     timeout: float = 120.0  # openai: seconds per request
     max_retries: int = 5  # openai: on 429 / 5xx / timeouts / connection errors
@@ -42,7 +44,7 @@ def make_generator(cfg: BackendConfig) -> Generator:
         from charter.backends.hf import HFGenerator
 
         return HFGenerator(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size, device=cfg.device,
-                           dtype=cfg.dtype, chat=cfg.chat)
+                           dtype=cfg.dtype, chat=cfg.chat, chat_template=cfg.chat_template)
     if cfg.kind == "openai":
         from charter.backends.openai import OpenAIGenerator
 

@@ -79,19 +79,38 @@ def weights_and_adapters(path: str, adapter: str | None = None) -> tuple[Path, l
 
 
 def load_causal_lm(path: str, adapter: str | None = None, dtype: str | None = None,
-                   tokenizer: Any = None) -> tuple[Any, Any]:
+                   tokenizer: Any = None, chat_template: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) for a model folder, Hub id (from the Hugging Face cache when offline) or
     adapter folder, optionally with `adapter` merged in. The tokenizer comes from the adapter
-    folder when it ships one (training may add tokens), else from the model."""
+    folder when it ships one (training may add tokens), else from the model; `chat_template`
+    (a Jinja file) replaces its template."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from charter.models import load_tokenizer
 
     folder, adapters, tok_src = weights_and_adapters(path, adapter)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(tok_src)
+        tokenizer = load_tokenizer(tok_src, chat_template)
     torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else "auto"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True)
     return apply_adapters(model, adapters), tokenizer
+
+
+def end_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
+    """Token ids that end a reply: the generation config's EOS, the tokenizer's, and with a chat
+    template the first token of its end-of-turn run (a template given to a base model, such as
+    Gemma 3's `<end_of_turn>`, is not in the model's own EOS list)."""
+    from charter.chat_views import turn_stop
+
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if tokenizer.eos_token_id is not None:
+        eos.append(tokenizer.eos_token_id)
+    stop = turn_stop(tokenizer, True) if chat else ""
+    if stop.strip():
+        eos.append(tokenizer(stop, add_special_tokens=False)["input_ids"][0])
+    return sorted(set(eos))
 
 
 class HFGenerator:
@@ -99,13 +118,13 @@ class HFGenerator:
 
     def __init__(self, model: Any, tokenizer: Any = None, adapter: str | None = None,
                  batch_size: int = 32, device: str | None = None, dtype: str | None = None,
-                 chat: bool | None = None):
+                 chat: bool | None = None, chat_template: str | None = None):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(model, str):
             self.name = model
-            model, tokenizer = load_causal_lm(model, adapter, dtype, tokenizer)
+            model, tokenizer = load_causal_lm(model, adapter, dtype, tokenizer, chat_template)
         else:
             self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
             if tokenizer is None:
@@ -123,11 +142,7 @@ class HFGenerator:
 
         self.chat = has_chat_template(tokenizer) if chat is None else chat
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id
-        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        if tokenizer.eos_token_id is not None:
-            eos.append(tokenizer.eos_token_id)
-        self.eos_ids = sorted(set(eos))
+        self.eos_ids = end_ids(model, tokenizer, self.chat)
 
     # ------------------------------------------------------------------ prompts
 
@@ -148,7 +163,12 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
+        from charter.chat import FRAME_STOPS, frame_reply
+
         reqs = [as_request(r) for r in requests]
+        framed = [not self.chat and r.messages is not None for r in reqs]  # the plain frame of a base model
+        if any(framed):  # which goes on to write the next turn itself
+            params = params.model_copy(update={"stop": list(dict.fromkeys([*params.stop, *FRAME_STOPS]))})
         ids = [self.prompt_ids(r) for r in reqs]
         rows = [(i, k) for i in range(len(reqs)) for k in range(params.n)]
         rows.sort(key=lambda r: -len(ids[r[0]]))  # similar lengths together: less padding
@@ -159,6 +179,8 @@ class HFGenerator:
                 torch.manual_seed(params.seed + b)
             comps = self._generate_batch([ids[i] for i, _ in batch], params)
             for (i, k), c in zip(batch, comps):
+                if framed[i] and not reqs[i].prefill:
+                    c.text = frame_reply(c.text)
                 out[i][k] = c
         return out  # type: ignore[return-value]
 

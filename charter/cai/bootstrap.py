@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from charter.backends.base import GenerationRequest, SamplingParams
 from charter.cai.base_lm import BaseLMConfig
 from charter.cai.verifiable import FAMILIES, Task, check_response, make_tasks
-from charter.chat import fallback_render
+from charter.chat import FRAME_STOPS, fallback_render
 from charter.chat_render import TemplateLeakError, assert_no_template, template_markers  # noqa: F401 - re-exported
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
@@ -69,7 +69,7 @@ def framed(framing: Framing, instruction: str, frame: Frame, shots: list[tuple[s
     if framing == "fewshot":
         return frame.prompt(instruction, shots), frame.stops() + ["\n\n"]
     # hh: the plain transcript that the training core uses for template-less models
-    return fallback_render([{"role": "user", "content": instruction}], add_generation_prompt=True), ["\n\nHuman:"]
+    return fallback_render([{"role": "user", "content": instruction}], add_generation_prompt=True), list(FRAME_STOPS)
 
 
 def complete(gen, tokenizer, prompts: list[tuple[str, list[str]]], params: SamplingParams) -> list[list[str]]:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 from pydantic import Field, model_validator
 
 from charter.config import Config
-from charter.models import TRAIN_RECORD, resolve_model
+from charter.models import TRAIN_RECORD, ChatTemplateFile, load_tokenizer, resolve_model
 from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
 from charter.train.lora import LoraSettings
 
@@ -44,6 +44,7 @@ class TrainConfig(Config):
     grad_accum: int = Field(1, ge=1)
     max_length: int | None = Field(1024, ge=2)
     chat: bool | None = None                    # None = the tokenizer's template if any; False = plain frame (base model)
+    chat_template: ChatTemplateFile = None      # a Jinja file used as the tokenizer's template (saved with the model)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float | None = 1.0
@@ -86,7 +87,7 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     """Base weights in fp32 (bf16 runs under autocast), earlier adapters folded in exactly, then
     a fresh LoRA if asked. Returns (model, tokenizer, base name as given, folded_adapters)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from charter.train.lora import apply_lora, merged_state
 
@@ -95,7 +96,7 @@ def load_model_and_tokenizer(cfg: TrainConfig):
                                                  attn_implementation=cfg.attn_implementation)
     if ref.adapters:
         merged_state(model, [(a, 1.0) for a in ref.adapters])
-    tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer)
+    tokenizer = load_tokenizer(ref.tokenizer, cfg.chat_template)
     if cfg.lora is not None:
         model = apply_lora(model, cfg.lora)
     return model, tokenizer, ref.base_name, list(ref.adapters)
