@@ -68,3 +68,11 @@ class Generator(Protocol):
 
     def generate(self, requests: list[RequestLike], params: SamplingParams,
                  progress: bool = False) -> list[list[Completion]]: ...
+
+
+def with_frame_stops(params: SamplingParams) -> SamplingParams:
+    """A base model prompted in the plain `Human:`/`Assistant:` frame goes on to write the next
+    turn itself when it does not emit EOS: every backend stops it there."""
+    from charter.chat_render import FRAME_STOPS
+
+    return params.model_copy(update={"stop": list(dict.fromkeys([*params.stop, *FRAME_STOPS]))})

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from charter.backends.base import Completion, GenerationRequest, RequestLike, SamplingParams, as_request
+from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
+                                   with_frame_stops)
 
 
 def _stop_index(text: str, stops: list[str]) -> int:
@@ -163,12 +164,12 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
-        from charter.chat import FRAME_STOPS, frame_reply
+        from charter.chat import frame_reply
 
         reqs = [as_request(r) for r in requests]
         framed = [not self.chat and r.messages is not None for r in reqs]  # the plain frame of a base model
-        if any(framed):  # which goes on to write the next turn itself
-            params = params.model_copy(update={"stop": list(dict.fromkeys([*params.stop, *FRAME_STOPS]))})
+        if any(framed):
+            params = with_frame_stops(params)
         ids = [self.prompt_ids(r) for r in reqs]
         rows = [(i, k) for i in range(len(reqs)) for k in range(params.n)]
         rows.sort(key=lambda r: -len(ids[r[0]]))  # similar lengths together: less padding

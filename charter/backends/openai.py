@@ -27,7 +27,9 @@ import random
 import threading
 from typing import Any, Literal
 
-from charter.backends.base import Completion, GenerationRequest, RequestLike, SamplingParams, as_request
+from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
+                                   with_frame_stops)
+from charter.chat_render import frame_reply
 from charter.data.jsonl import stable_id
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,9 @@ class OpenAIGenerator:
 
     async def _one(self, client, sem, req: GenerationRequest, params: SamplingParams, k: int) -> Completion:
         seed = None if params.seed is None else int(stable_id(params.seed, req.messages, req.prompt, req.prefill, k)[:8], 16) % (2 ** 31)
+        framed = self.chat is False and req.messages is not None  # a base model in the plain frame
+        if framed:
+            params = with_frame_stops(params)
         path, body = self._endpoint_and_body(req, params, seed)
         async with sem:
             data = await self._call(client, path, body)
@@ -172,6 +177,8 @@ class OpenAIGenerator:
         cut = min((i for i in (text.find(s) for s in params.stop if s) if i >= 0), default=-1)
         if cut >= 0:  # some servers return the stop string itself
             text = text[:cut]
+        if framed and not req.prefill:
+            text = frame_reply(text)
         usage = data.get("usage") or {}
         finish = "length" if choice.get("finish_reason") == "length" and cut < 0 else "stop"
         return Completion(text, finish, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from charter.backends.base import Completion, GenerationRequest, RequestLike, SamplingParams, as_request
+from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
+                                   with_frame_stops)
 
 
 def _import_vllm():
@@ -85,12 +86,19 @@ class VLLMGenerator:
 
     def generate(self, requests: list[RequestLike], params: SamplingParams,
                  progress: bool = False) -> list[list[Completion]]:
+        from charter.chat_render import frame_reply
+
         reqs = [as_request(r) for r in requests]
+        framed = [not self.chat and r.messages is not None for r in reqs]
+        if any(framed):  # a base model in the plain frame: stop where it would write the next turn
+            params = with_frame_stops(params)
         sp = self._vllm.SamplingParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or -1,
             repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
             stop=list(params.stop) or None, seed=params.seed)
         outs: list[Any] = self.llm.generate([self._text(r) for r in reqs], sp, use_tqdm=progress,
                                             lora_request=self.lora)
-        return [[Completion(o.text, "length" if o.finish_reason == "length" else "stop",
-                            len(out.prompt_token_ids), len(o.token_ids)) for o in out.outputs] for out in outs]
+        return [[Completion(frame_reply(o.text) if plain and not r.prefill else o.text,
+                            "length" if o.finish_reason == "length" else "stop",
+                            len(out.prompt_token_ids), len(o.token_ids)) for o in out.outputs]
+                for out, plain, r in zip(outs, framed, reqs)]
