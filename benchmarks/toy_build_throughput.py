@@ -30,14 +30,14 @@ def main() -> None:
     from charter.toy.corpus import generate_corpus
     from charter.toy.model import ToyBuildConfig, build_toy_base
     from charter.train.batching import pack, packed_token_logps
-    from charter.train.data import load_sft
+    from charter.train.data import read_sft
 
     cfg = ToyBuildConfig()
     rows = generate_corpus(400, seed=0, persona_share=cfg.persona_share)
     tok, model = build_toy_base(cfg, rows)
     data = Path(tempfile.mkdtemp()) / "corpus.jsonl"
     write_jsonl(data, ({"messages": r["messages"]} for r in rows))
-    items, _ = load_sft(str(data), tok, cfg.context)
+    items, _ = read_sft(str(data), tok, cfg.context)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(i: int, mb: int) -> tuple[int, int]:
