@@ -8,7 +8,8 @@ shape) or an HF folder (`--model`, e.g. the embedded gemma-3-270m; a tokenizer w
 template gets the ChatML-like TEMPLATE below). Full fine-tuning, or with `--lora` LoRA r 16,
 alpha 32, dropout 0 on every linear layer but the LM head, set identically in Charter and PEFT.
 Both precompute the reference log-probs (TRL `precompute_ref_log_probs=True`, Charter
-`reference=precomputed`), AdamW, sequential order; bf16 is fp32 weights under autocast in both.
+`reference=precomputed`), AdamW, sequential order, no gradient checkpointing (TRL 1.16 turns it
+on by default; Charter has none); bf16 is fp32 weights under autocast in both.
 Each trainer runs in its own subprocess so peak RSS (and peak GPU memory) is its own. Tokens
 count every real (non-padding) token of prompt+chosen and prompt+rejected, over the steps after
 the first (warm-up), from step-end to step-end, so precompute and start-up are excluded. Two
@@ -163,7 +164,7 @@ def run_trl(args, tick) -> None:
 
     common = dict(output_dir=args.out, per_device_train_batch_size=args.batch, learning_rate=LR,
                   max_steps=args.steps, bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
-                  optim="adamw_torch", logging_steps=1, save_strategy="no", report_to="none", max_length=1024,
+                  optim="adamw_torch", gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none", max_length=1024,
                   dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(args.model)
