@@ -164,8 +164,8 @@ def run_trl(args, tick) -> None:
 
     common = dict(output_dir=args.out, per_device_train_batch_size=args.batch, learning_rate=LR,
                   max_steps=args.steps, bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
-                  optim="adamw_torch", gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none", max_length=1024,
-                  dataloader_num_workers=0)
+                  optim="adamw_torch", gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+                  report_to="none", max_length=1024, dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(args.model)
     ds = Dataset.from_list(read_jsonl(args.data))
@@ -241,8 +241,8 @@ def compare(args, label: str, model_dir: Path, data: Path, root: Path) -> tuple[
         wall, cpu = rates(r, toks)
         mem = r["peak_gpu_mb"] if gpu else r["peak_rss_mb"]
         res[name] = (wall if args.wall or gpu else cpu, mem)
-        extra = (f"  peak GPU {r['peak_gpu_mb']:7.0f} MiB  MFU {6 * n_params * wall / args.peak_tflops / 1e12:6.1%}"
-                 if gpu else "")
+        mfu = 6 * n_params * wall / (args.peak_tflops * 1e12)
+        extra = (f"  peak GPU {r['peak_gpu_mb']:7.0f} MiB" if gpu else "") + f"  MFU {mfu:.2%}"
         print(f"{args.kind} {label:>4} {name:>7}: {wall:9.1f} tokens/s wall  {cpu:9.1f} tokens/CPU-s  "
               f"peak RSS {r['peak_rss_mb']:7.0f} MiB{extra}  ({args.steps - 1} timed steps, {sum(toks[1:])} "
               f"tokens, {n_params / 1e6:.0f}M params)", flush=True)
