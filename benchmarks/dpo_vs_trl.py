@@ -8,8 +8,8 @@ shape) or an HF folder (`--model`, e.g. the embedded gemma-3-270m; a tokenizer w
 template gets the ChatML-like TEMPLATE below). Full fine-tuning, or with `--lora` LoRA r 16,
 alpha 32, dropout 0 on every linear layer but the LM head, set identically in Charter and PEFT.
 Both precompute the reference log-probs (TRL `precompute_ref_log_probs=True`, Charter
-`reference=precomputed`), AdamW, sequential order, no gradient checkpointing (TRL 1.16 turns it
-on by default; Charter has none); bf16 is fp32 weights under autocast in both.
+`reference=precomputed`), AdamW, sequential order, gradient checkpointing off in both unless
+`--gradient-checkpointing` (TRL 1.16 turns it on by default, Charter off); bf16 is fp32 weights under autocast in both.
 Each trainer runs in its own subprocess so peak RSS (and peak GPU memory) is its own. Tokens
 count every real (non-padding) token of prompt+chosen and prompt+rejected, over the steps after
 the first (warm-up), from step-end to step-end, so precompute and start-up are excluded. Two
@@ -144,7 +144,8 @@ def run_charter(args, tick) -> None:
 
     common = dict(model=args.model, data=args.data, output_dir=args.out, lr=LR, max_steps=args.steps,
                   batch_size=args.batch, warmup_ratio=0.0, shuffle=False, resume=False, max_length=1024,
-                  precision=args.precision, lora=LoraSettings(**LORA) if args.lora else None)
+                  precision=args.precision, lora=LoraSettings(**LORA) if args.lora else None,
+                  gradient_checkpointing=args.gradient_checkpointing)
     if args.kind == "dpo":
         train_dpo(DPOConfig(reference="precomputed", **common), on_step=tick)
     else:
@@ -164,7 +165,7 @@ def run_trl(args, tick) -> None:
 
     common = dict(output_dir=args.out, per_device_train_batch_size=args.batch, learning_rate=LR,
                   max_steps=args.steps, bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
-                  optim="adamw_torch", gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+                  optim="adamw_torch", gradient_checkpointing=args.gradient_checkpointing, logging_steps=1, save_strategy="no",
                   report_to="none", max_length=1024, dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -218,7 +219,8 @@ def run_one(name: str, args, model_dir: Path, data: Path, root: Path) -> dict:
            "--data", str(data), "--out", str(root / f"out-{name}-{model_dir.name}"), "--steps", str(args.steps),
            "--batch", str(args.batch), "--device", args.device, "--precision", args.precision]
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {}))
-    proc = subprocess.run(cmd + (["--lora"] if args.lora else []), capture_output=True, text=True, env=env)
+    flags = [f for f in ("--lora", "--gradient-checkpointing") if getattr(args, f[2:].replace("-", "_"))]
+    proc = subprocess.run(cmd + flags, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -259,6 +261,7 @@ def parse_args(kind: str) -> argparse.Namespace:
     p.add_argument("--sizes", default="1m,50m", help=f"random-init Llamas to build: {','.join(SIZES)}")
     p.add_argument("--model", help="an HF model folder instead of --sizes")
     p.add_argument("--lora", action="store_true", help="LoRA r 16, all linear layers (else full fine-tuning)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="in both trainers (TRL's default)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -1,16 +1,22 @@
-"""The chunked LM-head log-probs (charter.train.head): exact values and gradients, and no
-[trained tokens x vocabulary] tensor kept for the backward pass (what made Charter use more
-memory than TRL on gemma-3's 262k vocabulary)."""
+"""Memory savers and their exactness. The chunked LM-head log-probs (charter.train.head): exact
+values and gradients, and no [trained tokens x vocabulary] tensor kept for the backward pass (what
+made Charter use more memory than TRL on gemma-3's 262k vocabulary). Gradient checkpointing:
+the same training run, step for step."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import charter.train.head as head
 from charter.chat import EncodedChat
 from charter.train.batching import pack, packed_token_logps
+from charter.train.lora import LoraSettings
+from charter.train.loop import load_model_and_tokenizer
+from charter.train.sft import SFTConfig, train_sft
 
 
 def log_softmax_at(h, w, b, t):
@@ -75,3 +81,29 @@ def test_chunked_head_matches_full_logits_and_saves_no_whole_logits(tied_model, 
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for a, c in zip(got_grads, want_grads):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4, alpha=8)])
+def test_gradient_checkpointing_trains_identically(tiny_model_dir, tmp_path, lora):
+    from charter.data.jsonl import write_jsonl
+    from charter.toy.tiny import tiny_corpus
+
+    lines = tiny_corpus(40, seed=3)
+    data = tmp_path / "sft.jsonl"
+    write_jsonl(data, [{"messages": [{"role": "user", "content": lines[i]},
+                                     {"role": "assistant", "content": lines[i + 1]}]} for i in range(0, 16, 2)])
+    runs = []
+    for ckpt in (False, True):
+        out = tmp_path / f"ckpt-{ckpt}"
+        cfg = SFTConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(out), lr=1e-3, max_steps=3,
+                        batch_size=4, warmup_ratio=0.0, resume=False, lora=lora, gradient_checkpointing=ckpt)
+        model = load_model_and_tokenizer(cfg)[0]
+        assert [layer.gradient_checkpointing for layer in model.get_decoder().layers] == [ckpt] * 2
+        train_sft(cfg)
+        weights = out / ("adapter_model.safetensors" if lora else "model.safetensors")
+        runs.append(([json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()],
+                     load_file(str(weights))))
+    (loss_a, w_a), (loss_b, w_b) = runs
+    assert loss_a == pytest.approx(loss_b, abs=1e-6) and loss_a[0] != loss_a[-1]
+    for k in w_a:
+        torch.testing.assert_close(w_a[k], w_b[k], rtol=0, atol=1e-6)
