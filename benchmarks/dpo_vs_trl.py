@@ -9,7 +9,8 @@ template gets the ChatML-like TEMPLATE below). Full fine-tuning, or with `--lora
 alpha 32, dropout 0 on every linear layer but the LM head, set identically in Charter and PEFT.
 Both precompute the reference log-probs (TRL `precompute_ref_log_probs=True`, Charter
 `reference=precomputed`), AdamW, sequential order, gradient checkpointing off in both unless
-`--gradient-checkpointing` (TRL 1.16 turns it on by default, Charter off); bf16 is fp32 weights under autocast in both.
+`--gradient-checkpointing` (TRL 1.16 turns it on by default, Charter off); bf16 is fp32 weights
+under autocast in both.
 Each trainer runs in its own subprocess so peak RSS (and peak GPU memory) is its own. Tokens
 count every real (non-padding) token of prompt+chosen and prompt+rejected, over the steps after
 the first (warm-up), from step-end to step-end, so precompute and start-up are excluded. Two
@@ -165,8 +166,8 @@ def run_trl(args, tick) -> None:
 
     common = dict(output_dir=args.out, per_device_train_batch_size=args.batch, learning_rate=LR,
                   max_steps=args.steps, bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
-                  optim="adamw_torch", gradient_checkpointing=args.gradient_checkpointing, logging_steps=1, save_strategy="no",
-                  report_to="none", max_length=1024, dataloader_num_workers=0)
+                  optim="adamw_torch", gradient_checkpointing=args.gradient_checkpointing, logging_steps=1,
+                  save_strategy="no", report_to="none", max_length=1024, dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(args.model)
     ds = Dataset.from_list(read_jsonl(args.data))
