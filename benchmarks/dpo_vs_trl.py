@@ -252,7 +252,8 @@ def compare(args, label: str, model_dir: Path, data: Path, root: Path) -> tuple[
     if "trl" not in res:
         return None
     (c_rate, c_mem), (t_rate, t_mem) = res["charter"], res["trl"]
-    print(f"{args.kind} {label:>4}   ratio: tokens/s x{c_rate / t_rate:.2f} ({'wall' if args.wall or gpu else 'per CPU-s'}), "
+    clock = "wall" if args.wall or gpu else "per CPU-s"
+    print(f"{args.kind} {label:>4}   ratio: tokens/s x{c_rate / t_rate:.2f} ({clock}), "
           f"peak {'GPU memory' if gpu else 'RSS'} x{c_mem / t_mem:.2f}", flush=True)
     return c_rate / t_rate, c_mem / t_mem
 

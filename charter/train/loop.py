@@ -60,7 +60,7 @@ class TrainConfig(Config):
     logging_steps: int = Field(1, ge=1)
     attn_implementation: str = "sdpa"
     keep_logits_only_for_targets: bool = True   # run the LM head only where a token is trained
-    gradient_checkpointing: bool = False        # recompute layers in backward: less activation memory, ~1/3 more compute
+    gradient_checkpointing: bool = False        # recompute layers in backward: less memory, ~1/3 more compute
     cpu_threads: int | None = Field(None, ge=1)  # torch.set_num_threads; 1 is ~10x faster on a busy shared CPU
 
     @model_validator(mode="after")
