@@ -107,3 +107,19 @@ def test_gradient_checkpointing_trains_identically(tiny_model_dir, tmp_path, lor
     assert loss_a == pytest.approx(loss_b, abs=1e-6) and loss_a[0] != loss_a[-1]
     for k in w_a:
         torch.testing.assert_close(w_a[k], w_b[k], rtol=0, atol=1e-6)
+
+
+def test_packing_check_refuses_logits_the_model_post_processes(tied_model):
+    from charter.train.batching import check_packing
+
+    seqs = random_seqs(tied_model.config.vocab_size, n=3)
+    check_packing(tied_model, seqs, keep_only=True)  # a plain head: the chunked path is the model's logits
+
+    def double(module, args, output):  # an architecture that rescales its logits after the head
+        output.logits = output.logits * 2
+        return output
+
+    tied_model.register_forward_hook(double)
+    with pytest.raises(RuntimeError, match="post-processed"):
+        check_packing(tied_model, seqs, keep_only=True)
+    check_packing(tied_model, seqs, keep_only=False)  # the model's own full logits stay consistent
