@@ -43,3 +43,21 @@ def test_gpu_check_cpu_path_runs_both_trainers():
         ratio = re.search(r"^ratio tokens_per_s=([\d.]+) peak_rss=([\d.]+)$", proc.stdout, re.M)
         cpu_ratio = float(runs["charter"][3]) / float(runs["trl"][3])
         assert ratio and float(ratio[1]) == pytest.approx(cpu_ratio, rel=0.02)
+
+
+def test_with_template_gives_a_base_model_the_benchmark_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    from charter.toy.tiny import build_model, build_tokenizer
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dpo_vs_trl import TEMPLATE, with_template
+
+    base = tmp_path / "base"
+    build_model(build_tokenizer()).save_pretrained(base)
+    build_tokenizer(chat_template=None).save_pretrained(base)
+    linked = with_template(tmp_path, base)
+    assert linked != base and AutoTokenizer.from_pretrained(linked).chat_template == TEMPLATE
+    assert (linked / "model.safetensors").resolve() == (base / "model.safetensors").resolve()
+    assert AutoTokenizer.from_pretrained(base).chat_template is None  # the original is untouched
+    assert with_template(tmp_path, linked) == linked  # a tokenizer with a template is used as is
