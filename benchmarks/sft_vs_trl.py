@@ -1,6 +1,6 @@
 """Charter vs TRL 1.16 SFT (assistant-only loss): tokens/s and peak RSS, same model, data and settings.
 
-    python benchmarks/sft_vs_trl.py [--sizes 1m,50m] [--steps 4] [--batch 4]
+    python benchmarks/sft_vs_trl.py [--sizes 1m,50m | --model DIR] [--lora] [--steps 4] [--batch 4]
 
 The set-up, measurement and output format are those of `dpo_vs_trl.py` (shared code there).
 """

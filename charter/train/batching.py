@@ -7,7 +7,9 @@ attention stays ~ rows x row_len^2 instead of (all tokens)^2 for one giant row.
 
 The LM head (often the biggest matmul) runs only on positions whose next token is trained:
 a forward pre-hook on the output embedding hands it just those hidden states. The hook works
-for any architecture with an output embedding, and through PEFT / DDP / FSDP wrappers.
+for any architecture with an output embedding, and through PEFT / DDP / FSDP wrappers. A plain
+linear head goes further: its log-probs are computed in chunks of positions (`charter.train.head`),
+so the [trained tokens x vocabulary] logits are never held whole.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Sequence
 import torch
 
 from charter.train.data import Seq
+from charter.train.head import head_token_logps
 from charter.train.losses import IGNORE, token_logps
 
 
@@ -93,20 +96,40 @@ def pack(seqs: Sequence[Seq], row_len: int | None = None, pad_id: int = 0) -> Pa
     return Packed(ids, pos, keep, flat[keep], seg.view(-1)[keep], len(seqs))
 
 
+# config fields by which some architectures cap or rescale the head's output (Gemma 2's soft-capping,
+# Cohere's logit_scale, Granite's logits_scaling, ...): with one set, the head runs as the model's own module
+_HEAD_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                        "logits_scaling")
+
+
+def _plain_head(model, head) -> bool:
+    """True when the model's logits are exactly `head(hidden)` for a plain linear head."""
+    cfg = model.config.get_text_config()
+    return type(head) is torch.nn.Linear and all(getattr(cfg, a, None) in (None, 1.0) for a in _HEAD_POSTPROCESSING)
+
+
 @contextmanager
-def _head_only_at(model, keep: torch.Tensor):
-    """Feed the output embedding only the hidden states at `keep` (flattened over rows)."""
+def _head_only_at(model, batch: Packed):
+    """Give the output embedding only the hidden states at `batch.keep`. A plain linear head is
+    then computed by `head_token_logps` (chunked: the logits never exist whole, which matters with
+    a 262k vocabulary) and itself runs on no position; any other head runs on the kept states.
+    Yields a dict that receives the chunked log-probs."""
     from accelerate.utils import extract_model_from_parallel
 
-    head = extract_model_from_parallel(model).get_output_embeddings()
+    unwrapped = extract_model_from_parallel(model)
+    head = unwrapped.get_output_embeddings()
+    chunked, out = _plain_head(unwrapped, head), {}
 
     def pre_hook(module, args):
-        hidden = args[0]
-        return (hidden.reshape(-1, hidden.shape[-1])[keep].unsqueeze(0), *args[1:])
+        hidden = args[0].reshape(-1, args[0].shape[-1])[batch.keep]
+        if chunked:
+            out["logps"] = head_token_logps(hidden, module.weight, module.bias, batch.targets)
+            hidden = hidden[:0]
+        return (hidden.unsqueeze(0), *args[1:])
 
     handle = head.register_forward_pre_hook(pre_hook)
     try:
-        yield
+        yield out
     finally:
         handle.remove()
 
@@ -114,13 +137,12 @@ def _head_only_at(model, keep: torch.Tensor):
 def packed_token_logps(model, batch: Packed, keep_only: bool = True) -> torch.Tensor:
     """Log-prob of every trained token of the packed batch, shape [K]."""
     kwargs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
-    if keep_only:
-        with _head_only_at(model, batch.keep):
-            logits = model(**kwargs).logits[0]
-    else:
+    if not keep_only:
         logits = model(**kwargs).logits
-        logits = logits.reshape(-1, logits.shape[-1])[batch.keep]
-    return token_logps(logits, batch.targets)
+        return token_logps(logits.reshape(-1, logits.shape[-1])[batch.keep], batch.targets)
+    with _head_only_at(model, batch) as out:
+        logits = model(**kwargs).logits[0]
+    return out["logps"] if "logps" in out else token_logps(logits, batch.targets)
 
 
 def supports_head_hook(model) -> bool:
@@ -129,15 +151,20 @@ def supports_head_hook(model) -> bool:
     return extract_model_from_parallel(model).get_output_embeddings() is not None
 
 
-def check_packing(model, seqs: Sequence[Seq], keep_only: bool, atol: float = 1e-3) -> None:
+def check_packing(model, seqs: Sequence[Seq], keep_only: bool, atol: float = 1e-3, window: int = 64) -> None:
     """Refuse architectures whose attention ignores packed position ids (they would attend across
-    sequences silently): compare the packed log-probs with one-sequence-at-a-time."""
+    sequences silently), or whose logits are not what the head path computes: compare each token's
+    packed log-prob with the model's own full logits, one sequence at a time. The sequences are cut
+    to their last `window` tokens, all scored, so those full logits stay small at any vocabulary."""
+    seqs = [Seq(s.input_ids[-window:], list(s.input_ids[-window:])) for s in seqs]
     with torch.no_grad():
         device = next(model.parameters()).device
         batch = pack(seqs, row_len=0).to(device)  # all in one row: the case that needs the mask
-        packed = batch.per_seq(packed_token_logps(model, batch, keep_only))
-        single = torch.stack([packed_token_logps(model, pack([s]).to(device), keep_only).sum() for s in seqs])
+        packed = packed_token_logps(model, batch, keep_only)[batch.input_order()]
+        single = torch.cat([packed_token_logps(model, pack([s]).to(device), False) for s in seqs])
     err = (packed - single).abs().max().item() if len(single) else 0.0
     if err > atol:
-        raise RuntimeError(f"this model's attention does not honour packed position ids (max log-prob error "
-                           f"{err:.2e}); use attn_implementation 'sdpa', 'eager' or 'flash_attention_2'")
+        raise RuntimeError(f"this model's packed log-probs differ from its own logits (max error {err:.2e} per "
+                           f"token): its attention must honour packed position ids (attn_implementation 'sdpa', "
+                           f"'eager' or 'flash_attention_2'), and a head whose logits are post-processed needs "
+                           f"keep_logits_only_for_targets: false")
