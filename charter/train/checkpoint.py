@@ -25,7 +25,8 @@ from charter.config import ConfigError
 from charter.data.jsonl import atomic_write_json, file_hash, stable_id
 
 # Fields that change how a run is logged or saved, not what it computes: they may differ on resume.
-OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads")
+# fields that change how a run is carried out, not what it computes: changing them keeps a checkpoint usable
+OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads", "gradient_checkpointing")
 
 
 def resume_key(cfg) -> str:
