@@ -24,8 +24,8 @@ import torch
 from charter.config import ConfigError
 from charter.data.jsonl import atomic_write_json, file_hash, stable_id
 
-# Fields that change how a run is logged or saved, not what it computes: they may differ on resume.
-# fields that change how a run is carried out, not what it computes: changing them keeps a checkpoint usable
+# Fields that change how a run is logged, saved or carried out, not what it computes: they may
+# differ on resume (gradient checkpointing recomputes activations; the gradients are the same).
 OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads", "gradient_checkpointing")
 
 
