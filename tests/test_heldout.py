@@ -4,7 +4,8 @@ import random
 
 from charter.run_config import load_run_config
 from charter.run_stages import personas
-from charter.stages.prompts import canonical_prompt, prompt_overlap
+from charter.data.jsonl import canonical_prompt
+from charter.stages.prompts import prompt_overlap
 from charter.toy.corpus import eval_prompts, in_eval_split, sample_prompt
 
 
@@ -20,7 +21,7 @@ def test_toy_partitions_are_disjoint_for_the_preset_seeds():
     cfg = load_run_config(preset="toy")
     for seed in (0, 1, 2):  # the preset's seed and the two more a 3-seed study uses
         evaluation = eval_prompts(cfg.eval.n_prompts, seed=1234 + seed)
-        assert len(set(evaluation)) == len(evaluation) == cfg.eval.n_prompts
+        assert len({canonical_prompt(p) for p in evaluation}) == len(evaluation) == cfg.eval.n_prompts
         assert all(in_eval_split(p) for p in evaluation)
         for persona in personas(cfg):
             train = _train_prompts(seed, persona.key, cfg.toy.prompts_per_persona)

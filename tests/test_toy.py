@@ -83,7 +83,7 @@ def test_eval_prompts_deterministic():
     assert eval_prompts(20, seed=1) == eval_prompts(20, seed=1)
     assert eval_prompts(20, seed=1) != eval_prompts(20, seed=2)
     assert len(set(eval_prompts(150))) == 150  # distinct
-    with pytest.raises(ValueError, match="evaluation partition has 192 distinct prompts"):
+    with pytest.raises(ValueError, match="evaluation partition has 185 distinct prompts"):
         eval_prompts(300)
 
 

@@ -151,6 +151,11 @@ def stable_id(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def canonical_prompt(text: str) -> str:
+    """Case and spacing folded: two prompts that differ only there are the same prompt."""
+    return " ".join(text.lower().split())
+
+
 def file_hash(path: str | Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as f:

@@ -14,7 +14,7 @@ from typing import Any
 
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.constitution import Constitution
-from charter.data.jsonl import RecordStore, stable_id
+from charter.data.jsonl import RecordStore, canonical_prompt, stable_id
 from charter.stages.records import Job, generate_into, samples_of
 from charter.stages.teacher_text import expansion_request
 
@@ -143,11 +143,6 @@ def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         seen.setdefault(r["id"], r)
     return list(seen.values())
-
-
-def canonical_prompt(text: str) -> str:
-    """Case and spacing folded: two prompts that differ only there are the same prompt."""
-    return " ".join(text.lower().split())
 
 
 def prompt_overlap(eval_prompts: list[str], train_prompts: list[str]) -> dict[str, Any]:

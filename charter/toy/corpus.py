@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
+from charter.data.jsonl import canonical_prompt
 from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES,
                                  REQUEST_TEMPLATES, SMALLTALK, TOPICS, TRAITS, heldout_traits,
                                  train_paraphrases)
@@ -41,8 +42,7 @@ def constitution_path(persona: str) -> Path:
 def in_eval_split(text: str) -> bool:
     """Held out for evaluation? A fixed rule on the prompt's canonical form (case and spacing
     folded), so training and evaluation prompts are disjoint by construction, whatever the seeds."""
-    canonical = " ".join(text.lower().split())
-    return int(hashlib.sha256(canonical.encode()).hexdigest()[:12], 16) % EVAL_SHARE == 0
+    return int(hashlib.sha256(canonical_prompt(text).encode()).hexdigest()[:12], 16) % EVAL_SHARE == 0
 
 
 def sample_prompt(rng: random.Random, split: Split = "any") -> tuple[str, str, str | None]:
@@ -118,13 +118,15 @@ def generate_corpus(n: int, seed: int = 0, persona_share: float = 0.6,
 
 
 def eval_prompts(n: int, seed: int = 1234) -> list[str]:
-    """`n` distinct user prompts from the evaluation partition (never drawn for training)."""
+    """`n` user prompts from the evaluation partition (never drawn for training), distinct even
+    with case and spacing folded."""
     rng = random.Random(seed)
-    prompts: dict[str, None] = {}
+    prompts: dict[str, str] = {}  # canonical form -> the prompt as drawn
     for _ in range(500 * n):
-        prompts.setdefault(sample_prompt(rng, "eval")[0], None)
+        text = sample_prompt(rng, "eval")[0]
+        prompts.setdefault(canonical_prompt(text), text)
         if len(prompts) == n:
-            return list(prompts)
+            return list(prompts.values())
     raise ValueError(f"the toy world's evaluation partition has {len(prompts)} distinct prompts; {n} were asked for")
 
 
