@@ -271,3 +271,20 @@ def test_heldout_tasks_are_never_trained_on_nor_shown(tmp_path, monkeypatch, bas
         assert not set(shown) & set(held) and (prompt in evaluated) == (asked in held)
     assert (tmp_path / "summary.md").read_text().startswith("Training data source: self; 100 held-out tasks.")
     assert summary["data_source"] == "self"
+
+
+def test_self_source_with_nothing_solved_stops_with_one_line(tmp_path, monkeypatch, base_tok):
+    import charter.cai.bootstrap as bs
+    from charter.config import ConfigError
+
+    class Wrong(Sampler):
+        def generate(self, requests, params, progress=False):
+            return [[Completion("A. B. C. D. E. F.", "stop")] * params.n for _ in requests]
+
+    monkeypatch.setattr(bs, "_load", lambda *a, **k: (Wrong(), base_tok))
+    monkeypatch.setattr(bs, "train_stage", lambda *a, **k: pytest.fail("trained on nothing"))
+    cfg = BootstrapConfig(out_dir=str(tmp_path), base_model="base", stages=["instructions"], train_tasks=10,
+                          eval_tasks=2, baseline_framings=["hh"], eval_framings=["hh"], data_source="self")
+    with pytest.raises(ConfigError, match=r"stage_1_instructions: no training data: no sample passed its checks "
+                                          r"\(0/10 tasks solved, data_source=self\)"):
+        bs.run_bootstrap(cfg)

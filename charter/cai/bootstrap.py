@@ -150,8 +150,9 @@ def draw_tasks(family: str, n: int, seed: int, exclude: frozenset[str] = frozens
         seen.add(t.instruction)
         if len(kept) == n:
             return kept
+    outside = f" outside the {len(exclude)} held-out instructions" if exclude else ""
     raise ConfigError(f"bootstrap: {n} {'distinct ' if distinct else ''}'{family}' tasks asked for, but only "
-                      f"{len(kept)} exist outside the {len(exclude)} held-out instructions; ask for fewer")
+                      f"{len(kept)} exist{outside}; ask for fewer")
 
 
 def heldout_tasks(cfg: BootstrapConfig) -> list[Task]:
@@ -303,6 +304,10 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
                 sft += [r for j, f in enumerate(cfg.stages[:k - 1], 1)
                         for r in read_jsonl(out / f"stage_{j}_{f}" / "sft.jsonl") if r["meta"].get("task", "").startswith(f)]
                 stats["sft_rows"] = len(sft)
+            if not sft:
+                raise ConfigError(f"{sdir}: no training data: no sample passed its checks ({stats['tasks_solved']}/"
+                                  f"{stats['tasks']} tasks solved, data_source={cfg.data_source}); raise `samples` "
+                                  "or use data_source=self+reference")
             write_jsonl(sdir / "sft.jsonl", sft)
             write_jsonl(sdir / "pairs.jsonl", pairs)
             new_model = train_stage(model, sdir / "sft.jsonl", sdir / "pairs.jsonl", len(pairs), sdir, cfg)
