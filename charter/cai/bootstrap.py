@@ -271,6 +271,25 @@ def _load(model: str, device: str | None = None):
     return gen, gen.tokenizer
 
 
+def write_stage_data(model: str, k: int, sdir: Path, cfg: BootstrapConfig, held_out: frozenset[str]
+                     ) -> tuple[int, dict]:
+    """Stage k's SFT rows and pairs from `model`, written under `sdir`: (number of pairs, data stats)."""
+    family = cfg.stages[k - 1]
+    gen, tok = _load(model, cfg.device)
+    sft, pairs, stats = stage_data(gen, tok, family, cfg, stage_seed=k, exclude=held_out)
+    if cfg.replay:  # earlier stages' SFT rows too, so a stage does not unlearn the ones before
+        earlier = [(f, sdir.parent / f"stage_{j}_{f}" / "sft.jsonl") for j, f in enumerate(cfg.stages[:k - 1], 1)]
+        sft += [r for f, path in earlier for r in read_jsonl(path) if r["meta"].get("task", "").startswith(f)]
+        stats["sft_rows"] = len(sft)
+    if not sft:
+        raise ConfigError(f"{sdir}: no training data: no sample passed its checks ({stats['tasks_solved']}/"
+                          f"{stats['tasks']} tasks solved, data_source={cfg.data_source}); raise `samples` "
+                          "or use data_source=self+reference")
+    write_jsonl(sdir / "sft.jsonl", sft)
+    write_jsonl(sdir / "pairs.jsonl", pairs)
+    return len(pairs), stats
+
+
 def run_bootstrap(cfg: BootstrapConfig) -> dict:
     """Baseline, then each stage (data from the previous model -> SFT -> DPO -> eval). Resumable per stage."""
     out = Path(cfg.out_dir)
@@ -298,25 +317,13 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
         sdir = out / f"stage_{k}_{family}"
         done = sdir / "done.json"
         if not done.exists():
-            gen, tok = _load(model, cfg.device)
-            sft, pairs, stats = stage_data(gen, tok, family, cfg, stage_seed=k, exclude=held_out)
-            if cfg.replay:  # earlier stages' SFT rows too, so a stage does not unlearn the ones before
-                sft += [r for j, f in enumerate(cfg.stages[:k - 1], 1)
-                        for r in read_jsonl(out / f"stage_{j}_{f}" / "sft.jsonl") if r["meta"].get("task", "").startswith(f)]
-                stats["sft_rows"] = len(sft)
-            if not sft:
-                raise ConfigError(f"{sdir}: no training data: no sample passed its checks ({stats['tasks_solved']}/"
-                                  f"{stats['tasks']} tasks solved, data_source={cfg.data_source}); raise `samples` "
-                                  "or use data_source=self+reference")
-            write_jsonl(sdir / "sft.jsonl", sft)
-            write_jsonl(sdir / "pairs.jsonl", pairs)
-            new_model = train_stage(model, sdir / "sft.jsonl", sdir / "pairs.jsonl", len(pairs), sdir, cfg)
+            n_pairs, stats = write_stage_data(model, k, sdir, cfg, held_out)
+            new_model = train_stage(model, sdir / "sft.jsonl", sdir / "pairs.jsonl", n_pairs, sdir, cfg)
             gen, tok = _load(new_model, cfg.device)
             results, answers = evaluate(gen, tok, eval_tasks, cfg.eval_framings, cfg)
             figures = {f: compare(prev.get(f), r, fams) for f, r in results.items()}
             atomic_write_json(sdir / "eval.json", {"model": new_model, "results": results, "figures": figures,
-                                                   "answers": answers,
-                                                   "data": stats})
+                                                   "answers": answers, "data": stats})
             atomic_write_json(done, {"model": new_model})
         ev = json.loads((sdir / "eval.json").read_text())
         model = json.loads(done.read_text())["model"]
