@@ -4,10 +4,11 @@ import json
 import pytest
 
 from charter.backends.base import Completion
-from charter.cai.bootstrap import (BootstrapConfig, Frame, TemplateLeakError, assert_no_template, complete, framed,
-                                   stage_data, summary_table)
+from charter.cai.bootstrap import (BootstrapConfig, Frame, TemplateLeakError, assert_no_template, choose, complete,
+                                   draw_tasks, framed, sort_samples, stage_data, summary_table)
 from charter.cai.verifiable import FAMILIES, Check, check_response, make_tasks, sentence_count
 from charter.chat import render_prompt
+from charter.data.jsonl import read_jsonl
 from charter.toy.tiny import build_tokenizer
 
 
@@ -163,3 +164,127 @@ def test_finished_stages_are_not_rerun(tmp_path, monkeypatch):
     assert [(r["stage"], r["k"]) for r in summary["rows"]] == [("baseline", 1), ("instructions", 2)]
     assert summary["rows"][1]["mcnemar"]["c"] == 1
     assert "| instructions | hh | 1.000 (2/2)" in (tmp_path / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------ rejection-sampled self data
+
+
+def _task(kind="uppercase"):
+    return next(t for t in make_tasks("instructions", 200, seed=4) if t.kind == kind)
+
+
+def test_sort_samples_splits_by_checks_and_drops_empty_and_repeats():
+    t = _task()  # "Write the word X in capital letters only."
+    word = t.reference
+    good, bad = sort_samples(t, [word, "", word.lower(), word, f"{word} {word} {word} {word}", word.lower()])
+    assert good == [word] and bad == [word.lower(), f"{word} {word} {word} {word}"]
+
+
+@pytest.mark.parametrize("source, good, rows, pairs", [
+    ("self", ["A", "B"], [("A", "self"), ("B", "self")], [("A", "x", "self"), ("B", "y", "self")]),
+    ("self", ["A"], [("A", "self")], [("A", "x", "self"), ("A", "y", "self")]),  # one passing pairs twice
+    ("self", [], [], []),  # nothing passed: the task gives no data at all
+    ("self+reference", [], [("REF", "reference")], [("REF", "x", "reference"), ("REF", "y", "reference")]),
+    ("self+reference", ["A"], [("A", "self")], [("A", "x", "self"), ("A", "y", "self")]),
+    ("reference", ["A"], [("REF", "reference")], [("REF", "x", "reference"), ("REF", "y", "reference")]),
+])
+def test_choose_takes_chosen_from_the_data_source(source, good, rows, pairs):
+    t = _task()
+    t.reference = "REF"
+    assert choose(t, good, ["x", "y", "z"], source, per_task=2) == (rows, pairs)
+    assert choose(t, good, [], source, per_task=2)[1] == []  # nothing failed: no pair
+
+
+class Sampler:
+    """Samples for the uppercase tasks: right on the first draw, wrong (lowercase) on the others;
+    every other task: two wrong answers. Records every prompt with its temperature."""
+
+    name = "sampler"
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, requests, params, progress=False):
+        out = []
+        for r in requests:
+            self.prompts.append((params.temperature, r.prompt))
+            word = r.prompt.rsplit("Write the word ", 1)[-1].split(" ")[0]
+            answers = [word.upper(), word, word + " " + word] if "capital letters" in r.prompt.rsplit("\n\n", 1)[-1] \
+                else ["A. B. C. D. E. F.", "A. B. C. D. E. F. G."]
+            out.append([Completion(a, "stop") for a in answers][:params.n])
+        return out
+
+
+def test_self_source_keeps_only_passing_samples(base_tok):
+    cfg = BootstrapConfig(train_tasks=60, samples=3, fewshot=1, data_source="self", per_task=2)
+    sft, pairs, stats = stage_data(Sampler(), base_tok, "instructions", cfg, stage_seed=1)
+    tasks = {t.id: t for t in make_tasks("instructions", 60, seed=1)}
+    n_upper = sum(t.kind == "uppercase" for t in tasks.values())
+    assert n_upper >= 2 and len(sft) == n_upper == stats["tasks_solved"] == stats["self_rows"]
+    assert stats["references_used"] == 0 and stats["source"] == "self" and stats["passing_samples"] == n_upper
+    for row in sft:  # every SFT answer is the model's own and passes its task's checks
+        t = tasks[row["meta"]["task"]]
+        assert row["meta"]["source"] == "self" and t.kind == "uppercase"
+        assert check_response(t, row["messages"][-1]["content"])[0]
+    assert len(pairs) == 2 * n_upper == stats["self_pairs"]  # one passing sample, paired with each of two failures
+    for p in pairs:
+        t = tasks[p["meta"]["task"]]
+        assert p["prompt"][0]["content"] == t.instruction
+        assert check_response(t, p["chosen"][0]["content"])[0] and not check_response(t, p["rejected"][0]["content"])[0]
+    assert "self: " in summary_table([{"stage": "instructions", "framing": "hh", "accuracy": 0.5, "ci": [0, 1],
+                                       "k": 1, "n": 2, "data": stats}])
+
+
+def test_draw_tasks_excludes_and_refuses_an_exhausted_space():
+    held = frozenset(t.instruction for t in make_tasks("questions", 40, seed=7))
+    drawn = draw_tasks("questions", 300, seed=1, exclude=held)
+    assert len(drawn) == 300 and not {t.instruction for t in drawn} & held
+    distinct = draw_tasks("questions", 100, seed=1, distinct=True)
+    assert len({t.instruction for t in distinct}) == 100
+    from charter.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"1000 distinct 'questions' tasks asked for, but only \d+ exist"):
+        draw_tasks("questions", 1000, seed=1, distinct=True)
+
+
+def test_heldout_tasks_are_never_trained_on_nor_shown(tmp_path, monkeypatch, base_tok):
+    """The held-out set: distinct instructions, none among the training tasks or few-shot examples.
+    (Before, training drew the same small template space: 87 of 100 documented eval tasks were trained on.)"""
+    import charter.cai.bootstrap as bs
+
+    gen = Sampler()
+    monkeypatch.setattr(bs, "_load", lambda *a, **k: (gen, base_tok))
+    monkeypatch.setattr(bs, "train_stage", lambda *a, **k: "trained")
+    cfg = BootstrapConfig(out_dir=str(tmp_path), base_model="base", stages=["instructions"], train_tasks=200,
+                          samples=2, eval_tasks=100, eval_families=["instructions"], fewshot=3,
+                          baseline_framings=["fewshot"], eval_framings=["fewshot"], data_source="self")
+    summary = bs.run_bootstrap(cfg)
+    held = [t.instruction for t in bs.heldout_tasks(cfg)]
+    assert len(set(held)) == len(held) == summary["eval_tasks"] == 100
+    trained = {r["messages"][0]["content"] for r in read_jsonl(tmp_path / "stage_1_instructions" / "sft.jsonl")}
+    sampled = [p for temp, p in gen.prompts if temp > 0]
+    evaluated = [p for temp, p in gen.prompts if temp == 0]
+    assert trained and len(sampled) == 200 and len(evaluated) == 200
+    for prompt in sampled + evaluated:  # every instruction in a prompt, the examples' and the asked one's
+        shown = [line.removeprefix("Instruction: ") for line in prompt.splitlines() if line.startswith("Instruction: ")]
+        asked = shown.pop()
+        assert not set(shown) & set(held) and (prompt in evaluated) == (asked in held)
+    assert (tmp_path / "summary.md").read_text().startswith("Training data source: self; 100 held-out tasks.")
+    assert summary["data_source"] == "self"
+
+
+def test_self_source_with_nothing_solved_stops_with_one_line(tmp_path, monkeypatch, base_tok):
+    import charter.cai.bootstrap as bs
+    from charter.config import ConfigError
+
+    class Wrong(Sampler):
+        def generate(self, requests, params, progress=False):
+            return [[Completion("A. B. C. D. E. F.", "stop")] * params.n for _ in requests]
+
+    monkeypatch.setattr(bs, "_load", lambda *a, **k: (Wrong(), base_tok))
+    monkeypatch.setattr(bs, "train_stage", lambda *a, **k: pytest.fail("trained on nothing"))
+    cfg = BootstrapConfig(out_dir=str(tmp_path), base_model="base", stages=["instructions"], train_tasks=10,
+                          eval_tasks=2, baseline_framings=["hh"], eval_framings=["hh"], data_source="self")
+    with pytest.raises(ConfigError, match=r"stage_1_instructions: no training data: no sample passed its checks "
+                                          r"\(0/10 tasks solved, data_source=self\)"):
+        bs.run_bootstrap(cfg)
