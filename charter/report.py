@@ -116,6 +116,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     summary["paired"] = {"dpo+sft vs dpo": paired_test(rows, "dpo", "dpo+sft")}
     heldout = run_dir / "eval" / "heldout.json"
     summary["heldout"] = json.loads(heldout.read_text()) if heldout.exists() else None
+    classifier = run_dir / "eval" / "classifier" / "metrics.json"  # judge.kind=classifier: its held-out accuracy
+    summary["classifier"] = json.loads(classifier.read_text()) if classifier.exists() else None
     summary["filter_pass_rates"] = filter_rates(run_dir)
     summary["training"] = {}
     for stage in ("dpo", "sft"):
