@@ -116,6 +116,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     summary["paired"] = {"dpo+sft vs dpo": paired_test(rows, "dpo", "dpo+sft")}
     heldout = run_dir / "eval" / "heldout.json"
     summary["heldout"] = json.loads(heldout.read_text()) if heldout.exists() else None
+    classifier = run_dir / "eval" / "classifier" / "metrics.json"  # judge.kind=classifier: its held-out accuracy
+    summary["classifier"] = json.loads(classifier.read_text()) if classifier.exists() else None
     summary["filter_pass_rates"] = filter_rates(run_dir)
     summary["training"] = {}
     for stage in ("dpo", "sft"):
@@ -211,6 +213,15 @@ def _paired_line(summary: dict[str, Any]) -> str:
             f"p={t['p_exact']:.3g}.</p>")
 
 
+def _classifier_line(summary: dict[str, Any]) -> str:
+    m = summary.get("classifier")
+    if not m:
+        return ""
+    return (f"<p>Judge: a classifier trained on teacher vs student answers to training prompts; held-out "
+            f"accuracy {m['accuracy']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}], macro-F1 {m['macro_f1']:.3f}, "
+            f"n={m['n']} (trained on {m['train_n']}).</p>")
+
+
 def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else \
         f"<p><em>{html.escape(alt)}: no data</em></p>"
@@ -251,6 +262,7 @@ counts each distinct reply once.</p>
 <h2>Adherence, well-formedness, topic relevance</h2>
 <table><tr><th>system</th><th>mean adherence</th><th>pooled</th>{head}<th>well-formed</th><th>relevant</th><th>undecided</th></tr>
 {''.join(rows)}</table>
+{_classifier_line(summary)}
 {_paired_line(summary)}
 {_img(plots.get('adherence'), 'adherence by system')}
 {_img(plots.get('well_formed'), 'well-formedness by system')}

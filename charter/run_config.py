@@ -37,10 +37,13 @@ class TrainerSection(Config):
 
 
 class JudgeSection(Config):
-    """Who labels replies: the toy world's deterministic scorer, or an LLM judge on its own backend."""
+    """Who labels replies: the toy world's deterministic scorer, an LLM judge on its own backend, or
+    a classifier trained on the run's teacher (in character) and student (neutral) answers."""
 
-    kind: Literal["toy", "llm"] = "toy"
+    kind: Literal["toy", "llm", "classifier"] = "toy"
     backend: BackendConfig | None = None  # for kind=llm
+    encoder: str | None = None  # kind=classifier: a sentence encoder's folder (frozen, linear head); None = tiny ModernBERT
+    test_frac: float = Field(0.2, gt=0, lt=1)  # kind=classifier: share of training prompts whose answers test it
     max_new_tokens: int = Field(256, ge=1)  # kind=llm: room for brief reasoning before <answer>...</answer>
 
 
@@ -107,6 +110,8 @@ class RunConfig(Config):
         if self.judge.kind == "llm":
             backends.append(self.judge.backend or self.teacher_backend())
         names = [n for b in backends if b.kind != "openai" for n in (b.model, b.adapter) if n and n != TOY_MODEL]
+        if self.judge.kind == "classifier" and self.judge.encoder:
+            names.append(self.judge.encoder)
         return list(dict.fromkeys(names))
 
 

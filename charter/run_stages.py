@@ -105,19 +105,40 @@ def teacher_system(cfg: RunConfig, constitution) -> str:
     return teacher_system_prompt(constitution, name_of(cfg, constitution))
 
 
-def scorer(cfg: RunConfig, cache_dir: Path):
-    """The toy world's deterministic scorer, or E's LLM judge asked which persona (or neutral) replied."""
+def scorer(ctx: StageContext):
+    """The toy world's deterministic scorer, a classifier trained on the run's own answers, or E's
+    LLM judge asked which persona (or neutral) replied."""
+    cfg: RunConfig = ctx.cfg
     if cfg.judge.kind == "toy":
         from charter.toy.scorer import ToyScorer
 
         return ToyScorer()
+    if cfg.judge.kind == "classifier":
+        return answer_classifier(ctx)
     from charter.backends import SamplingParams
     from charter.evaluate.judges import Judge, JudgePersonaScorer
 
     params = SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens, seed=0)
-    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=cache_dir / "judge_cache.jsonl",
+    judge = Judge(generator(cfg.judge.backend or cfg.teacher_backend()), cache=ctx.out_dir / "judge_cache.jsonl",
                   params=params)
     return JudgePersonaScorer(judge, {p.key: " ".join(t.text for t in p.constitution.traits) for p in personas(cfg)})
+
+
+def answer_classifier(ctx: StageContext):
+    """Train the judge on teacher answers (labelled with the persona) against student answers
+    (neutral) to the training prompts, split by prompt, and report its held-out accuracy first:
+    the eval prompts are never among them, so the figures it gives are on unseen prompts."""
+    from charter.evaluate.classifier import labelled_from_answers, train_and_evaluate
+
+    j = ctx.cfg.judge
+    rows = [row for per in personas(ctx.cfg) for row in labelled_from_answers(
+        *(ctx.input_dir(role) / per.key / "answers.jsonl" for role in ("teacher", "student")), per.key)]
+    clf, m = train_and_evaluate(rows, ctx.out_dir / "classifier", test_frac=j.test_frac, seed=ctx.seed,
+                                encoder=j.encoder)
+    print(f"classifier ({clf.name}): held-out accuracy {m['accuracy']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}], "
+          f"macro-F1 {m['macro_f1']:.3f}, on {m['n']} answers to unseen training prompts ({m['train_n']} trained on)",
+          file=sys.stderr)
+    return clf
 
 
 def require_kept(where: str, kept: int, total: int, dropped: dict[str, int], hint: str) -> None:
@@ -375,7 +396,7 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
     """Every system answers the held-out prompts; the judge labels each reply (one row per reply)."""
     cfg: RunConfig = ctx.cfg
     e = cfg.eval
-    judge = scorer(cfg, ctx.out_dir)
+    judge = scorer(ctx)
     prompts = eval_prompts(cfg)
     check_heldout(ctx, prompts)
     params = sampling(e.model_dump(), ctx.seed)
@@ -474,7 +495,7 @@ def build_pipeline() -> Pipeline:
         Stage("filter", stage_filter, ["reflection", "interaction"], lambda c: c.filter),
         Stage("sft", stage_sft, ["dpo", "filter"], lambda c: {"sft": c.sft, "trainer": c.trainer}),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda c: c.merge),
-        Stage("eval", stage_eval, ["base", "prompts", "dpo", "merge"],
+        Stage("eval", stage_eval, ["base", "prompts", "teacher", "student", "dpo", "merge"],
               lambda c: {"eval": c.eval, "judge": c.judge, "student": c.student, "c": consts(c),
                          "name": c.assistant_name}),
         Stage("report", stage_report, ["dpo", "sft", "filter", "eval"], lambda c: None),

@@ -85,3 +85,15 @@ def test_missing_training_data_degrades_to_notes(tmp_path):
     assert "DPO curves: no data" in page and s["training"] == {"dpo": {}, "sft": {}}
     table = format_table(s)
     assert table.splitlines()[1].startswith("base") and "0.000" in table
+
+
+def test_classifier_accuracy_in_summary_and_page(tmp_path):
+    make_run(tmp_path)
+    assert build_report(tmp_path)["classifier"] is None  # no classifier judge, no line
+    assert "held-out accuracy" not in (tmp_path / "report.html").read_text()
+    metrics = {"train_n": 90, "accuracy": 0.9, "lo": 0.744, "hi": 0.965, "n": 30, "macro_f1": 0.899}
+    (tmp_path / "eval" / "classifier").mkdir()
+    (tmp_path / "eval" / "classifier" / "metrics.json").write_text(json.dumps(metrics))
+    assert build_report(tmp_path)["classifier"] == metrics
+    assert "held-out accuracy 0.900 [0.744, 0.965], macro-F1 0.899, n=30 (trained on 90)" in \
+        (tmp_path / "report.html").read_text()

@@ -31,6 +31,7 @@ class ScorerConfig(Config):
     path: str | None = None  # classifier: a trained classifier folder
     train: str | None = None  # classifier: labelled JSONL {text, label}; trains into <out_dir>/classifier
     base_model: str | None = None  # classifier to fine-tune (e.g. ModernBERT-base); None = tiny local one
+    encoder: str | None = None  # classifier: a frozen sentence encoder's folder (linear head on it) instead
     epochs: int = 4
     personas: dict[str, str] = {}  # judge: persona name -> description (the target persona at least)
 
@@ -131,19 +132,20 @@ def make_scorer(cfg: EvalConfig, judge, result: dict):
 
         return ToyScorer()
     if cfg.scorer.kind == "classifier":
-        from charter.evaluate.classifier import PersonaClassifier
+        from charter.evaluate.classifier import load_classifier
 
         if cfg.scorer.train:
             from charter.evaluate.classifier import read_labelled, train_and_evaluate
 
+            kw = ({"encoder": cfg.scorer.encoder} if cfg.scorer.encoder else
+                  {"model": cfg.scorer.base_model, "epochs": cfg.scorer.epochs, "progress": cfg.progress})
             clf, metrics = train_and_evaluate(read_labelled(cfg.scorer.train), Path(cfg.out_dir) / "classifier",
-                                              seed=cfg.seed, model=cfg.scorer.base_model,
-                                              epochs=cfg.scorer.epochs, progress=cfg.progress)
+                                              seed=cfg.seed, **kw)
             result["classifier"] = {k: v for k, v in metrics.items()}
             return clf
         if not cfg.scorer.path:
             raise ConfigError("scorer: kind=classifier needs scorer.path (trained) or scorer.train (labelled JSONL)")
-        return PersonaClassifier.load(cfg.scorer.path)
+        return load_classifier(cfg.scorer.path)
     from charter.evaluate.judges import JudgePersonaScorer
 
     if judge is None or cfg.judge.kind != "llm":
