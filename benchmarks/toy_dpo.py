@@ -10,7 +10,6 @@ persona (to see bleed). Defaults are the recommended toy settings.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from charter.config import ConfigError
 from charter.data.jsonl import RecordStore, atomic_write_json, read_jsonl, stable_id, write_jsonl
 from charter.pipeline import Pipeline, Stage, StageContext
-from charter.run_config import TOY_MODEL, RunConfig
+from charter.run_config import RunConfig
 
 # ---------------------------------------------------------------- helpers
 

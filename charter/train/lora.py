@@ -136,7 +136,6 @@ def _check_supported(cfg: dict, path: Path) -> None:
 
 def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
     """{base parameter name: scale * B @ A} in float64, for one saved PEFT adapter folder."""
-    import torch
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
