@@ -86,7 +86,7 @@ def sampling(section: dict[str, Any], seed: int):
 
 
 def distill_config(cfg: RunConfig, constitution: str = "-"):
-    """B's `DistillConfig` from the run's `prompts`, `distill` and `pairs` sections (its field names)."""
+    """The distillation stage's `DistillConfig` from the run's `prompts`, `distill` and `pairs` sections (its field names)."""
     from charter.stages.distill import DistillConfig
 
     return DistillConfig(constitution=constitution, teacher=cfg.teacher_backend(), student=cfg.student,
@@ -104,7 +104,7 @@ def teacher_system(cfg: RunConfig, constitution) -> str:
 
 
 def scorer(ctx: StageContext):
-    """The toy world's deterministic scorer, a classifier trained on the run's own answers, or E's
+    """The toy world's deterministic scorer, a classifier trained on the run's own answers, or the
     LLM judge asked which persona (or neutral) replied."""
     cfg: RunConfig = ctx.cfg
     if cfg.judge.kind == "toy":
@@ -201,7 +201,7 @@ def stage_prompts(ctx: StageContext) -> dict[str, Any]:
 
 
 def _answer(ctx: StageContext, role: str, backend, model: str | None) -> dict[str, Any]:
-    """K samples per prompt through B's resumable `generate_into` (one record per prompt, sample, role)."""
+    """K samples per prompt through the resumable `stages.records.generate_into` (one record per prompt, sample, role)."""
     from charter.backends import GenerationRequest
     from charter.stages.records import Job, generate_into
     from charter.stages.teacher_text import thinking_prefill
@@ -237,7 +237,7 @@ def stage_student(ctx: StageContext) -> dict[str, Any]:
 
 
 def stage_pairs(ctx: StageContext) -> dict[str, Any]:
-    """Chosen = teacher, rejected = student, through B's `build_pairs` (SPEC §1 filters, provenance)."""
+    """Chosen = teacher, rejected = student, through `stages.distill.build_pairs` (SPEC §1 filters, provenance)."""
     from charter.stages.distill import PairMaker, build_pairs
 
     cfg: RunConfig = ctx.cfg
@@ -300,7 +300,7 @@ def stage_dpo(ctx: StageContext) -> dict[str, Any]:
 
 
 def introspect_config(cfg: RunConfig, ref: str, model: str):
-    """C's `IntrospectConfig` from the run's `reflection`, `interaction` and `filter` sections."""
+    """The introspection stage's `IntrospectConfig` from the run's `reflection`, `interaction` and `filter` sections."""
     from charter.stages.introspect import IntrospectConfig
 
     f = dict(cfg.filter)
@@ -319,7 +319,7 @@ def stage_interaction(ctx: StageContext) -> dict[str, Any]:
 
 
 def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
-    """C's resumable generation for one kind (the other disabled); filtering is the `filter` stage."""
+    """The resumable introspection generation for one kind (the other disabled); filtering is the `filter` stage."""
     from charter.stages.introspect import run_introspect
 
     other = "interaction" if kind == "reflection" else "reflection"
@@ -334,7 +334,7 @@ def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
 
 
 def stage_filter(ctx: StageContext) -> dict[str, Any]:
-    """C's quality filters over reflection + interaction records, then C's mix into SFT rows."""
+    """The quality filters over reflection + interaction records, then the mix into SFT rows."""
     from charter.filters import apply_filters
     from charter.stages.introspect import (assert_no_placeholders, interaction_filter_rows, mix_rows,
                                            reflection_filter_rows)
@@ -448,7 +448,7 @@ def check_heldout(ctx: StageContext, prompts: list[str]) -> None:
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
-    """Held-out prompts through E's loader: a file, or the toy world's own (independent seed)."""
+    """Held-out prompts through `evaluate.runner.load_prompts`: a file, or the toy world's own (independent seed)."""
     from charter.evaluate.runner import load_prompts
 
     spec = cfg.eval.prompts_file or ("toy" if cfg.is_toy else None)
