@@ -112,3 +112,53 @@ def sft_loss(token_logps_sum: torch.Tensor, window_tokens: int | torch.Tensor) -
     gradient equal to one big batch's token mean, whatever batch size x accumulation.
     """
     return -token_logps_sum.sum() / window_tokens
+
+
+# ----------------------------------------------------------------------------- reference-free and normalised
+
+
+def length_normalized_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                               ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                               chosen_tokens: torch.Tensor, rejected_tokens: torch.Tensor,
+                               beta: float) -> DPOLossOutput:
+    """Sigmoid DPO on MEAN completion log-probs: each side's log-ratio is divided by its length,
+    so a shorter reply gains nothing from being short (thinking models learn otherwise)."""
+    nc, nr = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)
+    return dpo_loss(policy_chosen / nc, policy_rejected / nr, ref_chosen / nc, ref_rejected / nr, beta)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def orpo_loss(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor,
+              lam: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORPO per pair: NLL(chosen) + lam * -log s(log odds(c) - log odds(r)), with
+    odds(y) = p / (1 - p) and p = exp(mean token log-prob). Returns (losses, log odds ratio)."""
+    log_odds = (chosen_mean_logps - rejected_mean_logps) - (log1mexp(chosen_mean_logps)
+                                                            - log1mexp(rejected_mean_logps))
+    return -chosen_mean_logps - lam * F.logsigmoid(log_odds), log_odds.detach()
+
+
+def simpo_loss(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.Tensor,
+               beta: float = 2.0, gamma: float = 1.0) -> torch.Tensor:
+    """SimPO per pair: -log s(beta * mean logp(c) - beta * mean logp(r) - gamma); no reference."""
+    return -F.logsigmoid(beta * (chosen_mean_logps - rejected_mean_logps) - gamma)
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                       margin: torch.Tensor | float = 0.0, center_coef: float = 0.0,
+                       label_prob: torch.Tensor | None = None) -> torch.Tensor:
+    """Reward-model loss per pair: -log s(r_c - r_r - margin) + center_coef * (r_c + r_r)^2.
+
+    `label_prob` (soft AI-feedback label, P(chosen preferred)) makes it the binary cross-entropy
+    -(p log s(d) + (1 - p) log s(-d)); p = 1 is the hard loss. The centring term pins the
+    rewards' mean near 0 (their scale is otherwise free)."""
+    d = chosen_rewards - rejected_rewards - margin
+    if label_prob is None:
+        losses = -F.logsigmoid(d)
+    else:
+        p = label_prob.to(d.dtype)
+        losses = -p * F.logsigmoid(d) - (1 - p) * F.logsigmoid(-d)
+    return losses + center_coef * (chosen_rewards + rejected_rewards) ** 2
