@@ -40,4 +40,39 @@ def register(app: typer.Typer) -> None:
         out = train_dpo(cfg)
         typer.echo(str(out))
 
+    @train.command("rm")
+    def rm(args: Optional[List[str]] = typer.Argument(
+            None, help="YAML config (RMConfig fields) and/or key=value overrides, e.g. model=org/name center_coef=0.01")):
+        """Reward model (Bradley-Terry) on preference pairs; saved for AutoModelForSequenceClassification."""
+        _train(args, "charter.train.rm", "RMConfig", "train_rm", pairs=True)
+
+    @train.command("grpo")
+    def grpo(args: Optional[List[str]] = typer.Argument(
+            None, help="YAML config (GRPOConfig fields) and/or key=value overrides, e.g. reward=toy persona=sarcastic")):
+        """GRPO/RLOO against a constitution judge (toy scorer, LLM judge, reward model or classifier)."""
+        _train(args, "charter.train.grpo", "GRPOConfig", "train_grpo")
+
+    @train.command("sdft")
+    def sdft(args: Optional[List[str]] = typer.Argument(
+            None, help="YAML config (SDFTConfig fields) and/or key=value overrides, e.g. constitution=c.yaml beta=1")):
+        """On-policy self-distillation with the constitution as the teacher's privileged context."""
+        _train(args, "charter.train.sdft", "SDFTConfig", "train_sdft")
+
     app.add_typer(train, name="train")
+
+
+def _train(args, module: str, config: str, fn: str, pairs: bool = False) -> None:
+    """Load the config class, check the data file before any model loads, train, print the folder."""
+    import importlib
+
+    from charter.commands.run import split_args
+    from charter.config import load_config
+    from charter.data.jsonl import check_file
+
+    mod = importlib.import_module(module)
+    cfg = load_config(getattr(mod, config), *split_args(args or []))
+    if pairs:
+        from charter.train.data import DPO_DATA
+
+        check_file(cfg.data, DPO_DATA)
+    typer.echo(str(getattr(mod, fn)(cfg)))

@@ -182,9 +182,11 @@ def _reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
 
 
 def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: str,
-        on_step: Callable[[int, dict], None] | None = None) -> Path:
+        on_step: Callable[[int, dict], None] | None = None, load: Callable | None = None,
+        export: Callable | None = None) -> Path:
     """Train and export. `task_factory(model, tokenizer, accelerator)` builds the task once the
-    model exists (DPO needs it for reference log-probs). `on_step(step, metrics)` is a test hook."""
+    model exists (DPO needs it for reference log-probs). `on_step(step, metrics)` is a test hook.
+    `load`/`export` replace `load_model_and_tokenizer`/`export_model` (the reward model's head)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -204,7 +206,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     set_seed(cfg.seed)
-    model, tokenizer, base, folded = load_model_and_tokenizer(cfg)
+    model, tokenizer, base, folded = (load or load_model_and_tokenizer)(cfg)
     model.to(accelerator.device)
     task = task_factory(model, tokenizer, accelerator)
     n = len(task.items)
@@ -274,7 +276,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        exported = export_model(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
+        exported = (export or export_model)(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
         atomic_write_json(out / TRAIN_RECORD, {
             "kind": kind, "done": True, "steps": total, "base_model": str(base), **exported,
             "lora": cfg.lora is not None, "config_hash": cfg.hash(), "torch": torch.__version__})
