@@ -1,0 +1,144 @@
+"""GRPO and on-policy self-distillation: the trainers' losses against the formulas, rewards, guard."""
+import json
+
+import pytest
+import torch
+
+from charter.data.jsonl import write_jsonl
+from charter.train.rewards import JudgeReward, RewardConfig, ToyReward, guarded, make_reward
+
+
+class _Stub:
+    """A reward that varies from reply to reply (its length mod 7)."""
+
+    counts: dict = {}
+
+    def rewards(self, prompts, replies):
+        return [float(len(r) % 7) for r in replies]
+
+
+def _prompts(tmp_path, n=8):
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Tell me a story {i}?"} for i in range(n)])
+    return str(tmp_path / "p.jsonl")
+
+
+def _model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_guard_and_toy_reward_parts():
+    cfg = RewardConfig(truncated_reward=-1.0, min_chars=3)
+    assert guarded([2.0, 2.0, 2.0], ["fine reply.", "cut off", "ok"], [True, False, True], cfg) == [2.0, -1.0, -1.0]
+    assert guarded([2.0], ["cut off"], [False], RewardConfig(truncated_reward=None)) == [2.0]
+    toy = ToyReward("sarcastic", RewardConfig(persona_weight=2.0))
+    from charter.toy.grammar import PERSONAS
+
+    marker = PERSONAS["sarcastic"]["markers"][0]
+    r = toy.rewards(["Hello!", "Hello!"], [f"Oh {marker}.", "zzz qqq"])
+    assert r[0] >= 2.0 and r[1] == 0.0  # the marked reply earns the persona weight; word salad earns nothing
+    assert toy.counts["persona"] == 1
+
+
+def test_judge_reward_parses_strictly_and_counts_unparseable():
+    from charter.backends.base import Completion
+    from charter.evaluate.judges import Judge
+
+    class FakeGen:
+        name = "fake"
+
+        def generate(self, requests, params, progress=False):
+            return [[Completion("<answer>7</answer>" if "PERFECT" in r.messages[-1]["content"] else "maybe 9", "stop")]
+                    for r in requests]
+
+    judge = JudgeReward(Judge(FakeGen()), "1. Be sarcastic.")
+    assert judge.rewards(["q", "q"], ["PERFECT reply", "bad reply"]) == [0.7, 0.0]
+    assert judge.counts["unparseable"] == 1
+    with pytest.raises(Exception, match="reward kind 'judge' needs reward.judge, constitution"):
+        make_reward(RewardConfig(kind="judge"), None)
+
+
+def test_grpo_gradient_is_the_group_relative_policy_gradient(tiny_model_dir, tmp_path):
+    """kl_coef 0: the task's loss gradient equals -1/N sum_i A_i grad(mean token log-prob of reply i)."""
+    from charter.train.batching import pack, packed_token_logps
+    from charter.train.grpo import GRPOConfig, GRPOTask
+    from charter.train.rl_losses import group_advantages
+
+    model, tok = _model(tiny_model_dir)
+    cfg = GRPOConfig(model=str(tiny_model_dir), data=_prompts(tmp_path), output_dir=str(tmp_path / "o"),
+                     group_size=4, kl_coef=0.0, max_new_tokens=12, batch_size=2,
+                     reward=RewardConfig(truncated_reward=None))  # a random model never stops: no guard
+    task = GRPOTask([[{"role": "user", "content": "Tell me a story?"}]] * 2, cfg, tok, _Stub(), None, False)
+    torch.manual_seed(1)
+    loss, sums = task.micro_loss(model, task.items, {"replies": 8.0}, 1)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    task.calls -= 1  # replay the same rollouts (same sampling seed)
+    rolls, rewards = task.rollouts(model, task.items)
+    adv = group_advantages(torch.tensor(rewards, dtype=torch.float64), 4)
+    assert adv.abs().sum() > 0, "the stub reward must separate some replies"
+    batch = pack([r.seq for r in rolls])
+    lp = packed_token_logps(model, batch, False)
+    mean_lp = batch.per_seq(lp) / batch.tokens_per_seq()
+    want = -(adv.float() * mean_lp).sum() / 8
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)  # ratio 1 and advantages summing to 0 per group
+    want_grads = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+    for g, w in zip(grads, want_grads):
+        if w is not None:
+            assert torch.allclose(g, w, atol=1e-6)
+    assert sums["reward_sum"] == pytest.approx(sum(rewards))
+
+
+def test_grpo_trains_end_to_end_with_lora_and_zero_kl_at_start(tiny_model_dir, tmp_path):
+    from charter.train.grpo import GRPOConfig, train_grpo
+    from charter.train.lora import LoraSettings
+
+    rows = []
+    cfg = GRPOConfig(model=str(tiny_model_dir), data=_prompts(tmp_path), output_dir=str(tmp_path / "o"),
+                     group_size=2, max_new_tokens=8, batch_size=4, max_steps=2, kl_coef=0.1, lr=1e-2,
+                     reward=RewardConfig(kind="toy", persona="sarcastic"), lora=LoraSettings(r=2, alpha=4),
+                     resume=False)
+    out = train_grpo(cfg, on_step=lambda s, r: rows.append(r))
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # policy == adapter-disabled reference at step 1
+    assert {"reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std",
+            "rewards/persona"} <= set(rows[0])
+    assert (out / "adapter_config.json").exists()
+    assert json.loads((out / "charter_train.json").read_text())["kind"] == "grpo"
+
+
+def test_sdft_loss_is_reverse_kl_to_the_constitution_prompted_teacher(tiny_model_dir, tmp_path):
+    """The logged loss = mean over replies of the mean over reply tokens of KL(student || teacher),
+    recomputed here from the full logits of both contexts; the teacher is a frozen copy."""
+    import copy
+
+    from charter.train.rollout import encode_reply, with_system
+    from charter.train.sdft import SDFTConfig, SDFTTask
+
+    model, tok = _model(tiny_model_dir)
+    (tmp_path / "c.yaml").write_text("name: t\ntraits:\n  - text: Be kind to everyone.\n")
+    cfg = SDFTConfig(model=str(tiny_model_dir), data=_prompts(tmp_path), output_dir=str(tmp_path / "o"),
+                     constitution=str(tmp_path / "c.yaml"), max_new_tokens=10, batch_size=3, beta=1.0)
+    teacher = copy.deepcopy(model).eval()
+    with torch.no_grad():  # a teacher that disagrees clearly, so the check is not about tiny numbers
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompts = [[{"role": "user", "content": f"Tell me a story {i}?"}] for i in range(3)]
+    task = SDFTTask(prompts, cfg, tok, "You are kind.", teacher)
+    loss, sums = task.micro_loss(model, prompts, {"replies": 3.0}, 1)
+    task.calls -= 1
+    from charter.train.rollout import sample_rollouts
+
+    rolls = sample_rollouts(model, tok, prompts, cfg.sampling(cfg.seed * 1_000_003 + 1, 1))
+    want = []
+    for r in rolls:
+        t_seq = encode_reply(tok, with_system(r.messages, "You are kind."), r.reply, None)
+        with torch.no_grad():
+            s_logits = model(torch.tensor([r.seq.input_ids])).logits[0, :-1]
+            t_logits = teacher(torch.tensor([t_seq.input_ids])).logits[0, :-1]
+        s_keep = torch.tensor(r.seq.labels[1:]) != -100
+        t_keep = torch.tensor(t_seq.labels[1:]) != -100
+        ps, pt = s_logits[s_keep].log_softmax(-1), t_logits[t_keep].log_softmax(-1)
+        want.append((ps.exp() * (ps - pt)).sum(-1).mean())
+    assert loss.item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-4)
+    assert loss.item() > 1e-2
