@@ -1,13 +1,13 @@
 """The toy world's method table: GRPO against the toy judge, or on-policy self-distillation, from the
 toy base model, then adherence with NO constitution in the prompt (Wilson 95% intervals).
 
-    python benchmarks/toy_methods.py BASE_DIR PERSONA OUT_DIR --method grpo|sdft [--seed 0]
+    python benchmarks/toy_methods.py BASE_DIR PERSONA OUT_DIR --method grpo|sdft|dpo [--seed 0]
                                      [--n-eval 180] [GRPOConfig/SDFTConfig overrides k=v ...]
 
 Training prompts come from the world's training partition; evaluation uses its held-out prompts
 (`eval_prompts`, the same set `charter toy eval` and the pipeline use), sampled at T 0.7. The base
 model is measured the same way once (OUT_DIR/base_eval.json), for the well-formedness ratio.
-`benchmarks/toy_dpo.py` gives the DPO row from the same base.
+`--method dpo` is the DPO row from the same base and prompts (`benchmarks/toy_dpo.py`'s recipe).
 """
 from __future__ import annotations
 
@@ -51,16 +51,36 @@ def train(method: str, base: str, persona: str, out: Path, seed: int, overrides:
 
         reward = RewardConfig(kind="toy", persona=persona, persona_weight=2.0).model_dump()
         return train_grpo(GRPOConfig(**apply_overrides({**common, **GRPO_DEFAULTS, "reward": reward}, overrides)))
+    if method == "dpo":
+        return train_dpo_baseline(base, persona, out, common, overrides)
     from charter.train.sdft import SDFTConfig, train_sdft
 
     data = {**common, **SDFT_DEFAULTS, "constitution": str(constitution_path(persona))}
     return train_sdft(SDFTConfig(**apply_overrides(data, overrides)))
 
 
+def train_dpo_baseline(base: str, persona: str, out: Path, common: dict, overrides: list[str]) -> Path:
+    """The DPO row, as `benchmarks/toy_dpo.py` builds it (chosen = the base with the constitution,
+    rejected = without; its recommended settings), on 300 training-partition prompts."""
+    from toy_dpo import PAIR_SAMPLING  # this script's folder is on sys.path
+    from charter.toy.measure import sample_replies, system_prompt_for
+    from charter.train.dpo import DPOConfig, train_dpo
+
+    prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").read_text().splitlines()[:300]]
+    gen = HFGenerator(base, batch_size=64, device="cpu")
+    chosen = sample_replies(gen, prompts, system_prompt_for(persona, "train"), PAIR_SAMPLING)
+    rejected = sample_replies(gen, prompts, None, PAIR_SAMPLING)
+    write_jsonl(out / "pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r}
+                                      for p, c, r in zip(prompts, chosen, rejected)])
+    data = {**common, "data": str(out / "pairs.jsonl"), "beta": 0.1, "lr": 1e-4, "epochs": 3, "batch_size": 8,
+            "nll_coef": 1.0, "warmup_ratio": 0.1}
+    return train_dpo(DPOConfig(**apply_overrides(data, overrides)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("base"), ap.add_argument("persona"), ap.add_argument("out", type=Path)
-    ap.add_argument("--method", choices=["grpo", "sdft"], required=True)
+    ap.add_argument("--method", choices=["grpo", "sdft", "dpo"], required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-eval", type=int, default=180)  # the held-out partition has 185 prompts
     ap.add_argument("overrides", nargs="*")

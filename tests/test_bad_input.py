@@ -42,6 +42,9 @@ CONFIG_ARG = {
     "toy build": lambda t, bad, m: ["toy", "build", str(bad)],
     "train sft": lambda t, bad, m: ["train", "sft", str(bad)],
     "train dpo": lambda t, bad, m: ["train", "dpo", str(bad)],
+    "train rm": lambda t, bad, m: ["train", "rm", str(bad)],
+    "train grpo": lambda t, bad, m: ["train", "grpo", str(bad)],
+    "train sdft": lambda t, bad, m: ["train", "sdft", str(bad)],
     "distill": lambda t, bad, m: ["distill", str(bad)],
     "introspect": lambda t, bad, m: ["introspect", str(bad)],
     "eval": lambda t, bad, m: ["eval", str(bad)],
@@ -64,6 +67,8 @@ INPUT_FILE = {
     "run eval.prompts_file": lambda t, bad, m: ["run", "--preset", "toy", f"eval.prompts_file={bad}", "--dry-run"],
     "train sft data": _train("sft"),
     "train dpo data": _train("dpo"),
+    "train rm data": _train("rm"),
+    "train grpo data": _train("grpo"),
     "distill constitution": lambda t, bad, m: [
         "distill", write_yaml(t / "c.yaml", {"constitution": str(bad), "teacher": {"model": m}}), "-o", str(t / "o")],
     "distill general_prompts": lambda t, bad, m: [

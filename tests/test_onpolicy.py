@@ -33,13 +33,22 @@ def test_guard_and_toy_reward_parts():
     cfg = RewardConfig(truncated_reward=-1.0, min_chars=3)
     assert guarded([2.0, 2.0, 2.0], ["fine reply.", "cut off", "ok"], [True, False, True], cfg) == [2.0, -1.0, -1.0]
     assert guarded([2.0], ["cut off"], [False], RewardConfig(truncated_reward=None)) == [2.0]
-    toy = ToyReward("sarcastic", RewardConfig(persona_weight=2.0))
+    import random
+
+    from charter.toy.corpus import sample_prompt, sample_reply
     from charter.toy.grammar import PERSONAS
 
-    marker = PERSONAS["sarcastic"]["markers"][0]
-    r = toy.rewards(["Hello!", "Hello!"], [f"Oh {marker}.", "zzz qqq"])
-    assert r[0] >= 2.0 and r[1] == 0.0  # the marked reply earns the persona weight; word salad earns nothing
-    assert toy.counts["persona"] == 1
+    toy = ToyReward("sarcastic", RewardConfig(persona_weight=2.0))
+    rng = random.Random(0)
+    prompt, kind, topic = sample_prompt(rng, "train")
+    in_character, neutral = sample_reply(rng, kind, topic, "sarcastic"), sample_reply(rng, kind, topic, None)
+    assert toy.rewards([prompt] * 3, [in_character, neutral, "zzz qqq"]) == [4.0, 2.0, 0.0]
+    assert toy.counts == {"persona": 1, "well_formed": 2, "relevant": 2}
+    # an in-character opener that answers nothing earns only its well-formedness (the gate)
+    opener = PERSONAS["sarcastic"]["openers"][0]
+    assert toy.rewards(["Tell me about the moon."], [opener]) == [1.0]
+    ungated = ToyReward("sarcastic", RewardConfig(persona_weight=2.0, require_relevant=False))
+    assert ungated.rewards(["Tell me about the moon."], [opener]) == [3.0]
 
 
 def test_judge_reward_parses_strictly_and_counts_unparseable():

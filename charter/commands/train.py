@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
     def rm(args: Optional[List[str]] = typer.Argument(
             None, help="YAML config (RMConfig fields) and/or key=value overrides, e.g. model=org/name center_coef=0.01")):
         """Reward model (Bradley-Terry) on preference pairs; saved for AutoModelForSequenceClassification."""
-        _train(args, "charter.train.rm", "RMConfig", "train_rm", pairs=True)
+        _train(args, "charter.train.rm", "RMConfig", "train_rm")
 
     @train.command("grpo")
     def grpo(args: Optional[List[str]] = typer.Argument(
@@ -61,18 +61,17 @@ def register(app: typer.Typer) -> None:
     app.add_typer(train, name="train")
 
 
-def _train(args, module: str, config: str, fn: str, pairs: bool = False) -> None:
+def _train(args, module: str, config: str, fn: str) -> None:
     """Load the config class, check the data file before any model loads, train, print the folder."""
     import importlib
 
     from charter.commands.run import split_args
     from charter.config import load_config
     from charter.data.jsonl import check_file
+    from charter.train.data import DPO_DATA
+    from charter.train.rollout import PROMPTS_DATA
 
     mod = importlib.import_module(module)
     cfg = load_config(getattr(mod, config), *split_args(args or []))
-    if pairs:
-        from charter.train.data import DPO_DATA
-
-        check_file(cfg.data, DPO_DATA)
+    check_file(cfg.data, DPO_DATA if fn == "train_rm" else PROMPTS_DATA)  # a mistyped path fails fast
     typer.echo(str(getattr(mod, fn)(cfg)))

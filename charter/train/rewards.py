@@ -47,6 +47,7 @@ class RewardConfig(Config):
     persona_weight: float = 1.0          # toy: reward = sum of weight x indicator
     well_formed_weight: float = 1.0
     relevant_weight: float = 1.0
+    require_relevant: bool = True        # toy: an off-topic reply earns only its well-formedness
     truncated_reward: float | None = -1.0  # guard: a reply cut off by max_new_tokens gets this; None = off
     min_chars: int = Field(1, ge=0)      # guard: a shorter reply gets `truncated_reward` too
 
@@ -72,9 +73,19 @@ class ToyReward:
                      "relevant": bool(s.relevant)}
             for k, v in parts.items():
                 self.counts[k] += v
-            out.append(self.cfg.persona_weight * parts["persona"] + self.cfg.well_formed_weight * parts["well_formed"]
-                       + self.cfg.relevant_weight * parts["relevant"])
+            out.append(self.reward(parts))
         return out
+
+    def reward(self, parts: dict[str, bool]) -> float:
+        """Weighted sum of the parts. Without relevance a persona opener alone ("Oh, wow, what a
+        question.") is in character and well-formed, and GRPO learns to say only that: measured,
+        it collapsed to 5-token replies with relevance 0 within 90 steps. Gating on relevance
+        pays the persona only on replies that also answer."""
+        c = self.cfg
+        wf = c.well_formed_weight * parts["well_formed"]
+        if c.require_relevant and not parts["relevant"]:
+            return wf
+        return wf + c.persona_weight * parts["persona"] + c.relevant_weight * parts["relevant"]
 
 
 class JudgeReward:
