@@ -27,8 +27,8 @@ from charter.toy.corpus import constitution_path, sample_prompt
 from charter.toy.measure import toy_adherence
 from charter.train.rewards import RewardConfig
 
-GRPO_DEFAULTS = dict(lr=3e-4, max_steps=250, batch_size=8, group_size=8, kl_coef=0.01, warmup_ratio=0.0,
-                     min_lr_ratio=1.0, max_new_tokens=64)
+GRPO_DEFAULTS = dict(lr=3e-4, max_steps=150, batch_size=8, group_size=8, kl_coef=0.01, warmup_ratio=0.0,
+                     min_lr_ratio=1.0, max_new_tokens=64, guided_share=0.25)
 SDFT_DEFAULTS = dict(lr=1e-4, max_steps=150, batch_size=16, samples_per_prompt=2, beta=1.0, warmup_ratio=0.0,
                      min_lr_ratio=1.0, max_new_tokens=64)
 
@@ -50,7 +50,8 @@ def train(method: str, base: str, persona: str, out: Path, seed: int, overrides:
         from charter.train.grpo import GRPOConfig, train_grpo
 
         reward = RewardConfig(kind="toy", persona=persona, persona_weight=2.0).model_dump()
-        return train_grpo(GRPOConfig(**apply_overrides({**common, **GRPO_DEFAULTS, "reward": reward}, overrides)))
+        data = {**common, **GRPO_DEFAULTS, "reward": reward, "constitution": str(constitution_path(persona))}
+        return train_grpo(GRPOConfig(**apply_overrides(data, overrides)))
     if method == "dpo":
         return train_dpo_baseline(base, persona, out, common, overrides)
     from charter.train.sdft import SDFTConfig, train_sdft

@@ -45,6 +45,7 @@ CONFIG_ARG = {
     "train rm": lambda t, bad, m: ["train", "rm", str(bad)],
     "train grpo": lambda t, bad, m: ["train", "grpo", str(bad)],
     "train sdft": lambda t, bad, m: ["train", "sdft", str(bad)],
+    "train ppo": lambda t, bad, m: ["train", "ppo", str(bad)],
     "distill": lambda t, bad, m: ["distill", str(bad)],
     "introspect": lambda t, bad, m: ["introspect", str(bad)],
     "eval": lambda t, bad, m: ["eval", str(bad)],

@@ -51,6 +51,24 @@ def test_guard_and_toy_reward_parts():
     assert ungated.rewards(["Tell me about the moon."], [opener]) == [3.0]
 
 
+def test_guided_rollouts_need_the_constitution_and_keep_groups_whole(tiny_model_dir, tmp_path):
+    from charter.train.grpo import GRPOConfig, GRPOTask
+
+    with pytest.raises(ValueError, match="guided_share: needs constitution"):
+        GRPOConfig(model="m", data="d", output_dir="o", guided_share=0.25)
+    model, tok = _model(tiny_model_dir)
+    (tmp_path / "c.yaml").write_text("name: t\ntraits:\n  - text: Be kind to everyone.\n")
+    cfg = GRPOConfig(model=str(tiny_model_dir), data="d", output_dir="o", group_size=4, guided_share=0.5,
+                     constitution=str(tmp_path / "c.yaml"), max_new_tokens=6, reward=RewardConfig(truncated_reward=None))
+    prompts = [[{"role": "user", "content": f"Tell me a story {i}?"}] for i in range(2)]
+    rolls, rewards = GRPOTask(prompts, cfg, tok, _Stub(), None, False, "You are kind.").rollouts(model, prompts)
+    assert [r.messages for r in rolls] == [prompts[0]] * 4 + [prompts[1]] * 4  # groups stay contiguous
+    text = tok.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=False)
+    prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    for r in rolls[:4]:  # guided replies are trained after the PLAIN prompt, no system tokens
+        assert r.seq.input_ids[:len(prompt_ids)] == list(prompt_ids)
+
+
 def test_judge_reward_parses_strictly_and_counts_unparseable():
     from charter.backends.base import Completion
     from charter.evaluate.judges import Judge
@@ -151,3 +169,49 @@ def test_sdft_loss_is_reverse_kl_to_the_constitution_prompted_teacher(tiny_model
         want.append((ps.exp() * (ps - pt)).sum(-1).mean())
     assert loss.item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-4)
     assert loss.item() > 1e-2
+
+
+def test_ppo_reward_shaping_and_packing_round_trip():
+    from charter.train.batching import pack
+    from charter.train.data import Seq
+    from charter.train.ppo import per_sequence, shaped_rewards, to_packed
+
+    seqs = [Seq([1, 2, 3, 4], [-100, -100, 3, 4]), Seq([5, 6, 7, 8, 9, 9], [-100, 6, 7, 8, 9, 9])]
+    batch = pack(seqs, row_len=0)
+    flat = torch.arange(batch.keep.numel(), dtype=torch.float64)
+    padded, mask = per_sequence(flat, batch)
+    assert mask.sum(1).tolist() == [2, 5]
+    assert torch.equal(to_packed(padded, mask, batch), flat)
+    lp = torch.tensor([[-1.0, -2.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -2.0, -1.0]], dtype=torch.float64)
+    m = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float64)
+    r = shaped_rewards(torch.tensor([3.0, -1.0], dtype=torch.float64), lp, ref, m, beta=0.1)
+    # -beta (lp - ref) per token, the score added on each reply's last real token
+    assert r.flatten().tolist() == pytest.approx([-0.05, 0.1 + 3.0, 0.0, 0.0, -0.1, -1.0])
+
+
+def test_ppo_trains_policy_and_value_and_clips_after_the_first_epoch(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    from charter.train.ppo import VALUE_DIR, PPOConfig, train_ppo
+
+    torch.manual_seed(0)  # a frozen "reward model" on the same tiny base
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    rows = []
+    cfg = PPOConfig(model=str(tiny_model_dir), data=_prompts(tmp_path), output_dir=str(tmp_path / "o"),
+                    batch_size=4, max_new_tokens=8, max_steps=4, ppo_epochs=2, lr=5e-3, kl_coef=0.1, warmup_ratio=0.0,
+                    reward=RewardConfig(kind="rm", model=str(tmp_path / "rm"), truncated_reward=None), resume=False)
+    out = train_ppo(cfg, on_step=lambda s, r: rows.append(r))
+    assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any step
+    assert rows[0]["policy/approxkl_avg"] == 0 and rows[0]["policy/clipfrac_avg"] == 0  # ratio 1 on epoch 1
+    assert rows[1]["policy/approxkl_avg"] > 0  # epoch 2 reuses the rollout: the ratio has moved
+    assert rows[1]["objective/scores"] == rows[0]["objective/scores"]  # the same rollout
+    assert abs(rows[2]["objective/kl"]) > 1e-3  # a fresh rollout from the moved policy (k1 estimate: either sign)
+    assert {"objective/scores", "objective/rlhf_reward", "loss/value_avg", "val/clipfrac_avg"} <= set(rows[0])
+    value = AutoModelForTokenClassification.from_pretrained(out / VALUE_DIR)
+    assert value.config.num_labels == 1
+    assert (out / "model.safetensors").exists()

@@ -58,6 +58,12 @@ def register(app: typer.Typer) -> None:
         """On-policy self-distillation with the constitution as the teacher's privileged context."""
         _train(args, "charter.train.sdft", "SDFTConfig", "train_sdft")
 
+    @train.command("ppo")
+    def ppo(args: Optional[List[str]] = typer.Argument(
+            None, help="YAML config (PPOConfig fields) and/or key=value overrides, e.g. reward.model=rm_dir")):
+        """PPO: policy, value model, frozen reward (a reward model or any judge), frozen reference."""
+        _train(args, "charter.train.ppo", "PPOConfig", "train_ppo")
+
     app.add_typer(train, name="train")
 
 

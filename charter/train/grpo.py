@@ -7,9 +7,12 @@ relative to its own group. The loss per reply is the mean over its tokens of
 
     -A * pi / stopgrad(pi)  +  kl_coef * k3(pi, pi_ref)
 
-averaged over the window's replies (GRPO's normalisation). One gradient step per rollout, so the
-PPO ratio is 1 when the gradient is taken and clipping could never bite: it is left out rather
-than shown doing nothing. The reference is the adapter-disabled base under LoRA, else a frozen
+averaged over the window's replies (GRPO's normalisation). With `guided_share` > 0, that share of
+each group is sampled with the constitution as system prompt and trained as a reply to the plain
+prompt (off-policy guidance, as in LUFFY): the toy base almost never produces an in-character
+reply unprompted (1 in 512 at T 1), so pure on-policy groups carry no persona signal. One
+gradient step per rollout, so the PPO ratio is 1 when the gradient is taken and clipping could
+never bite: it is left out rather than shown doing nothing. The reference is the adapter-disabled base under LoRA, else a frozen
 copy of the starting model.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from charter.train.batching import pack, packed_token_logps, supports_head_hook
 from charter.train.loop import TrainConfig, run
 from charter.train.rewards import RewardConfig, RewardSource, guarded, make_reward
 from charter.train.rl_losses import group_advantages, k3_kl
-from charter.train.rollout import Rollout, read_prompts, sample_rollouts, user_text
+from charter.train.rollout import Rollout, encode_reply, read_prompts, sample_rollouts, user_text, with_system
 
 
 class OnPolicyConfig(TrainConfig):
@@ -55,6 +58,17 @@ class GRPOConfig(OnPolicyConfig):
     group_size: int = Field(8, ge=2)
     advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
     kl_coef: float = Field(0.04, ge=0)
+    guided_share: float = Field(0.0, ge=0, lt=1)  # share of each group sampled WITH the constitution
+
+    @model_validator(mode="after")
+    def _check_guided(self):
+        if self.guided_share and self.constitution is None:
+            raise ValueError("guided_share: needs constitution (the guided replies are sampled with it)")
+        return self
+
+    @property
+    def n_guided(self) -> int:
+        return round(self.group_size * self.guided_share)
 
 
 def frozen_reference(model, cfg: OnPolicyConfig):
@@ -81,9 +95,9 @@ def reference_logps(model, ref_model, batch, keep_only: bool):
 
 class GRPOTask:
     def __init__(self, items: list[list[dict]], cfg: GRPOConfig, tokenizer, reward: RewardSource,
-                 ref_model, keep_only: bool):
+                 ref_model, keep_only: bool, system: str | None = None):
         self.items, self.cfg, self.tokenizer, self.reward = items, cfg, tokenizer, reward
-        self.ref_model, self.keep_only, self.calls = ref_model, keep_only, 0
+        self.ref_model, self.keep_only, self.calls, self.system = ref_model, keep_only, 0, system
 
     def window_norm(self, window: Sequence) -> dict[str, float]:
         return {"replies": float(len(window) * self.cfg.group_size)}
@@ -91,9 +105,18 @@ class GRPOTask:
     def rollouts(self, model, items) -> tuple[list[Rollout], list[float]]:
         cfg = self.cfg
         self.calls += 1  # a fresh sampling seed per micro-batch, reproducible from the run's seed
-        rolls = sample_rollouts(model, self.tokenizer, list(items), cfg.sampling(cfg.seed * 1_000_003 + self.calls,
-                                                                                   cfg.group_size),
+        seed, k = cfg.seed * 1_000_003 + self.calls, cfg.n_guided
+        plain = sample_rollouts(model, self.tokenizer, list(items), cfg.sampling(seed, cfg.group_size - k),
                                 cfg.chat, cfg.rollout_batch_size)
+        rolls = plain
+        if k:
+            guided = sample_rollouts(model, self.tokenizer, [with_system(m, self.system) for m in items],
+                                     cfg.sampling(seed + 500_001, k), cfg.chat, cfg.rollout_batch_size)
+            rolls = []
+            for i, msgs in enumerate(items):  # each prompt's group: its plain replies, then its guided ones
+                rolls += plain[i * (cfg.group_size - k):(i + 1) * (cfg.group_size - k)]
+                rolls += [Rollout(msgs, g.reply, g.finished, encode_reply(self.tokenizer, msgs, g.reply, cfg.chat))
+                          for g in guided[i * k:(i + 1) * k]]
         replies = [r.reply for r in rolls]
         raw = self.reward.rewards([user_text(r.messages) for r in rolls], replies)
         return rolls, guarded(raw, replies, [r.finished for r in rolls], cfg.reward)
@@ -154,11 +177,10 @@ def load_constitution_text(path: str | None, assistant_name: str | None = None) 
 
 def build_grpo_task(cfg: GRPOConfig) -> Callable:
     def factory(model, tokenizer, accelerator):
-        prompts = read_prompts(cfg.data)
-        reward = make_reward(cfg.reward, load_constitution_text(cfg.constitution))
+        system = load_constitution_text(cfg.constitution)
         keep_only = cfg.keep_logits_only_for_targets and supports_head_hook(model)
         ref = frozen_reference(model, cfg) if cfg.kl_coef else None
-        return GRPOTask(prompts, cfg, tokenizer, reward, ref, keep_only)
+        return GRPOTask(read_prompts(cfg.data), cfg, tokenizer, make_reward(cfg.reward, system), ref, keep_only, system)
 
     return factory
 

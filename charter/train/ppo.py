@@ -1,0 +1,218 @@
+"""PPO in its RLHF form (SPEC §8): policy, value model, frozen reward, frozen reference.
+
+Every `ppo_epochs` optimiser steps the policy answers a window of prompts once (batched through
+the `hf` backend); the rollout is then scored and fixed:
+- the score comes from any `charter.train.rewards` source (a frozen reward model by default),
+  after the format guard;
+- per-token reward = -beta (log pi_old - log pi_ref), plus the score on the reply's last token;
+- GAE over the reply tokens with the value model's estimates, advantages whitened.
+The next `ppo_epochs` steps each take one optimiser step on that rollout with the clipped
+policy loss and `vf_coef x` the clipped value loss, so from the second step on the ratio
+pi/pi_old moves off 1 and clipping acts. beta is fixed, or adaptive with `kl_target`.
+
+The value model is the policy's architecture with a per-token scalar head
+(`AutoModelForTokenClassification`, one label), trained fully; it is saved to `output_dir/value`.
+The reference is the adapter-disabled policy under LoRA, else a frozen copy. Single process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pydantic import Field, model_validator
+
+from charter.train.batching import Packed, pack, packed_token_logps
+from charter.train.grpo import OnPolicyConfig, frozen_reference, load_constitution_text, reference_logps
+from charter.train.loop import export_model, load_model_and_tokenizer, run
+from charter.train.rewards import RewardConfig, guarded, make_reward
+from charter.train.rl_losses import AdaptiveKL, gae, ppo_policy_loss, ppo_value_loss, whiten
+from charter.train.rollout import sample_rollouts, user_text
+
+VALUE_DIR = "value"
+
+
+class PPOConfig(OnPolicyConfig):
+    reward: RewardConfig = RewardConfig(kind="rm")
+    constitution: str | None = None
+    kl_coef: float = Field(0.05, ge=0)          # beta; the starting value when adaptive
+    kl_target: float | None = None              # adaptive KL: per-reply KL to aim at
+    kl_horizon: int = Field(10000, ge=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    ppo_epochs: int = Field(4, ge=1)            # optimiser steps per rollout
+
+    @model_validator(mode="after")
+    def _one_micro_batch(self):
+        if self.grad_accum != 1:
+            raise ValueError("grad_accum: PPO takes one optimiser step per pass over a rollout; use batch_size")
+        return self
+
+
+def _policy_value_module():
+    import torch
+
+    class PolicyWithValue(torch.nn.Module):
+        """Both trained models in one module, so the loop's optimiser, clipping and checkpoints
+        cover them together."""
+
+        def __init__(self, policy, value):
+            super().__init__()
+            self.policy, self.value = policy, value
+
+    return PolicyWithValue
+
+
+def load_policy_and_value(cfg: PPOConfig):
+    """`load` hook: the policy as every trainer loads it, and a value model on the same base."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from charter.models import resolve_model
+
+    policy, tokenizer, base, folded = load_model_and_tokenizer(cfg)
+    ref = resolve_model(cfg.model)
+    value = AutoModelForTokenClassification.from_pretrained(ref.base, num_labels=1, dtype=torch.float32,
+                                                            use_safetensors=True,
+                                                            attn_implementation=cfg.attn_implementation)
+    return _policy_value_module()(policy, value), tokenizer, base, folded
+
+
+def export_policy_and_value(model, tokenizer, out: Path, cfg: PPOConfig, base: str, folded: list) -> dict:
+    """`export` hook: the policy exactly as SFT/DPO export it; the value model in `out/value`."""
+    record = export_model(model.policy, tokenizer, out, cfg, base, folded)
+    model.value.save_pretrained(out / VALUE_DIR, safe_serialization=True)
+    return record
+
+
+def token_values(value_model, batch: Packed):
+    """V at each position that predicts a trained token, [K] in packed order."""
+    out = value_model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
+    return out[..., 0].reshape(-1)[batch.keep].float()
+
+
+@dataclass
+class Rollouts:
+    batch: Packed
+    old_logps: "torch.Tensor"   # [K] packed order, fixed for the ppo_epochs steps
+    old_values: "torch.Tensor"
+    advantages: "torch.Tensor"
+    returns: "torch.Tensor"
+    stats: dict
+
+
+def per_sequence(flat, batch: Packed):
+    """[K] packed-order values -> ([B, T] padded in input order, 0/1 mask)."""
+    import torch
+
+    counts = batch.tokens_per_seq().tolist()
+    rows = torch.split(flat[batch.input_order()], counts)
+    out = flat.new_zeros(len(rows), max(counts))
+    mask = torch.zeros_like(out)
+    for i, r in enumerate(rows):
+        out[i, :len(r)], mask[i, :len(r)] = r, 1
+    return out, mask
+
+
+def to_packed(padded, mask, batch: Packed):
+    """Inverse of `per_sequence`."""
+    flat = padded[mask.bool()]
+    out = flat.new_empty(flat.shape)
+    out[batch.input_order()] = flat
+    return out
+
+
+def shaped_rewards(scores, logps, ref_logps, mask, beta: float):
+    """-beta (log pi - log pi_ref) per token, plus the score on each reply's last token."""
+    import torch
+
+    rewards = -beta * (logps - ref_logps) * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+class PPOTask:
+    def __init__(self, items, cfg: PPOConfig, tokenizer, reward, ref_model):
+        self.items, self.cfg, self.tokenizer, self.reward = items, cfg, tokenizer, reward
+        self.ref_model, self.calls, self.rollout = ref_model, 0, None
+        self.kl = AdaptiveKL(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+
+    def window_norm(self, window: Sequence) -> dict[str, float]:
+        return {"replies": float(len(window))}
+
+    def collect(self, model, items) -> Rollouts:
+        import torch
+
+        cfg = self.cfg
+        rolls = sample_rollouts(model.policy, self.tokenizer, list(items),
+                                cfg.sampling(cfg.seed * 1_000_003 + self.calls), cfg.chat, cfg.rollout_batch_size)
+        replies = [r.reply for r in rolls]
+        scores = guarded(self.reward.rewards([user_text(r.messages) for r in rolls], replies), replies,
+                         [r.finished for r in rolls], cfg.reward)
+        device = next(model.parameters()).device
+        batch = pack([r.seq for r in rolls]).to(device)
+        with torch.no_grad():
+            logps = packed_token_logps(model.policy, batch).float()
+            ref = reference_logps(model.policy, self.ref_model, batch, True).float()
+            values = token_values(model.value, batch)
+        (lp, mask), ref_lp, v = per_sequence(logps, batch), per_sequence(ref, batch)[0], per_sequence(values, batch)[0]
+        score_t = torch.tensor(scores, dtype=lp.dtype, device=device)
+        beta = self.kl.value
+        adv, ret = gae(shaped_rewards(score_t, lp, ref_lp, mask, beta), v * mask, cfg.gamma, cfg.lam)
+        adv = whiten(adv, mask) * mask
+        kl = ((lp - ref_lp) * mask).sum(1).mean().item()
+        self.kl.update(kl, len(rolls))
+        stats = {"objective/kl": kl, "objective/scores": score_t.mean().item(),
+                 "objective/rlhf_reward": score_t.mean().item() - beta * kl, "objective/beta": beta,
+                 "completions/mean_length": mask.sum(1).mean().item()}
+        stats.update({f"rewards/{k}": v / len(rolls) for k, v in self.reward.counts.items()})
+        for k in self.reward.counts:
+            self.reward.counts[k] = 0.0
+        return Rollouts(batch, logps, values, to_packed(adv, mask, batch), to_packed(ret, mask, batch), stats)
+
+    def micro_loss(self, model, items, norm: dict[str, float], world: int):
+        import torch
+
+        cfg = self.cfg
+        if self.calls % cfg.ppo_epochs == 0:
+            self.rollout = self.collect(model, items)
+        self.calls += 1
+        ro = self.rollout
+        ones = torch.ones_like(ro.old_logps)
+        logps = packed_token_logps(model.policy, ro.batch).float()
+        values = token_values(model.value, ro.batch)
+        pg, clipfrac = ppo_policy_loss(logps, ro.old_logps, ro.advantages, ones, cfg.clip)
+        vf, vclip = ppo_value_loss(values, ro.old_values, ro.returns, ones, cfg.value_clip)
+        approx_kl = 0.5 * ((logps - ro.old_logps).detach() ** 2).mean()
+        sums = {"n": 1.0, "loss/policy_avg": pg.item(), "loss/value_avg": vf.item(),
+                "policy/clipfrac_avg": clipfrac.item(), "val/clipfrac_avg": vclip.item(),
+                "policy/approxkl_avg": approx_kl.item(), "tokens": float(ro.batch.n_tokens), **ro.stats}
+        return (pg + cfg.vf_coef * vf) * world, sums
+
+    def metrics(self, s: dict[str, float]) -> dict[str, float]:
+        n = max(1.0, s["n"])
+        m = {k: v / n for k, v in s.items() if k not in ("n", "tokens")}
+        m["loss"] = m["loss/policy_avg"] + self.cfg.vf_coef * m["loss/value_avg"]
+        m["num_tokens"] = s["tokens"]
+        return m
+
+
+def build_ppo_task(cfg: PPOConfig) -> Callable:
+    def factory(model, tokenizer, accelerator):
+        from charter.train.rollout import read_prompts
+
+        if accelerator.num_processes > 1:
+            raise ValueError("ppo: single process only for now (the value and policy share one wrapper module)")
+        reward = make_reward(cfg.reward, load_constitution_text(cfg.constitution))
+        return PPOTask(read_prompts(cfg.data), cfg, tokenizer, reward, frozen_reference(model.policy, cfg))
+
+    return factory
+
+
+def train_ppo(cfg: PPOConfig, on_step: Callable | None = None) -> Path:
+    """Train; the policy is exported like SFT/DPO output, the value model to `output_dir/value`."""
+    return run(cfg, build_ppo_task(cfg), "ppo", on_step, load=load_policy_and_value, export=export_policy_and_value)
