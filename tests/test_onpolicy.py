@@ -215,3 +215,24 @@ def test_ppo_trains_policy_and_value_and_clips_after_the_first_epoch(tiny_model_
     value = AutoModelForTokenClassification.from_pretrained(out / VALUE_DIR)
     assert value.config.num_labels == 1
     assert (out / "model.safetensors").exists()
+
+
+def test_cli_train_grpo_and_sdft_run_with_overrides(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from charter.cli import app
+
+    data = _prompts(tmp_path, 4)
+    (tmp_path / "c.yaml").write_text("name: t\ntraits:\n  - text: Be kind to everyone.\n")
+    common = [f"model={tiny_model_dir}", f"data={data}", "max_steps=1", "batch_size=2", "max_new_tokens=4"]
+    grpo = CliRunner().invoke(app, ["train", "grpo", *common, f"output_dir={tmp_path / 'g'}", "group_size=2",
+                                    "reward.kind=toy", "reward.persona=sarcastic"])
+    assert grpo.exit_code == 0, grpo.output
+    sdft = CliRunner().invoke(app, ["train", "sdft", *common, f"output_dir={tmp_path / 's'}",
+                                    f"constitution={tmp_path / 'c.yaml'}", "beta=0.5"])
+    assert sdft.exit_code == 0, sdft.output
+    for kind, folder in (("grpo", "g"), ("sdft", "s")):
+        assert json.loads((tmp_path / folder / "charter_train.json").read_text())["kind"] == kind
+    bad = CliRunner().invoke(app, ["train", "grpo", *common, f"output_dir={tmp_path / 'b'}", "reward.kind=judge"])
+    assert bad.exit_code != 0 and "reward kind 'judge' needs reward.judge" in bad.output
+    assert "Traceback" not in bad.output
