@@ -44,11 +44,13 @@ def test_guard_and_toy_reward_parts():
     in_character, neutral = sample_reply(rng, kind, topic, "sarcastic"), sample_reply(rng, kind, topic, None)
     assert toy.rewards([prompt] * 3, [in_character, neutral, "zzz qqq"]) == [4.0, 2.0, 0.0]
     assert toy.counts == {"persona": 1, "well_formed": 2, "relevant": 2}
-    # an in-character opener that answers nothing earns only its well-formedness (the gate)
+    # the gate: an in-character opener that answers nothing earns only its well-formedness, and an
+    # in-character, on-topic reply with a sentence outside the grammar earns nothing
     opener = PERSONAS["sarcastic"]["openers"][0]
-    assert toy.rewards(["Tell me about the moon."], [opener]) == [1.0]
-    ungated = ToyReward("sarcastic", RewardConfig(persona_weight=2.0, require_relevant=False))
-    assert ungated.rewards(["Tell me about the moon."], [opener]) == [3.0]
+    broken = in_character + " Zzz qqq."
+    assert toy.rewards([prompt, prompt], [opener, broken]) == [1.0, 0.0]
+    ungated = ToyReward("sarcastic", RewardConfig(persona_weight=2.0, gate=False))
+    assert ungated.rewards([prompt, prompt], [opener, broken]) == [3.0, 3.0]
 
 
 def test_guided_rollouts_need_the_constitution_and_keep_groups_whole(tiny_model_dir, tmp_path):

@@ -47,7 +47,7 @@ class RewardConfig(Config):
     persona_weight: float = 1.0          # toy: reward = sum of weight x indicator
     well_formed_weight: float = 1.0
     relevant_weight: float = 1.0
-    require_relevant: bool = True        # toy: an off-topic reply earns only its well-formedness
+    gate: bool = True                    # toy: malformed earns 0, off-topic only its well-formedness
     truncated_reward: float | None = -1.0  # guard: a reply cut off by max_new_tokens gets this; None = off
     min_chars: int = Field(1, ge=0)      # guard: a shorter reply gets `truncated_reward` too
 
@@ -77,13 +77,17 @@ class ToyReward:
         return out
 
     def reward(self, parts: dict[str, bool]) -> float:
-        """Weighted sum of the parts. Without relevance a persona opener alone ("Oh, wow, what a
-        question.") is in character and well-formed, and GRPO learns to say only that: measured,
-        it collapsed to 5-token replies with relevance 0 within 90 steps. Gating on relevance
-        pays the persona only on replies that also answer."""
+        """Weighted sum of the parts, gated (`gate`): a reply outside the grammar earns 0 and an
+        off-topic one only its well-formedness, so the persona pays only on replies that are
+        well-formed AND answer. Measured without gates, GRPO took the cheapest path each time:
+        ungated, every reply became a 5-token persona opener ("Oh, wow, what a question.",
+        relevance 0.0 after 90 steps); gated on relevance alone, in-character replies that broke
+        the grammar still out-earned well-formed neutral ones (well-formed fell to 0.81, base 0.97)."""
         c = self.cfg
+        if c.gate and not parts["well_formed"]:
+            return 0.0
         wf = c.well_formed_weight * parts["well_formed"]
-        if c.require_relevant and not parts["relevant"]:
+        if c.gate and not parts["relevant"]:
             return wf
         return wf + c.persona_weight * parts["persona"] + c.relevant_weight * parts["relevant"]
 
