@@ -238,3 +238,14 @@ def test_cli_train_grpo_and_sdft_run_with_overrides(tiny_model_dir, tmp_path):
     bad = CliRunner().invoke(app, ["train", "grpo", *common, f"output_dir={tmp_path / 'b'}", "reward.kind=judge"])
     assert bad.exit_code != 0 and "reward kind 'judge' needs reward.judge" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_sdft_ema_teacher_moves_toward_the_student_by_one_minus_decay(tmp_path):
+    from charter.train.sdft import SDFTConfig, SDFTTask
+
+    student, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    cfg = SDFTConfig(model="m", data="d", output_dir="o", constitution="c.yaml", teacher="ema", ema_decay=0.9)
+    SDFTTask([], cfg, None, "", teacher)._update_ema(student)
+    for b, t, s in zip(before, teacher.parameters(), student.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * s.detach())
