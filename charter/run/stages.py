@@ -259,28 +259,20 @@ class InteractionStage(IntrospectStage):
     interaction: InteractionConfig
 
 
-def stage_reflection(ctx: StageContext) -> dict[str, Any]:
-    s: ReflectionStage = ctx.settings
+def stage_introspection(ctx: StageContext) -> dict[str, Any]:
+    """Each persona's DPO model reflects on itself (ReflectionStage) or talks with itself (InteractionStage)."""
+    s: ReflectionStage | InteractionStage = ctx.settings
     lay = layout(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
-        items = introspect.reflection_plan(s.reflection, per.constitution, s.assistant_name or per.constitution.name)
+        name = s.assistant_name or per.constitution.name
         gen = generator(s.student, lay.model("dpo", per.key))
-        return {"records": len(introspect.reflect(s.reflection, items, gen, ctx.seed, s.chunk_size, d))}
-
-    return for_each_persona(ctx, work)
-
-
-def stage_interaction(ctx: StageContext) -> dict[str, Any]:
-    s: InteractionStage = ctx.settings
-    lay = layout(ctx)
-
-    def work(per: Persona, d: Path) -> dict[str, Any]:
-        items = introspect.interaction_plan(s.interaction, per.constitution, s.assistant_name or per.constitution.name)
-        gen = generator(s.student, lay.model("dpo", per.key))
-        records = introspect.interact(s.interaction, items, gen, ctx.seed, s.chunk_size, d,
-                                      introspect.tokenizer_for(None, gen))
-        return {"records": len(records)}
+        if isinstance(s, ReflectionStage):
+            items = introspect.reflection_plan(s.reflection, per.constitution, name)
+            return {"records": len(introspect.reflect(s.reflection, items, gen, ctx.seed, s.chunk_size, d))}
+        items = introspect.interaction_plan(s.interaction, per.constitution, name)
+        tokenizer = introspect.tokenizer_for(None, gen)
+        return {"records": len(introspect.interact(s.interaction, items, gen, ctx.seed, s.chunk_size, d, tokenizer))}
 
     return for_each_persona(ctx, work)
 
@@ -297,7 +289,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         records = {kind: read_jsonl(lay.records(kind, per.key)) for kind in KINDS}
-        stats = introspect.filter_and_mix(s.filter, introspect.introspection_rows(records, s.interaction), ctx.seed, d)
+        rows = introspect.introspection_rows(records, s.interaction)
+        tokenizer = load_tokenizer(lay.model("dpo", per.key))  # the generator's, as `charter introspect` counts
+        stats = introspect.filter_and_mix(s.filter, rows, ctx.seed, d, tokenizer)
         table = json.loads((d / "filter_report.json").read_text())["filters"]
         total, kept = stats["filters"]["total"], stats["filters"]["kept"]
         require_kept(f"filter/{per.key}", kept, total, {t["filter"]: t["first_failed"] for t in table},
@@ -346,13 +340,13 @@ def build_pipeline() -> Pipeline:
             chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
         Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
             personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.dpo)),
-        Stage("reflection", stage_reflection, ["dpo"], lambda r: ReflectionStage(
+        Stage("reflection", stage_introspection, ["dpo"], lambda r: ReflectionStage(
             personas=r.personas, student=r.config.student, assistant_name=r.config.assistant_name,
             reflection=r.config.reflection)),
-        Stage("interaction", stage_interaction, ["dpo"], lambda r: InteractionStage(
+        Stage("interaction", stage_introspection, ["dpo"], lambda r: InteractionStage(
             personas=r.personas, student=r.config.student, assistant_name=r.config.assistant_name,
             interaction=r.config.interaction)),
-        Stage("filter", stage_filter, ["reflection", "interaction"], lambda r: FilterStage(
+        Stage("filter", stage_filter, ["dpo", "reflection", "interaction"], lambda r: FilterStage(
             personas=r.personas, filter=r.config.filter, interaction=r.config.interaction)),
         Stage("sft", stage_sft, ["dpo", "filter"], lambda r: SFTStage(
             personas=r.personas, student=r.config.student, trainer=r.config.trainer, sft=r.config.sft)),
