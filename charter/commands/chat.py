@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import typer
 
 from charter.config import ConfigError
-from charter.run.layout import MANIFEST, MODEL_STAGES, model_in_run
+from charter.run.layout import MANIFEST, model_in_run
+
 ReplyFn = Callable[[list[dict], Callable[[str], None]], str]  # (messages, on_text_chunk) -> full reply
 
 

@@ -19,7 +19,6 @@ from pydantic import Field, create_model
 
 from charter.backends import BackendConfig
 from charter.config import Config, ConfigError, load_config, read_yaml
-from charter.filters import FilterConfig  # noqa: F401  (FilterSettings' base, re-exported for readers)
 from charter.stages.distill import AnswerSettings, PairSettings, PromptSettings
 from charter.stages.introspect import FilterSettings, InteractionConfig, ReflectionConfig
 from charter.toy.model import ToyBuildConfig

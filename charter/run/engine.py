@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,8 +113,6 @@ def stage_key(stage: Stage, cfg: Any, seed: int, input_hashes: dict[str, str]) -
 # ---------------------------------------------------------------- manifest
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": sys.version.split()[0]}
     for name in ("charter", "torch", "transformers", "trl", "peft", "accelerate", "tokenizers"):
         try:

@@ -33,8 +33,8 @@ from charter.chat import encode_chat, render_prompt
 from charter.config import Config, ConfigError
 from charter.constitution import Constitution, load_constitution
 from charter.data.jsonl import RecordStore, atomic_write_json, atomic_write_text, write_jsonl
-from charter.filters import (PLACEHOLDER_RE, FilterConfig, FilterResult, FilterRow, Segment, apply_filters,
-                             format_table)
+from charter.filters import PLACEHOLDER_RE, FilterConfig, FilterResult, FilterRow, Segment, apply_filters, format_table
+from charter.models import CONFIG_FILES, load_tokenizer, local_folder
 from charter.stages import interaction as inter
 from charter.stages import reflection as refl
 from charter.stages.records import generate_resumable
@@ -217,11 +217,8 @@ def sft_stats(rows: list[dict], tokenizer: Any = None) -> dict[str, Any]:
 
 
 def tokenizer_for(name: str | None, generator: Generator) -> Any:
-    if name:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(name)
-    return getattr(generator, "tokenizer", None)
+    """The configured tokenizer (a folder or Hub id), else the generator's own, if it has one."""
+    return load_tokenizer(local_folder(name, CONFIG_FILES)) if name else getattr(generator, "tokenizer", None)
 
 
 def _context_fits(settings: InteractionConfig, generator: Generator,
