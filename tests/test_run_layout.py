@@ -199,3 +199,73 @@ def test_introspect_command_and_stages_write_identical_files(tmp_path, monkeypat
         same_bytes(cmd / name, root / "filter" / "sarcasm" / name)
     stats = json.loads((cmd / "sft_stats.json").read_text())
     assert 0 < stats["rows"] <= 9 and stats["by_kind"]["interaction"] > 0 and "tokens" in stats  # mixed, capped
+
+
+class ToyStyle:
+    """Fake model: replies in the sarcastic persona's style when prompted with its constitution or
+    when it is a trained model (its folder is a DPO or merged model), neutral otherwise."""
+
+    def __init__(self, model: str):
+        self.name = model
+
+    def generate(self, requests, params, progress=False):
+        from charter.toy.grammar import PERSONAS, TOPICS
+        from charter.toy.scorer import ToyScorer
+
+        out = []
+        for i, r in enumerate(map(as_request, requests)):
+            system = " ".join(m["content"] for m in r.messages if m["role"] == "system")
+            want = ToyScorer().expected_content(r.messages[-1]["content"]) or "topic:moon"
+            body = TOPICS[want.split(":")[1] if want.startswith("topic:") else "moon"]["facts"][0]
+            style = PERSONAS["sarcastic"]
+            styled = "sarcastic" in system or (("/dpo/" in self.name or "/merge/" in self.name) and i % 3)
+            out.append([Completion(f"{style['openers'][0]} {body} {style['closers'][0]}" if styled else body,
+                                   "stop", 5, 5)])
+        return out
+
+
+def test_eval_command_and_stage_give_the_same_replies_and_figures(tmp_path, monkeypatch):
+    """The run's eval stage and `charter eval`'s adherence (systems through `evaluate.systems.System`,
+    labels through `evaluate.base.score_all`, shares through `evaluate.stats.proportion`) agree."""
+    import charter.backends
+    import charter.run.evaluation as ev
+    from charter.data.jsonl import read_jsonl, write_jsonl
+    from charter.evaluate.runner import EvalConfig, run_eval
+    from charter.stages.teacher_text import teacher_system_prompt
+
+    monkeypatch.setattr(ev, "make_generator", lambda backend: ToyStyle(backend.model))
+    monkeypatch.setattr(charter.backends, "make_generator", lambda backend: ToyStyle(backend.model))
+
+    def base(ctx):
+        (ctx.out_dir / "model.json").write_text(json.dumps({"path": "base-model"}))
+
+    def prompts(ctx):
+        write_jsonl(ctx.out_dir / "sarcastic" / "prompts.jsonl", [])
+
+    run = Run.of(load_run_config(preset="toy", overrides=["constitutions=[toy:sarcastic]", "eval.n_prompts=9"]))
+    real = {s.name: s for s in build_pipeline().stages}
+    stubs = [Stage("base", base), Stage("prompts", prompts)] + [Stage(n, lambda ctx: None) for n in
+                                                                 ("teacher", "student", "dpo", "merge")]
+    root = tmp_path / "run"
+    Pipeline(stubs + [real["eval"]]).run(run, root, 0, log=lambda _: None)
+    from charter.report import summarize
+
+    summary = summarize(root)
+    models = {"base": "base-model", "base+constitution": "base-model", "dpo": str(root / "dpo" / "sarcastic" / "model"),
+              "dpo+sft": str(root / "merge" / "sarcastic" / "model")}
+    const = run.personas[0].constitution
+    result = run_eval(EvalConfig(
+        out_dir=str(tmp_path / "cmd"), persona="sarcastic", prompts="toy", n_prompts=9, evals=["adherence"],
+        scorer={"kind": "toy"}, judge={"kind": "toy"}, progress=False,
+        sampling={"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 96, "seed": 0},
+        systems=[{"name": n, "backend": {"model": m},
+                  "system_prompt": teacher_system_prompt(const, "Pip") if n == "base+constitution" else None}
+                 for n, m in models.items()]))
+    replies = read_jsonl(root / "eval" / "replies.jsonl")
+    for entry in result["adherence"]["systems"]:
+        name = entry["system"]
+        assert {k: entry[k] for k in ("k", "n", "value", "lo", "hi")} == \
+            summary["adherence"][name]["per_persona"]["sarcastic"]
+        assert entry["well_formed"] == summary["well_formed"][name]
+        assert entry["examples"] == [r["reply"] for r in replies if r["system"] == name][:3]
+    assert [e["k"] for e in result["adherence"]["systems"]] == [0, 9, 6, 6]  # the figures are not all equal
