@@ -269,3 +269,16 @@ def test_eval_command_and_stage_give_the_same_replies_and_figures(tmp_path, monk
         assert entry["well_formed"] == summary["well_formed"][name]
         assert entry["examples"] == [r["reply"] for r in replies if r["system"] == name][:3]
     assert [e["k"] for e in result["adherence"]["systems"]] == [0, 9, 6, 6]  # the figures are not all equal
+
+
+def test_a_stage_reads_the_layout_only_where_it_declared_inputs(tmp_path):
+    from charter.run.engine import StageContext
+    from charter.run.layout import RunLayout
+
+    ctx = StageContext("pairs", None, tmp_path, tmp_path / "pairs", 0, {"teacher": tmp_path / "teacher"})
+    lay = RunLayout.of_stage(ctx)
+    assert lay.answers("teacher", "warm") == tmp_path / "teacher" / "warm" / "answers.jsonl"
+    assert lay.pairs("warm") == tmp_path / "pairs" / "warm" / "pairs.jsonl"  # its own output
+    with pytest.raises(KeyError, match="'dpo' is not among this stage's declared inputs"):
+        lay.model("dpo", "warm")
+    assert RunLayout(tmp_path).model("dpo", "warm") == str(tmp_path / "dpo" / "warm" / "model")

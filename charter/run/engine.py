@@ -33,8 +33,7 @@ from typing import Any, Callable
 
 from charter.config import ConfigError
 from charter.data.jsonl import atomic_write_json, file_hash
-
-MANIFEST = "manifest.json"
+from charter.run.layout import MANIFEST
 _FULL_HASH_LIMIT = 64 << 20  # larger files (model shards) are fingerprinted, not read whole
 
 

@@ -105,7 +105,7 @@ def persona_systems(s: EvalStage, layout: RunLayout, persona: Persona) -> dict[s
 def stage_eval(ctx: StageContext) -> dict[str, Any]:
     """Every system answers the held-out prompts; the judge labels each reply (one row per reply)."""
     s: EvalStage = ctx.settings
-    lay = RunLayout(ctx.run_dir, frozenset([*ctx.inputs, ctx.name]))
+    lay = RunLayout.of_stage(ctx)
     prompts = eval_prompts(s.eval, s.toy, ctx.seed)
     check_heldout(lay, s.personas, prompts)
     judge = scorer(s, lay, ctx.seed)

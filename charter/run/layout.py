@@ -30,6 +30,11 @@ class RunLayout:
     root: Path
     readable: frozenset[str] | None = None  # stages this reader declared as inputs (None = all)
 
+    @classmethod
+    def of_stage(cls, ctx) -> "RunLayout":
+        """A stage's view (`ctx`: an engine `StageContext`): readable only where it declared its inputs."""
+        return cls(ctx.run_dir, frozenset([*ctx.inputs, ctx.name]))
+
     def stage(self, name: str) -> Path:
         if self.readable is not None and name not in self.readable:
             raise KeyError(f"stage {name!r} is not among this stage's declared inputs {sorted(self.readable)}")

@@ -54,11 +54,6 @@ def for_each_persona(ctx: StageContext, work: Callable[[Persona, Path], dict[str
     return counts
 
 
-def layout(ctx: StageContext) -> RunLayout:
-    """The run's layout, readable only where this stage declared its inputs."""
-    return RunLayout(ctx.run_dir, frozenset([*ctx.inputs, ctx.name]))
-
-
 def require_kept(where: str, kept: int, total: int, dropped: dict[str, int], hint: str) -> None:
     """Stop the run when filters left nothing: training on no data would hide the cause."""
     if kept:
@@ -129,7 +124,7 @@ class AnswerStage(PersonaStage):
 def stage_answers(ctx: StageContext) -> dict[str, Any]:
     """K samples per prompt from the teacher (with the constitution) or the student (without)."""
     s: AnswerStage = ctx.settings
-    lay = layout(ctx)
+    lay = RunLayout.of_stage(ctx)
     gen = None
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
@@ -157,7 +152,7 @@ class PairsStage(PersonaStage):
 def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     """Chosen = teacher, rejected = student, through `distill.make_pairs` (SPEC §1 filters, provenance)."""
     s: PairsStage = ctx.settings
-    lay = layout(ctx)
+    lay = RunLayout.of_stage(ctx)
     template = s.chat_template if s.chat is not False else None
     tok = distill.pair_tokenizer(s.pairs, lambda: load_tokenizer(local_folder(lay.base_model(), CONFIG_FILES), template),
                                  template)
@@ -206,7 +201,7 @@ def train(s: TrainStage, kind: str, hyper: Config, model: str, data: Path, out: 
 
 def stage_dpo(ctx: StageContext) -> dict[str, Any]:
     s: DPOStage = ctx.settings
-    lay = layout(ctx)
+    lay = RunLayout.of_stage(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         train(s, "dpo", s.dpo, lay.base_model(), lay.pairs(per.key), d / "model", ctx.seed)
@@ -217,7 +212,7 @@ def stage_dpo(ctx: StageContext) -> dict[str, Any]:
 
 def stage_sft(ctx: StageContext) -> dict[str, Any]:
     s: SFTStage = ctx.settings
-    lay = layout(ctx)
+    lay = RunLayout.of_stage(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         train(s, "sft", s.sft, lay.model("dpo", per.key), lay.sft_rows(per.key), d / "model", ctx.seed)
@@ -232,7 +227,7 @@ class MergeStage(PersonaStage):
 
 def stage_merge(ctx: StageContext) -> dict[str, Any]:
     """Final = base + w_dpo * (DPO delta) + w_sft * (SFT delta), an exact sum (SPEC §1)."""
-    m, lay = ctx.settings.merge, layout(ctx)
+    m, lay = ctx.settings.merge, RunLayout.of_stage(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         merge_stages(lay.base_model(), [(lay.model("dpo", per.key), m.dpo_weight),
@@ -262,7 +257,7 @@ class InteractionStage(IntrospectStage):
 def stage_introspection(ctx: StageContext) -> dict[str, Any]:
     """Each persona's DPO model reflects on itself (ReflectionStage) or talks with itself (InteractionStage)."""
     s: ReflectionStage | InteractionStage = ctx.settings
-    lay = layout(ctx)
+    lay = RunLayout.of_stage(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         name = s.assistant_name or per.constitution.name
@@ -285,7 +280,7 @@ class FilterStage(PersonaStage):
 def stage_filter(ctx: StageContext) -> dict[str, Any]:
     """The quality filters over reflection + interaction records, then the mix into SFT rows."""
     s: FilterStage = ctx.settings
-    lay = layout(ctx)
+    lay = RunLayout.of_stage(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         records = {kind: read_jsonl(lay.records(kind, per.key)) for kind in KINDS}
