@@ -16,10 +16,12 @@ def register(app: typer.Typer) -> None:
         import json
 
         from charter.config import load_config
+        from charter.locks import hold_folder
         from charter.stages.distill import DistillConfig, format_summary, run_distill
 
         cfg = load_config(DistillConfig, config, overrides or [])
         out = out_dir or Path("runs") / f"distill-{cfg.hash()}"
-        pairs = run_distill(cfg, out, progress=True)
+        with hold_folder(out):
+            pairs = run_distill(cfg, out, progress=True)
         typer.echo(format_summary(json.loads((out / "summary.json").read_text())))
         typer.echo(f"wrote {pairs}")

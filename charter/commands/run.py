@@ -30,8 +30,10 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
         dry_run: bool = typer.Option(False, "--dry-run",
                                      help="check every model resolves (config + tokenizer), print the plan")) -> None:
     """Run constitution -> prompts -> pairs -> DPO -> introspection -> SFT -> merge -> eval -> report."""
+    from contextlib import nullcontext
     from pathlib import Path
 
+    from charter.locks import hold_folder
     from charter.pipeline import format_plan
     from charter.run_config import load_run_config
     from charter.run_stages import build_pipeline, validate
@@ -41,12 +43,13 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
     validate(cfg, dry_run)
     out = Path(run_dir or f"runs/{cfg.name}")
     pipe = build_pipeline()
-    plan = pipe.plan(cfg, out, cfg.seed, start, only)
-    typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
-    typer.echo(format_plan(plan))
-    if dry_run:
-        return
-    manifest = pipe.run(cfg, out, cfg.seed, start, only)
+    with nullcontext() if dry_run else hold_folder(out):  # one writer per run folder
+        plan = pipe.plan(cfg, out, cfg.seed, start, only)
+        typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
+        typer.echo(format_plan(plan))
+        if dry_run:
+            return
+        manifest = pipe.run(cfg, out, cfg.seed, start, only)
     summary = out / "summary.json"
     if summary.exists():
         import json
