@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from charter.config import ConfigError
-from charter.data.jsonl import RecordStore, atomic_write_json, read_jsonl, stable_id, write_jsonl
+from charter.data.jsonl import RecordStore, atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.pipeline import Pipeline, Stage, StageContext
 from charter.run_config import RunConfig
 
@@ -253,7 +253,7 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     def work(per: Persona, d: Path) -> dict[str, Any]:
         teacher_name, student = name_of(cfg, per.constitution), dc.student_name or name_of(cfg, per.constitution)
         prefill = json.loads((ctx.input_dir("teacher") / per.key / "done.json").read_text())["prefill"]
-        side = {r: {(a["prompt_id"], a["sample"]): a for a in read_jsonl(ctx.input_dir(r) / per.key / "answers.jsonl")}
+        side = {r: {(a["prompt_id"], a["sample"]): a for a in read_records(ctx.input_dir(r) / per.key / "answers.jsonl")}
                 for r in ("teacher", "student")}
         prompts = {p["id"]: p for p in read_jsonl(ctx.input_dir("prompts") / per.key / "prompts.jsonl")}
         models = {r: next(iter(side[r].values()), {}).get("model") for r in side}
@@ -328,7 +328,7 @@ def _introspect(ctx: StageContext, kind: str) -> dict[str, Any]:
         icfg = introspect_config(ctx.cfg, per.ref, model_of(ctx, "dpo", per.key))
         icfg = icfg.model_copy(update={other: getattr(icfg, other).model_copy(update={"enabled": False})})
         run_introspect(icfg, d, generator(icfg.backend))
-        return {"records": len(read_jsonl(d / f"{kind}.jsonl"))}
+        return {"records": len(read_records(d / f"{kind}.jsonl"))}
 
     return for_each_persona(ctx, work)
 
@@ -345,7 +345,7 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         def records(kind: str) -> list[dict]:  # sorted: resumed stores append in another order
-            return sorted(read_jsonl(ctx.input_dir(kind) / per.key / f"{kind}.jsonl"), key=lambda r: r["id"])
+            return sorted(read_records(ctx.input_dir(kind) / per.key / f"{kind}.jsonl"), key=lambda r: r["id"])
 
         rows = reflection_filter_rows(records("reflection")) + \
             interaction_filter_rows(records("interaction"), ic.views, ic.system_prompt == "keep")

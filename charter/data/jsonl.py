@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -131,6 +132,32 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)]
 
 
+def read_records(path: str | Path, key: str = "id") -> list[dict[str, Any]]:
+    """A keyed records file, each id once: a repeated id (two writers, a copied-in file) is dropped,
+    keeping the first, and reported on stderr, so nothing downstream counts a record twice."""
+    records, repeats = _unique_records(Path(path), key)
+    if repeats:
+        warn(f"{path}: dropped {repeats} record(s) whose {key!r} was already in the file (first kept)")
+    return list(records.values())
+
+
+def _unique_records(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], int]:
+    records: dict[str, dict[str, Any]] = {}
+    repeats = 0
+    for lineno, obj in iter_jsonl(path):
+        if key not in obj:
+            raise DataError(f"{path}:{lineno}: record has no {key!r} field")
+        if obj[key] in records:
+            repeats += 1
+        else:
+            records[obj[key]] = obj
+    return records, repeats
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def parse_json_or_yaml(path: str | Path, text: str, fmt: str) -> Any:
     """`fmt` "json" or "yaml" text -> data; a syntax error is a DataError naming the file and line."""
     import yaml
@@ -178,11 +205,12 @@ class RecordStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.repaired = _repair_tail(self.path)
         self.records: dict[str, dict[str, Any]] = {}
+        self.repeats = 0
         if self.path.exists():
-            for lineno, obj in iter_jsonl(self.path):
-                if key not in obj:
-                    raise DataError(f"{self.path}:{lineno}: record has no {key!r} field")
-                self.records.setdefault(obj[key], obj)
+            self.records, self.repeats = _unique_records(self.path, key)
+        if self.repeats:  # rewritten with each id once, so later readers see each record once
+            write_jsonl(self.path, self.records.values())
+            warn(f"{self.path}: dropped {self.repeats} record(s) whose {key!r} was already stored (first kept)")
         self._f = self.path.open("a", encoding="utf-8")
 
     def __contains__(self, rid: str) -> bool:
