@@ -10,7 +10,8 @@ from typer.core import TyperGroup
 from charter.chat_render import TemplateError
 from charter.config import ConfigError
 from charter.data.jsonl import DataError
-from charter.faults import RunError, command_line, interrupted_exit_code, signals_interrupt
+from charter.faults import (RunError, command_line, disk_full, end_progress_bars, interrupted_exit_code,
+                            signals_interrupt)
 
 COMMAND_MODULES = [
     "run", "toy", "train", "constitution", "distill", "data", "introspect",
@@ -35,10 +36,14 @@ class CharterGroup(TyperGroup):
         except INPUT_ERRORS as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(INPUT_ERROR_EXIT) from None
-        except RunError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
+        except (RunError, OSError) as e:
+            if isinstance(e, OSError) and not disk_full(e.filename, e):  # a full disk anywhere (a model save)
+                raise
+            end_progress_bars()
+            typer.secho(f"error: {e if isinstance(e, RunError) else disk_full(e.filename, e)}", fg="red", err=True)
             raise typer.Exit(RUN_ERROR_EXIT) from None
         except KeyboardInterrupt as e:
+            end_progress_bars()
             typer.secho(f"interrupted ({str(e) or 'SIGINT'}); finished records are kept. Resume with: {command_line()}",
                         fg="yellow", err=True)
             raise typer.Exit(interrupted_exit_code(e)) from None

@@ -8,6 +8,7 @@ a re-run regenerates it with the same seed, so the result equals an uninterrupte
 """
 from __future__ import annotations
 
+import errno
 import shlex
 import signal
 import sys
@@ -21,6 +22,19 @@ class RunError(RuntimeError):
     gone): the CLI prints its message as one line, with no traceback."""
 
 
+class DiskFull(RunError):
+    """No space left (or over quota) while writing; the write was rolled back."""
+
+
+def disk_full(path: object, e: OSError) -> DiskFull | None:
+    """`e` as a one-line `DiskFull` naming `path` when the disk is full or over quota, else None."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return DiskFull(f"{str(path) + ': ' if path else ''}{what} while writing; nothing half-written was kept. "
+                    f"Free space, then re-run to resume: {command_line()}")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (or SIGHUP), raised where the process was, so it unwinds like Ctrl-C."""
 
@@ -32,6 +46,13 @@ class Terminated(KeyboardInterrupt):
 def command_line() -> str:
     """The command this process runs, as the user would type it again (`charter ...`)."""
     return shlex.join(["charter", *sys.argv[1:]])
+
+
+def end_progress_bars() -> None:
+    """Close progress bars a failure left open, so the error that follows starts its own line."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def interrupted_exit_code(e: KeyboardInterrupt) -> int:

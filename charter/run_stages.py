@@ -160,7 +160,7 @@ def stage_base(ctx: StageContext) -> dict[str, Any]:
     """The student's weights: the toy world's model (built and cached once), or the configured id."""
     cfg: RunConfig = ctx.cfg
     if cfg.is_toy:
-        from charter.pipeline import dir_hash
+        from charter.integrity import dir_hash
         from charter.toy.model import ToyBuildConfig, build_toy_model, toy_model_dir
 
         bcfg = ToyBuildConfig(**cfg.toy.build)
