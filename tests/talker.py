@@ -2,9 +2,14 @@
 pipeline's filters without training a model first (for end-to-end runs that must be fast)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).parents[1]
 
 REPLY = "Thanks, that is a good question."
 
@@ -34,3 +39,22 @@ def build_talker(path: Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def charter(*args: str, **kw) -> subprocess.Popen:
+    """`charter ARGS` in a fresh process, importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-m", "charter.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def tiny_run(talker: Path, run_dir: Path) -> list[str]:
+    """`charter run` arguments: the toy preset's stages and judge on the talker, at counts small
+    enough for a test (about 5 s of pipeline on a CPU)."""
+    return ["run", "--preset", "toy", f"student.model={talker}", "eval.prompts_file=toy", "eval.n_prompts=4",
+            "constitutions=[toy:sarcastic]", "prompts.prompts_per_trait=1", "prompts.expansion_rounds=1",
+            "distill.sampling.max_new_tokens=16", "reflection.samples_per_prompt=1",
+            "reflection.sampling.max_new_tokens=16", "interaction.free=1", "interaction.leading=1",
+            "interaction.turns=2", "interaction.sampling.max_new_tokens=16", "eval.max_new_tokens=16",
+            "--run-dir", str(run_dir)]

@@ -206,3 +206,36 @@ def test_a_dead_server_ends_a_run_in_one_line_after_its_retries(tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {url}/chat/completions: failed after 3 attempts (ConnectError")
     assert "finished records are kept: once the server answers, resume with: charter " in last
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_then_the_printed_command_finishes_it_like_a_lone_run(tmp_path):
+    """A real `charter run` in its own process: SIGTERM while a stage runs, then the command it
+    printed: the summary equals an uninterrupted run's, with no torn or temporary file left."""
+    import shlex
+    import time
+
+    from talker import build_talker, charter, tiny_run
+
+    talker = build_talker(tmp_path / "talker")
+    lone = charter(*tiny_run(talker, tmp_path / "lone"))
+    assert lone.wait(timeout=300) == 0, lone.stderr.read()[-3000:]
+    proc = charter(*tiny_run(talker, tmp_path / "run"))
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        stages = load_manifest(tmp_path / "run")["stages"] if (tmp_path / "run" / "manifest.json").exists() else {}
+        if stages.get("teacher", {}).get("status") in ("running", "done"):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted (SIGTERM); finished records are kept. Resume with: charter run ")
+    assert no_temp_files(tmp_path / "run") == []
+    for f in (tmp_path / "run").rglob("*.jsonl"):
+        read_jsonl(f)  # every line whole
+    resume = charter(*shlex.split(last.split("Resume with: ")[1])[1:])
+    assert resume.wait(timeout=300) == 0, resume.stderr.read()[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == \
+        json.loads((tmp_path / "lone" / "summary.json").read_text())

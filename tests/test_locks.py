@@ -15,16 +15,9 @@ import pytest
 
 from charter.faults import RunError
 from charter.locks import FolderInUse, hold_folder, lock_files, read_holder
+from talker import build_talker, charter, tiny_run
 
 ROOT = Path(__file__).parents[1]
-
-
-def charter(*args: str, **kw) -> subprocess.Popen:
-    """`charter ARGS` in a fresh process, importing this checkout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "charter.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
 
 
 def hold_in_child(folder: Path) -> subprocess.Popen:
@@ -88,20 +81,7 @@ def test_another_hosts_record_is_honoured_until_its_heartbeat_is_stale(tmp_path,
 
 @pytest.fixture(scope="module")
 def talker_dir(tmp_path_factory):
-    from talker import build_talker
-
     return build_talker(tmp_path_factory.mktemp("talker") / "model")
-
-
-def tiny_run(talker: Path, run_dir: Path) -> list[str]:
-    """`charter run` on the toy preset's stages and judge, with a tiny model that always answers the
-    same well-formed reply, at counts small enough for a test."""
-    return ["run", "--preset", "toy", f"student.model={talker}", "eval.prompts_file=toy", "eval.n_prompts=4",
-            "constitutions=[toy:sarcastic]", "prompts.prompts_per_trait=1", "prompts.expansion_rounds=1",
-            "distill.sampling.max_new_tokens=16", "reflection.samples_per_prompt=1",
-            "reflection.sampling.max_new_tokens=16", "interaction.free=1", "interaction.leading=1",
-            "interaction.turns=2", "interaction.sampling.max_new_tokens=16", "eval.max_new_tokens=16",
-            "--run-dir", str(run_dir)]
 
 
 @pytest.mark.slow
