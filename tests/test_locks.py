@@ -117,3 +117,28 @@ def test_two_concurrent_runs_on_one_folder(tmp_path, talker_dir):
         ids = [r["id"] for r in read_jsonl(f) if "id" in r]
         assert len(ids) == len(set(ids)), f
     assert not lock_files(tmp_path / "shared")[1].exists()
+
+
+def test_a_second_toy_build_of_the_same_model_waits_and_reuses_the_first(tmp_path, monkeypatch):
+    """Two runs in different folders share the toy model cache: the second build waits for the
+    first (instead of both writing one `.partial` folder), then uses its model."""
+    import threading
+
+    from filelock import FileLock
+
+    import charter.toy.model as toy
+
+    final = tmp_path / "model"
+    monkeypatch.setattr(toy, "_build", lambda *a: pytest.fail("the model was built twice"))
+    first = FileLock(tmp_path / ".model.build.lock", thread_local=False)
+    first.acquire()
+    got: list[Path] = []
+    second = threading.Thread(target=lambda: got.append(toy.build_toy_model(toy.ToyBuildConfig(), final)))
+    second.start()
+    time.sleep(0.3)
+    assert second.is_alive() and got == []  # waiting for the first build
+    final.mkdir()
+    (final / toy.BUILD_RECORD).write_text("{}")  # the first build finishes
+    first.release()
+    second.join(timeout=10)
+    assert got == [final]

@@ -17,7 +17,6 @@ def register(app: typer.Typer) -> None:
               ) -> None:
         """Generate the corpus, train the tokenizer and pretrain the toy base model (cached)."""
         from charter.config import load_config
-        from charter.locks import hold_folder
         from charter.toy.model import ToyBuildConfig, build_toy_model, is_built, toy_model_dir
 
         if config is not None and "=" in str(config):  # only overrides were given
@@ -28,8 +27,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"cached: {target}")
             return
         typer.echo(f"building toy base model ({cfg.n_conversations} conversations, {cfg.steps} steps) -> {target}")
-        with hold_folder(target):
-            typer.echo(str(build_toy_model(cfg, out)))
+        typer.echo(str(build_toy_model(cfg, out)))
 
     @sub.command("eval")
     def evaluate(model: str = typer.Argument(..., help="Model folder (e.g. from `charter toy build`)."),
