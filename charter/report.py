@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl
+from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, warn
 from charter.evaluate import plots
 from charter.evaluate.stats import mcnemar_paired, proportion, wilson_ci
 from charter.run.layout import MANIFEST, RunLayout
@@ -49,6 +49,15 @@ def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     unique = len(shared) + sum(1 for r in rows if not r.get("generation"))
     lo, hi = wilson_ci(k / n * unique, unique) if n else (0.0, 1.0)
     return {**share(k, n), "n_unique": unique, "lo": lo, "hi": hi}
+
+
+def unique_replies(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Each (persona, system, prompt) reply once, the first stored, whatever the file holds (two
+    writers, a prompt repeated in the eval file): a reply counted twice would narrow every interval."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        seen.setdefault((r["persona"], r["system"], r["prompt"]), r)
+    return list(seen.values()), len(rows) - len(seen)
 
 
 def paired_test(rows: list[dict[str, Any]], before: str, after: str) -> dict[str, Any] | None:
@@ -94,7 +103,10 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     """All report figures as plain JSON (what `summary.json` holds). No timings: the same seed and
     config give the same summary, whether the run was interrupted or not (timings are in the manifest)."""
     layout = RunLayout(Path(run_dir))
-    rows = read_jsonl(layout.replies())
+    rows, repeats = unique_replies(read_jsonl(layout.replies()))
+    if repeats:
+        warn(f"{layout.replies()}: {repeats} repeated (persona, system, prompt) replies "
+             "counted once")
     personas = sorted({r["persona"] for r in rows})
     systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
     systems += sorted({r["system"] for r in rows} - set(systems))
@@ -114,6 +126,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
             checked = [r for r in mine if r.get(key) is not None]
             summary[key][s] = share(sum(bool(r[key]) for r in checked), len(checked))
         summary["undecided"][s] = sum(r["label"] is None for r in mine)
+    summary["repeated_replies_dropped"] = repeats
     summary["paired"] = {"dpo+sft vs dpo": paired_test(rows, "dpo", "dpo+sft")}
     heldout = layout.heldout()
     summary["heldout"] = json.loads(heldout.read_text()) if heldout.exists() else None

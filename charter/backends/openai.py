@@ -31,13 +31,14 @@ from charter.backends.base import (Completion, GenerationRequest, RequestLike, S
                                    with_frame_stops)
 from charter.chat_render import frame_reply
 from charter.data.jsonl import stable_id
+from charter.faults import RunError, command_line
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class BackendError(RuntimeError):
-    """A request the server refused, or that kept failing after all retries."""
+class BackendError(RunError):
+    """A request the server refused, or that kept failing after all retries (the CLI prints one line)."""
 
 
 def api_key(api_key_env: str | None) -> str | None:
@@ -152,7 +153,8 @@ class OpenAIGenerator:
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 problem = f"{type(e).__name__}: {e}"
             if attempt == self.max_retries:
-                raise BackendError(f"{self.base_url}{path}: failed after {self.max_retries + 1} attempts ({problem})")
+                raise BackendError(f"{self.base_url}{path}: failed after {self.max_retries + 1} attempts ({problem}); "
+                                   f"finished records are kept: once the server answers, resume with: {command_line()}")
             self.stats["retries"] += 1
             delay = retry_after or min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random())
             log.warning("%s%s: %s; retry %d/%d in %.1fs", self.base_url, path, problem, attempt + 1,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from charter.config import load_config
+from charter.locks import hold_folder
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(DistillConfig, config, overrides or [])
         out = out_dir or Path("runs") / f"distill-{cfg.hash()}"
-        pairs = run_distill(cfg, out, progress=True)
+        with hold_folder(out):
+            pairs = run_distill(cfg, out, progress=True)
         typer.echo(format_summary(json.loads((out / "summary.json").read_text())))
         typer.echo(f"wrote {pairs}")

@@ -16,9 +16,11 @@ def register(app: typer.Typer) -> None:
         """Evaluate systems without the constitution; writes eval.json (figures with CI and n) and PNGs."""
         # deferred: the evaluation runner's imports add ~0.04 s to every `charter --help`
         from charter.evaluate.runner import EvalConfig, run_eval, summary_lines
+        from charter.locks import hold_folder
 
         cfg = load_config(EvalConfig, config, overrides or [])
-        result = run_eval(cfg)
+        with hold_folder(cfg.out_dir):
+            result = run_eval(cfg)
         for line in summary_lines(result):
             typer.echo(line)
         typer.echo(f"wrote {cfg.out_dir}/eval.json")

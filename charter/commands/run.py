@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from charter.config import ConfigError
+from charter.locks import hold_folder
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -44,12 +46,13 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
     preflight(run_inputs, dry_run)
     out = Path(run_dir or f"runs/{cfg.name}")
     pipe = build_pipeline()
-    plan = pipe.plan(run_inputs, out, cfg.seed, start, only)
-    typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
-    typer.echo(format_plan(plan))
-    if dry_run:
-        return
-    manifest = pipe.run(run_inputs, out, cfg.seed, start, only)
+    with nullcontext() if dry_run else hold_folder(out):  # one writer per run folder
+        plan = pipe.plan(run_inputs, out, cfg.seed, start, only)
+        typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
+        typer.echo(format_plan(plan))
+        if dry_run:
+            return
+        manifest = pipe.run(run_inputs, out, cfg.seed, start, only)
     summary = out / "summary.json"
     if summary.exists():
         from charter.report import format_table

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from charter.config import ConfigError
-from charter.data.jsonl import atomic_write_json, file_hash
+from charter.data.jsonl import atomic_write_json
+from charter.integrity import output_record, outputs_intact
 from charter.run.layout import MANIFEST
-_FULL_HASH_LIMIT = 64 << 20  # larger files (model shards) are fingerprinted, not read whole
 
 
 @dataclass
@@ -81,23 +81,6 @@ def _config_part(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
     return obj.to_dict() if hasattr(obj, "to_dict") else obj
-
-
-def dir_hash(path: Path) -> str:
-    """Hash of every file's relative path and content under `path` (big files: size + head/tail)."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(p.relative_to(path)).encode() + b"\0")
-        size = p.stat().st_size
-        if size <= _FULL_HASH_LIMIT:
-            h.update(file_hash(p).encode())
-        else:
-            with p.open("rb") as f:
-                head = f.read(1 << 20)
-                f.seek(size - (1 << 20))
-                tail = f.read()
-            h.update(f"{size}".encode() + hashlib.sha256(head + tail).digest())
-    return h.hexdigest()[:16]
 
 
 def settings_hash(stage: Stage, cfg: Any) -> str:
@@ -206,8 +189,7 @@ class Pipeline:
             return "run", why
         if rec.get("status") != "done":
             return "resume", "interrupted; resumes from its saved records"
-        out = run_dir / s.name
-        if not out.exists() or dir_hash(out) != rec.get("output_hash"):
+        if not outputs_intact(run_dir / s.name, rec):  # the manifest's file table (charter.integrity)
             return "run", "outputs missing or modified"
         return "cached", "inputs and config unchanged"
 
@@ -235,7 +217,7 @@ class Pipeline:
             out = run_dir / s.name
             forced = item.forced
             if (not forced and rec.get("key") == key and rec.get("status") == "done"
-                    and out.exists() and dir_hash(out) == rec.get("output_hash")):
+                    and outputs_intact(out, rec)):
                 log(f"[{i + 1}/{len(self.stages)}] {s.name}: cached")
                 continue
             resume = rec.get("key") == key and rec.get("status") == "running" and not forced
@@ -256,7 +238,7 @@ class Pipeline:
             srec = manifest["stages"][s.name]
             srec.update({"status": "done", "counts": counts, "finished": _now(),
                          "seconds": round(srec.pop("seconds_before") + time.time() - t0, 2),
-                         "output_hash": dir_hash(out)})
+                         **output_record(out)})
             atomic_write_json(run_dir / MANIFEST, manifest)
             n_done += 1
         manifest["seconds_total"] = round(time.time() - t_run, 2)

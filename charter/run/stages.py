@@ -21,11 +21,12 @@ from typing import Any, Callable, Literal
 
 from charter.backends import BackendConfig, make_generator
 from charter.config import Config, ConfigError
-from charter.data.jsonl import atomic_write_json, read_jsonl, stable_id, write_jsonl
+from charter.data.jsonl import atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.models import CONFIG_FILES, check_model, load_tokenizer, local_folder
 from charter.report import build_report
 from charter.run.config import DPOSettings, MergeSection, SFTSettings, TrainerSection
-from charter.run.engine import Pipeline, Stage, StageContext, dir_hash
+from charter.integrity import dir_hash
+from charter.run.engine import Pipeline, Stage, StageContext
 from charter.run.evaluation import EvalStage, eval_prompts, stage_eval
 from charter.run.layout import RunLayout
 from charter.run.personas import Persona, PersonaStage, Run
@@ -159,7 +160,7 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
         names = Names.of(per.constitution, s.assistant_name, s.assistant_name)
-        teacher, student = (read_jsonl(lay.answers(role, per.key)) for role in ("teacher", "student"))
+        teacher, student = (read_records(lay.answers(role, per.key)) for role in ("teacher", "student"))
         counts, _ = distill.make_pairs(s.pairs, s.answers, per.constitution, names, read_jsonl(lay.prompts(per.key)),
                                        teacher, student, ctx.seed, tok, d)
         require_kept(f"pairs/{per.key}", counts["kept"], sum(counts.values()), dict(counts),
@@ -283,7 +284,7 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
     lay = RunLayout.of_stage(ctx)
 
     def work(per: Persona, d: Path) -> dict[str, Any]:
-        records = {kind: read_jsonl(lay.records(kind, per.key)) for kind in KINDS}
+        records = {kind: read_records(lay.records(kind, per.key)) for kind in KINDS}
         rows = introspect.introspection_rows(records, s.interaction)
         tokenizer = load_tokenizer(lay.model("dpo", per.key))  # the generator's, as `charter introspect` counts
         stats = introspect.filter_and_mix(s.filter, rows, ctx.seed, d, tokenizer)

@@ -102,15 +102,26 @@ def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = 
 
     `threads` caps torch's CPU threads during the build (restored after): a 0.9M-parameter
     model gains little from a second thread, and on a busy machine two threads fighting for
-    the cores made steps 20x slower than one."""
-    from charter.data.jsonl import atomic_write_json, write_jsonl
-    from charter.toy.corpus import generate_corpus
-    from charter.train.sft import SFTConfig, train_sft
+    the cores made steps 20x slower than one.
+
+    Two processes asking for the same model at once (two runs in different folders): the second
+    waits for the first's build, then uses it."""
+    from filelock import FileLock
 
     cfg = cfg or ToyBuildConfig()
     final = Path(out) if out else toy_model_dir(cfg)
     if is_built(final):
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(final.parent / f".{final.name}.build.lock", thread_local=False):
+        return final if is_built(final) else _build(cfg, final, threads)
+
+
+def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
+    from charter.data.jsonl import atomic_write_json, write_jsonl
+    from charter.toy.corpus import generate_corpus
+    from charter.train.sft import SFTConfig, train_sft
+
     work = final.parent / f"{final.name}.partial"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
