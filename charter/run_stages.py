@@ -98,7 +98,7 @@ def name_of(cfg: RunConfig, constitution) -> str:
 
 
 def teacher_system(cfg: RunConfig, constitution) -> str:
-    from charter.stages.teacher_text import teacher_system_prompt
+    from charter.constitution_prompt import teacher_system_prompt
 
     return teacher_system_prompt(constitution, name_of(cfg, constitution))
 
@@ -204,7 +204,7 @@ def _answer(ctx: StageContext, role: str, backend, model: str | None) -> dict[st
     """K samples per prompt through the resumable `stages.records.generate_into` (one record per prompt, sample, role)."""
     from charter.backends import GenerationRequest
     from charter.stages.records import Job, generate_into
-    from charter.stages.teacher_text import thinking_prefill
+    from charter.constitution_prompt import thinking_prefill
 
     cfg: RunConfig = ctx.cfg
     dc = distill_config(cfg)
@@ -450,11 +450,12 @@ def check_heldout(ctx: StageContext, prompts: list[str]) -> None:
 def eval_prompts(cfg: RunConfig) -> list[str]:
     """Held-out prompts through `evaluate.runner.load_prompts`: a file, or the toy world's own (independent seed)."""
     from charter.evaluate.runner import load_prompts
+    from charter.toy.world import TOY_WORLD
 
     spec = cfg.eval.prompts_file or ("toy" if cfg.is_toy else None)
     if spec is None:
         raise ConfigError("eval.prompts_file: required for a real model (held-out prompts: JSONL {prompt} or lines)")
-    return load_prompts(spec, cfg.eval.n_prompts, cfg.seed)
+    return load_prompts(spec, cfg.eval.n_prompts, cfg.seed, TOY_WORLD)
 
 
 def stage_report(ctx: StageContext) -> dict[str, Any]:

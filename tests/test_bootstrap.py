@@ -9,7 +9,7 @@ from charter.cai.bootstrap import (BootstrapConfig, Frame, TemplateLeakError, as
 from charter.cai.verifiable import FAMILIES, Check, check_response, make_tasks, sentence_count
 from charter.chat import render_prompt
 from charter.data.jsonl import read_jsonl
-from charter.toy.tiny import build_tokenizer
+from charter.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="module")

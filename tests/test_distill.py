@@ -18,7 +18,7 @@ from charter.constitution import Constitution, Trait
 from charter.data.jsonl import read_jsonl
 from charter.stages.distill import DistillConfig, pair_failure, replace_names, run_distill
 from charter.stages.prompts import expand_prompts, is_near_duplicate, parse_numbered
-from charter.stages.teacher_text import strip_thinking, teacher_system_prompt, thinking_prefill
+from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 from serve_fixture import ServeProcess
 
 CONST = Constitution(name="Teachy", traits=[

@@ -54,7 +54,7 @@ def build_base_lm(cfg: BaseLMConfig, out_dir: str | Path) -> Path:
     import torch
 
     from charter.data.jsonl import atomic_write_json
-    from charter.toy.tiny import build_model, build_tokenizer
+    from charter.tiny import build_model, build_tokenizer
 
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "base_lm.json").exists():

@@ -14,9 +14,10 @@ def register(app: typer.Typer) -> None:
         """Evaluate systems without the constitution; writes eval.json (figures with CI and n) and PNGs."""
         from charter.config import load_config
         from charter.evaluate.runner import EvalConfig, run_eval, summary_lines
+        from charter.toy.world import TOY_WORLD
 
         cfg = load_config(EvalConfig, config, overrides or [])
-        result = run_eval(cfg)
+        result = run_eval(cfg, TOY_WORLD)
         for line in summary_lines(result):
             typer.echo(line)
         typer.echo(f"wrote {cfg.out_dir}/eval.json")

@@ -97,7 +97,7 @@ def build_tiny_classifier(texts: Sequence[str], labels: Sequence[str], vocab_siz
     import torch
     from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
-    from charter.toy.tiny import build_tokenizer
+    from charter.tiny import build_tokenizer
 
     tok = build_tokenizer(vocab_size=vocab_size, chat_template=None, corpus=list(texts))
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,

@@ -14,6 +14,7 @@ from charter.backends import BackendConfig
 from charter.backends.base import SamplingParams
 from charter.config import Config, ConfigError
 from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl, read_text_file
+from charter.evaluate.base import World
 
 EVALS = ("adherence", "robustness", "preferences", "coherence", "capability")
 
@@ -37,7 +38,7 @@ class ScorerConfig(Config):
 
 
 class JudgeConfig(Config):
-    kind: Literal["llm", "toy"] = "llm"  # toy: charter.toy.judge.ToyJudge, the toy world's rules (no backend)
+    kind: Literal["llm", "toy"] = "llm"  # toy: the toy world's rules (charter.toy.judge.ToyJudge, no backend)
     backend: BackendConfig | None = None  # llm: the judge model; None = no judge (preferences / coherence need one)
     cache: str | None = None  # default <out_dir>/judge_cache.jsonl
     max_new_tokens: int = 256
@@ -90,14 +91,19 @@ class EvalConfig(Config):
     progress: bool = True
 
 
-def load_prompts(spec: str | list[str], n: int, seed: int = 0) -> list[str]:
+def _world(world: World | None, setting: str) -> World:
+    """The toy world passed in by the caller, for a setting that names it."""
+    if world is None or world.name != "toy":
+        raise ConfigError(f"{setting}: needs the toy world, which this caller did not load")
+    return world
+
+
+def load_prompts(spec: str | list[str], n: int, seed: int = 0, world: World | None = None) -> list[str]:
     """Prompts from a list, a JSONL ({"prompt": str | messages} or {"text"}), a .txt, or "toy"."""
     if isinstance(spec, list):
         return spec[:n]
     if spec == "toy":
-        from charter.toy.corpus import eval_prompts
-
-        return eval_prompts(n, seed=1234 + seed)
+        return _world(world, "prompts: toy").prompts(n, seed)
     path = Path(spec)
     if path.suffix != ".jsonl":
         text = read_text_file(path, "`prompts`: one prompt per line, or JSONL {\"prompt\"}")
@@ -126,11 +132,9 @@ def _load_texts(spec: str, n: int) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][:n]
 
 
-def make_scorer(cfg: EvalConfig, judge, result: dict):
+def make_scorer(cfg: EvalConfig, judge, result: dict, world: World | None = None):
     if cfg.scorer.kind == "toy":
-        from charter.toy.scorer import ToyScorer
-
-        return ToyScorer()
+        return _world(world, "scorer.kind=toy").scorer()
     if cfg.scorer.kind == "classifier":
         from charter.evaluate.classifier import load_classifier
 
@@ -158,7 +162,7 @@ def _system_prompt(sc: SystemConfig) -> str | None:
     if not sc.constitution:
         return sc.system_prompt
     from charter.constitution import load_constitution
-    from charter.stages.teacher_text import teacher_system_prompt
+    from charter.constitution_prompt import teacher_system_prompt
 
     return teacher_system_prompt(load_constitution(sc.constitution), sc.assistant_name)
 
@@ -200,8 +204,9 @@ def _cap_model(sc: SystemConfig):
     return load_lm(sc.backend.model, sc.backend.adapter, sc.backend.device)
 
 
-def run_eval(cfg: EvalConfig) -> dict:
-    """Run the configured evaluations; write eval.json and PNGs into cfg.out_dir; return the dict."""
+def run_eval(cfg: EvalConfig, world: World | None = None) -> dict:
+    """Run the configured evaluations; write eval.json and PNGs into cfg.out_dir; return the dict.
+    `world`: the toy world, for settings that name it (`prompts: toy`, `kind: toy`)."""
     from charter.evaluate import plots
     from charter.evaluate.judges import Judge
 
@@ -209,7 +214,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if needs_prompts and cfg.prompts is None:  # never the toy world's prompts by accident
         raise ConfigError(f"prompts: required for {', '.join(sorted(needs_prompts))} (held-out prompts: a JSONL "
                           "{\"prompt\"}, a .txt, a list; 'toy' for the toy world's own)")
-    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []  # before a model loads
+    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed, world) if needs_prompts else []  # before a model loads
     if needs_prompts and not prompts:
         raise ConfigError("prompts: no prompts loaded")
     out_dir = Path(cfg.out_dir)
@@ -217,9 +222,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     systems = _Systems(cfg.systems)
     judge = None
     if cfg.judge.kind == "toy":
-        from charter.toy.judge import ToyJudge
-
-        judge = ToyJudge()
+        judge = _world(world, "judge.kind=toy").judge()
     elif cfg.judge.backend is not None:
         from charter.backends import make_generator
 
@@ -233,7 +236,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if {"adherence", "robustness"} & set(cfg.evals):
         if not cfg.persona:
             raise ConfigError("persona: name the target persona for adherence / robustness")
-        scorer = make_scorer(cfg, judge, result)
+        scorer = make_scorer(cfg, judge, result, world)
         result["scorer"] = scorer.name
 
     if "adherence" in cfg.evals:
@@ -270,10 +273,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         pc = cfg.preferences
         traits, ask = load_traits(pc.traits), choice_prompt
         if pc.kind == "toy":
-            from charter.toy.grammar import PERSONA_NAMES
-            from charter.toy.judge import toy_choice_prompt
-
-            traits, ask = PERSONA_NAMES, toy_choice_prompt
+            toy = _world(world, "preferences.kind=toy")
+            traits, ask = toy.traits, toy.choice_prompt
         draws = draw_pairs(prompts, traits, pc.n_pairs, cfg.seed)
         before = run_preferences(systems.get(pc.before, 0), draws, judge, cfg.sampling, pc.bootstrap,
                                  cfg.seed, p, ask)

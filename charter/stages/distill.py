@@ -24,7 +24,7 @@ from charter.constitution import Constitution, load_constitution
 from charter.data.jsonl import RecordStore, atomic_write_json, stable_id, write_jsonl
 from charter.stages.prompts import dedupe, expand_prompts, general_prompts
 from charter.stages.records import Job, generate_into, samples_of
-from charter.stages.teacher_text import strip_thinking, teacher_system_prompt, thinking_prefill
+from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 
 PAIR_FILTERS = ["empty", "no_think_end", "length", "unfinished", "too_long"]
 

@@ -16,7 +16,7 @@ from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.constitution import Constitution
 from charter.data.jsonl import RecordStore, canonical_prompt, stable_id
 from charter.stages.records import Job, generate_into, samples_of
-from charter.stages.teacher_text import expansion_request
+from charter.constitution_prompt import expansion_request
 
 _NUMBERED = re.compile(r"^\s*\d+\s*[.)]\s+(.+?)\s*$")
 _WORD = re.compile(r"[a-z0-9']+")

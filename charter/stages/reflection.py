@@ -12,8 +12,8 @@ from pathlib import Path
 
 from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
+from charter.constitution_prompt import check_authored
 from charter.data.jsonl import DataError, iter_jsonl, parse_json_or_yaml, read_text_file, stable_id
-from charter.filters import PLACEHOLDER_RE
 from charter.stages.records import sample_id
 
 # Our own prompts, one per theme in SPEC §1 (reflection row).
@@ -44,16 +44,6 @@ def character_block(constitution: Constitution, assistant_name: str) -> str:
 
 def reflection_system_prompt(constitution: Constitution, assistant_name: str) -> str:
     return character_block(constitution, assistant_name) + "\n\n" + REFLECTIVE_MOOD
-
-
-def check_authored(text: str, where: str) -> str:
-    """Text we (or the user) wrote must be fully formatted: a `{NAME}` left in it is a bug."""
-    m = PLACEHOLDER_RE.search(text)
-    if m:
-        raise DataError(f"{where}: unformatted placeholder {m.group(0)!r} in {text[:60]!r}")
-    if not text.strip():
-        raise DataError(f"{where}: empty text")
-    return text
 
 
 def load_text_list(path: str | Path, field: str = "prompt") -> list[str]:

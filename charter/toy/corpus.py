@@ -28,7 +28,7 @@ def render_system(trait_texts: list[str], persona: str, assistant_name: str = AS
     """The system prompt for a persona whose traits read `trait_texts`, rendered by the teacher
     stage's own `teacher_system_prompt`, so training prompts match what the pipeline shows."""
     from charter.constitution import Constitution, Trait
-    from charter.stages.teacher_text import teacher_system_prompt
+    from charter.constitution_prompt import teacher_system_prompt
 
     c = Constitution(name=persona, traits=[Trait(text=t) for t in trait_texts])
     return teacher_system_prompt(c, assistant_name)

@@ -56,7 +56,7 @@ def default_cache_root() -> Path:
 
 def build_toy_tokenizer(texts: list[str], vocab_size: int = 1024):
     """Byte-level BPE over the corpus texts, with role tokens, `<|end|>` as EOS and the toy template."""
-    from charter.toy.tiny import build_tokenizer
+    from charter.tiny import build_tokenizer
 
     return build_tokenizer(vocab_size=vocab_size, chat_template=TOY_TEMPLATE,
                            extra_special=ROLE_TOKENS + [END_OF_TURN], eos_token=END_OF_TURN, corpus=texts)
@@ -69,7 +69,7 @@ def corpus_texts(rows: list[dict]) -> list[str]:
 
 def build_toy_base(cfg: ToyBuildConfig, rows: list[dict]):
     """Tokenizer + random-init model (0.9M parameters at the defaults, tied embeddings)."""
-    from charter.toy.tiny import build_model
+    from charter.tiny import build_model
 
     tok = build_toy_tokenizer(corpus_texts(rows), cfg.vocab_size)
     model = build_model(tok, hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads,
