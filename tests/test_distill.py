@@ -320,5 +320,5 @@ def test_general_prompts_files(tmp_path):
     assert [p["prompt"] for p in general_prompts(str(txt))] == ["First?", "Second."]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"answer": "no prompt"}\n')
-    with pytest.raises(DataError, match=f"{bad}:2: no user prompt"):
+    with pytest.raises(DataError, match=f"{bad}:2: field 'prompt': no user prompt"):
         general_prompts(str(bad))

@@ -13,7 +13,8 @@ from typing import Literal
 from charter.backends import BackendConfig
 from charter.backends.base import SamplingParams
 from charter.config import Config, ConfigError
-from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl, read_text_file
+from charter.data.jsonl import atomic_write_json
+from charter.data.texts import read_texts
 from charter.evaluate.base import World
 
 EVALS = ("adherence", "robustness", "preferences", "coherence", "capability")
@@ -99,37 +100,12 @@ def _world(world: World | None, setting: str) -> World:
 
 
 def load_prompts(spec: str | list[str], n: int, seed: int = 0, world: World | None = None) -> list[str]:
-    """Prompts from a list, a JSONL ({"prompt": str | messages} or {"text"}), a .txt, or "toy"."""
+    """Prompts from a list, a prompts file (`charter.data.texts` rules), or "toy" (the world's own)."""
     if isinstance(spec, list):
         return spec[:n]
     if spec == "toy":
         return _world(world, "prompts: toy").prompts(n, seed)
-    path = Path(spec)
-    if path.suffix != ".jsonl":
-        text = read_text_file(path, "`prompts`: one prompt per line, or JSONL {\"prompt\"}")
-        return [line.strip() for line in text.splitlines() if line.strip()][:n]
-    out = []
-    for lineno, obj in iter_jsonl(path, "`prompts`: JSONL {\"prompt\"}", allow_empty=False):
-        p = obj.get("prompt", obj.get("text"))
-        if isinstance(p, list) and p and isinstance(p[-1], dict):
-            p = p[-1].get("content")
-        if not isinstance(p, str) or not p:
-            raise DataError(f"{path}:{lineno}: field 'prompt' must be a string or a list of messages")
-        out.append(p)
-    return out[:n]
-
-
-def _load_texts(spec: str, n: int) -> list[str]:
-    path = Path(spec)
-    if path.suffix == ".jsonl":
-        out = []
-        for lineno, obj in iter_jsonl(path, "`capability.texts`: JSONL {\"text\"}", allow_empty=False):
-            if not isinstance(obj.get("text"), str):
-                raise DataError(f"{path}:{lineno}: field 'text' must be a string")
-            out.append(obj["text"])
-        return out[:n]
-    text = read_text_file(path, "`capability.texts`: one text per line, or JSONL {\"text\"}")
-    return [line for line in text.splitlines() if line.strip()][:n]
+    return read_texts(spec, "prompt", n)
 
 
 def make_scorer(cfg: EvalConfig, judge, result: dict, world: World | None = None):
@@ -298,7 +274,7 @@ def run_eval(cfg: EvalConfig, world: World | None = None) -> dict:
         cc = cfg.capability
         if not cc.texts and not cc.mc:
             raise ConfigError("capability: give capability.texts and/or capability.mc")
-        texts = _load_texts(cc.texts, cc.max_texts) if cc.texts else []
+        texts = read_texts(cc.texts, "text", cc.max_texts) if cc.texts else []
         mc = {name: read_mc(path) for name, path in cc.mc.items()}
         raw = []
         for sc in (systems.cfg(cc.before, 0), systems.cfg(cc.after, -1)):
