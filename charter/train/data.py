@@ -15,15 +15,14 @@ from charter.data.jsonl import DataError, iter_jsonl
 from charter.data.rows import pair_messages, sft_messages
 
 
-Seq = EncodedChat  # one tokenised sequence, labels unshifted (-100 where not trained)
 SFT_DATA = 'chat JSONL ({"messages": [...]}, Alpaca or prompt/completion)'  # what a bad `data` file is told
 DPO_DATA = "JSONL preference pairs {prompt, chosen, rejected}"
 
 
 @dataclass
 class Pair:
-    chosen: Seq
-    rejected: Seq
+    chosen: EncodedChat
+    rejected: EncodedChat
     label_prob: float | None = None
     index: int = -1  # position in the data file's kept pairs (keys the reference log-prob cache)
 
@@ -50,7 +49,7 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
         ids = list(e.input_ids)
         if max_length is not None and len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
-        s = Seq(ids, labels)
+        s = EncodedChat(ids, labels)
         if s.n_trainable == 0:
             return None
         seqs.append(s)
@@ -58,7 +57,7 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
 
 
 def read_sft(path: str | Path, tokenizer, max_length: int | None,
-             chat: bool | None = None) -> tuple[list[Seq], EncodeStats]:
+             chat: bool | None = None) -> tuple[list[EncodedChat], EncodeStats]:
     """(sequences, `encode_dataset`'s stats: rows dropped with no trainable token, rows truncated, turns cut)."""
     rows = list(iter_jsonl(path, SFT_DATA, allow_empty=False))
     messages = []
