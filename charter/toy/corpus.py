@@ -15,7 +15,7 @@ from typing import Literal
 
 from charter.data.jsonl import canonical_prompt
 from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES,
-                                 REQUEST_TEMPLATES, SMALLTALK, TOPICS, TRAITS, heldout_traits,
+                                 REQUEST_TEMPLATES, SMALLTALK, TOPICS, heldout_traits,
                                  train_paraphrases)
 
 CONSTITUTION_DIR = Path(__file__).parent / "constitutions"
@@ -128,8 +128,3 @@ def eval_prompts(n: int, seed: int = 1234) -> list[str]:
         if len(prompts) == n:
             return list(prompts.values())
     raise ValueError(f"the toy world's evaluation partition has {len(prompts)} distinct prompts; {n} were asked for")
-
-
-def all_trait_texts() -> dict[str, list[list[str]]]:
-    """persona -> traits -> every paraphrase (training ones, then the held-out one)."""
-    return {p: [list(v) for v in TRAITS[p]] for p in TRAITS}
