@@ -212,3 +212,11 @@ def test_toy_settings_need_the_toy_world():
     with pytest.raises(ConfigError, match="^prompts: toy: needs the toy world"):
         load_prompts("toy", 3)
     assert load_prompts("toy", 3, seed=2, world=TOY_WORLD) == eval_prompts(3, seed=1236)
+
+
+def test_every_configurable_evaluation_has_one_entry_in_the_table():
+    from typing import get_args
+
+    from charter.evaluate.runner import EVALS, EVALUATIONS, EvalConfig
+
+    assert tuple(EVALUATIONS) == EVALS == get_args(EvalConfig.model_fields["evals"].annotation.__args__[0])
