@@ -6,6 +6,8 @@ the Hugging Face cache through `huggingface_hub.snapshot_download`, so `HF_HUB_O
 whenever the model is cached, and a model that is neither cached nor reachable is one clear
 error naming it. Artifacts keep recording names as given (a Hub id stays a Hub id, so adapter
 configs and run records stay portable); a name becomes a path only here, when it is loaded.
+Training, the backends, merging and vLLM all ask here (`resolve_model`, `adapter_chain`,
+`is_adapter`); resumable training state is the other sense of "checkpoint" (`charter.train.checkpoint`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ class ResolvedModel:
     adapters: tuple[Path, ...]      # LoRA adapters to fold into the base, oldest first
     tokenizer: Path                 # the outermost folder that ships a tokenizer
     merged: Path | None = None      # a training output's saved copy of base + adapters, when written
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """A PEFT LoRA adapter folder (its base named inside), as opposed to full model weights."""
+    return (Path(folder) / ADAPTER_CONFIG).exists()
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -111,7 +118,7 @@ def adapter_chain(adapter: Path, files: list[str] = MODEL_FILES) -> tuple[str, t
     the adapter folders alone: the base itself is not fetched."""
     base_name, earlier = recorded_base(adapter)
     chain = tuple(local_folder(a, files) for a in earlier) + (adapter,)
-    if (Path(base_name) / ADAPTER_CONFIG).exists():  # a PEFT adapter trained on another adapter folder
+    if is_adapter(base_name):  # a PEFT adapter trained on another adapter folder
         root, inner = adapter_chain(Path(base_name), files)
         return root, inner + chain
     return base_name, chain
@@ -121,7 +128,7 @@ def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedM
     """Model folder, Hub id, or adapter folder (its base read from it, recursively) -> local
     base folder + adapter chain. `files=CONFIG_FILES` fetches no weights (for checks)."""
     folder = local_folder(name, files)
-    if not (folder / ADAPTER_CONFIG).exists():
+    if not is_adapter(folder):
         if not (folder / "config.json").exists():
             raise ModelNotFoundError(f"{name}: not a model folder (no config.json) nor a LoRA adapter folder "
                                      f"(no {ADAPTER_CONFIG})")

@@ -100,3 +100,21 @@ def test_the_checks_can_fail():
                                   "charter.evaluate.fake imports charter.toy.fake"]
     graph["charter.toy.fake"] = {"charter.evaluate.fake"}
     assert ["charter.evaluate.fake", "charter.toy.fake", "charter.evaluate.fake"] in _cycles(graph)
+
+
+def test_one_module_knows_what_an_adapter_folder_is():
+    """"Which base plus which adapters?" has one answer, `charter.models`: nothing else spells the
+    adapter config's file name (the rest asks `is_adapter`, `resolve_model` or `ADAPTER_CONFIG`)."""
+    spelled = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+               if '"adapter_config.json"' in p.read_text()]
+    assert spelled == ["charter/models.py"]
+
+
+def test_is_adapter(tmp_path):
+    from charter.models import ADAPTER_CONFIG, is_adapter
+
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / ADAPTER_CONFIG).write_text("{}")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "config.json").write_text("{}")
+    assert is_adapter(tmp_path / "lora") and is_adapter(str(tmp_path / "lora")) and not is_adapter(tmp_path / "full")
