@@ -118,3 +118,15 @@ def test_is_adapter(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "config.json").write_text("{}")
     assert is_adapter(tmp_path / "lora") and is_adapter(str(tmp_path / "lora")) and not is_adapter(tmp_path / "full")
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`charter --help` imports every command module; the deferred imports left in charter/commands/,
+    backends/__init__ and toy/model keep torch, transformers and accelerate out of that start."""
+    import subprocess
+    import sys
+
+    code = ("import sys, charter.cli, charter.backends, charter.toy.model, charter.evaluate.runner; "
+            "print(sorted({'torch', 'transformers', 'accelerate', 'peft'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

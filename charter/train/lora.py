@@ -31,6 +31,7 @@ from typing import Literal
 from pydantic import Field
 
 from charter.config import Config
+from charter.data.jsonl import atomic_write_json, file_hash
 from charter.models import ADAPTER_CONFIG, TRAIN_RECORD, has_tokenizer, local_folder, resolve_model
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -205,7 +206,6 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
     import torch
     from transformers import AutoModelForCausalLM
 
-    from charter.data.jsonl import file_hash
 
     if not adapters:
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
@@ -250,7 +250,6 @@ def save_merged(model, tok_src: Path, out_dir: Path, record: dict) -> None:
     `charter_merge.json`) to a temp folder renamed into place, so a crash never leaves half a model."""
     from transformers import AutoTokenizer
 
-    from charter.data.jsonl import atomic_write_json
 
     tokenizer = AutoTokenizer.from_pretrained(tok_src) if has_tokenizer(tok_src) else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
