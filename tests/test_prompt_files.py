@@ -6,6 +6,7 @@ import pytest
 from charter.cai.revise import load_prompts as revise_prompts
 from charter.data.jsonl import DataError
 from charter.data.texts import read_conversations, read_texts
+from charter.evaluate.preferences import load_traits
 from charter.evaluate.runner import load_prompts as eval_prompts
 from charter.stages.prompts import general_prompts
 from charter.stages.reflection import load_text_list
@@ -80,3 +81,9 @@ def test_every_command_reads_a_file_the_same_way(tmp_path):
         assert [r["prompt"] for r in general_prompts(str(f))] == want
         assert [c[-1]["content"] for c in revise_prompts([], str(f))] == want
         assert load_text_list(f) == want
+        assert load_traits(f) == want
+
+
+def test_builtin_traits():
+    traits = load_traits()
+    assert len(traits) == 159 == len(set(traits)) and all(t.isalpha() for t in traits)
