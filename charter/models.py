@@ -22,6 +22,7 @@ from charter.config import ConfigError
 
 TRAIN_RECORD = "charter_train.json"  # written by training: its base and the adapters folded in first
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # what loading needs from a Hub repo: configs, tokenizer files and safetensors weights (no .bin, .gguf, ...)
 CONFIG_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -44,6 +45,21 @@ class ResolvedModel:
 def is_adapter(folder: str | Path) -> bool:
     """A PEFT LoRA adapter folder (its base named inside), as opposed to full model weights."""
     return (Path(folder) / ADAPTER_CONFIG).exists()
+
+
+def read_adapter_config(adapter_dir: str | Path, weights: bool = True) -> dict:
+    """The adapter's `adapter_config.json` (the one reader of that file), after checking the folder
+    really is a saved PEFT adapter; `weights=False` for a check that fetched configs only."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder")
+    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)[:2 if weights else 1] if not (adapter_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (missing {', '.join(missing)})")
+    try:
+        return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{adapter_dir / ADAPTER_CONFIG}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -107,7 +123,7 @@ def recorded_base(adapter: Path) -> tuple[str, list[str]]:
     if record.exists():
         info = json.loads(record.read_text())
         return info["base_model"], list(info.get("base_adapters", []))
-    base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    base = read_adapter_config(adapter, weights=False).get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"{adapter / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
     return base, []

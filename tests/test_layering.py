@@ -104,7 +104,7 @@ def test_the_checks_can_fail():
 
 def test_one_module_knows_what_an_adapter_folder_is():
     """"Which base plus which adapters?" has one answer, `charter.models`: nothing else spells the
-    adapter config's file name (the rest asks `is_adapter`, `resolve_model` or `ADAPTER_CONFIG`)."""
+    adapter config's file name (the rest asks `is_adapter`, `resolve_model`, `read_adapter_config`)."""
     spelled = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
                if '"adapter_config.json"' in p.read_text()]
     assert spelled == ["charter/models.py"]

@@ -32,7 +32,8 @@ from transformers import AutoModelForCausalLM
 
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json
-from charter.models import ADAPTER_CONFIG, TRAIN_RECORD, ChatTemplateFile, load_tokenizer, resolve_model
+from charter.models import (ADAPTER_CONFIG, TRAIN_RECORD, ChatTemplateFile, load_tokenizer, read_adapter_config,
+                            resolve_model)
 from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
 from charter.train.lora import LoraSettings, apply_lora, merge_adapters, merged_state, save_combined_adapter
 
@@ -338,7 +339,6 @@ def _save_adapter(model, folder: Path, base: str | Path) -> None:
 
 
 def _name_base(folder: Path, base: str | Path) -> None:
-    adapter_cfg = folder / ADAPTER_CONFIG
-    info = json.loads(adapter_cfg.read_text())
+    info = read_adapter_config(folder)
     info["base_model_name_or_path"] = str(base)
-    adapter_cfg.write_text(json.dumps(info, indent=2))
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2))

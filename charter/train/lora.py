@@ -32,9 +32,9 @@ from pydantic import Field
 
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json, file_hash
-from charter.models import ADAPTER_CONFIG, TRAIN_RECORD, has_tokenizer, local_folder, resolve_model
+from charter.models import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_RECORD, has_tokenizer, local_folder,
+                            read_adapter_config, resolve_model)
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_RECORD = "charter_merge.json"
 
 
@@ -102,20 +102,6 @@ def apply_lora(model, settings: LoraSettings):
 def adapter_scale(cfg: dict) -> float:
     """PEFT's scaling for a saved adapter config."""
     return lora_scale(cfg["r"], cfg["lora_alpha"], bool(cfg.get("use_rslora")))
-
-
-def read_adapter_config(adapter_dir: str | Path) -> dict:
-    """The adapter's `adapter_config.json`, after checking the folder really is a saved PEFT adapter."""
-    adapter_dir = Path(adapter_dir)
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder")
-    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (adapter_dir / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (missing {', '.join(missing)})")
-    try:
-        return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def _check_supported(cfg: dict, path: Path) -> None:
