@@ -16,6 +16,8 @@ FORBIDDEN = {
     "charter.toy": ("charter.stages",),
     "charter.constitution_prompt": ("charter.stages",),
     "charter.train": ("charter.stages", "charter.evaluate", "charter.toy"),
+    "charter.backends": ("charter.train", "charter.stages", "charter.evaluate", "charter.toy"),
+    "charter.models": ("charter.train", "charter.backends", "charter.stages", "charter.evaluate"),
 }
 
 

@@ -16,8 +16,8 @@ from charter.backends.base import (Completion, GenerationRequest, RequestLike, S
                                    with_frame_stops)
 from charter.chat import frame_reply, has_chat_template, render_prompt
 from charter.chat_views import turn_stop
-from charter.models import adapter_chain, has_tokenizer, load_tokenizer, local_folder, resolve_model
-from charter.train.lora import MERGE_RECORD, merged_state
+from charter.models import (MERGE_RECORD, adapter_chain, has_tokenizer, load_tokenizer, local_folder, merged_state,
+                            resolve_model)
 
 
 def _stop_index(text: str, stops: list[str]) -> int:

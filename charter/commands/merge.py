@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="replace --out if it already exists"),
     ) -> None:
         """Merge LoRA adapters into full weights: W = W_base + sum_i weight_i * scale_i * B_i A_i (exact)."""
-        from charter.train.lora import MERGE_RECORD, merge_adapters
+        from charter.models import MERGE_RECORD
+        from charter.train.lora import merge_adapters
         from charter.train.lora import export as export_adapter
 
         inputs = inputs or []

@@ -32,10 +32,10 @@ from transformers import AutoModelForCausalLM
 
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json
-from charter.models import (ADAPTER_CONFIG, TRAIN_RECORD, ChatTemplateFile, load_tokenizer, read_adapter_config,
-                            resolve_model)
+from charter.models import (ADAPTER_CONFIG, TRAIN_RECORD, ChatTemplateFile, load_tokenizer, merged_state,
+                            read_adapter_config, resolve_model)
 from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
-from charter.train.lora import LoraSettings, apply_lora, merge_adapters, merged_state, save_combined_adapter
+from charter.train.lora import LoraSettings, apply_lora, merge_adapters, save_combined_adapter
 
 METRICS = "metrics.jsonl"  # one JSON row per logged step, in the output folder
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from charter.models import TRAIN_RECORD, is_adapter, local_folder
-from charter.train.lora import adapter_deltas, resolve_param_name, save_merged
+from charter.models import TRAIN_RECORD, adapter_deltas, is_adapter, local_folder, resolve_param_name
+from charter.train.lora import save_merged
 
 
 def own_adapter(trained: Path) -> Path:
