@@ -54,7 +54,8 @@ def test_json_and_yaml_lists(tmp_path):
 
 @pytest.mark.parametrize("row, why", [({"answer": "no prompt"}, "field 'prompt': no user prompt"),
                                       ({"prompt": ""}, "field 'prompt': no user prompt"),
-                                      ({"messages": [{"role": "assistant", "content": "x"}]}, "field 'prompt'")])
+                                      ({"messages": [{"role": "assistant", "content": "x"}]}, "field 'messages'"),
+                                      ({"messages": [{"role": "user", "content": " "}]}, "field 'messages'")])
 def test_bad_row_is_one_line_naming_file_line_field(tmp_path, row, why):
     f = _write(tmp_path / "bad.jsonl", [{"prompt": "ok"}, row])
     with pytest.raises(DataError) as e:

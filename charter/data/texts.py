@@ -25,7 +25,9 @@ def _up_to_last_user(messages: list) -> list[dict] | None:
     if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in messages):
         return None
     last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    return None if last is None else [{"role": m["role"], "content": m["content"].strip()} for m in messages[:last + 1]]
+    if last is None or not messages[last]["content"].strip():
+        return None
+    return [{"role": m["role"], "content": m["content"].strip()} for m in messages[:last + 1]]
 
 
 def _conversation(value: Any, key: str) -> list[dict] | None:
@@ -41,10 +43,13 @@ def _conversation(value: Any, key: str) -> list[dict] | None:
 
 def _row_conversation(row: dict, field: str, where: str) -> list[dict]:
     key = next((k for k in (field, *FALLBACK_FIELDS) if k in row), None)
-    conv = _conversation(row[key], key) if key else None
+    if key is None:
+        raise DataError(f"{where}: field '{field}': no user prompt (the row has none of "
+                        f"{', '.join(dict.fromkeys((field, *FALLBACK_FIELDS)))})")
+    conv = _conversation(row[key], key)
     if conv is None:
-        raise DataError(f"{where}: field '{field}': no user prompt (expected a non-empty string or a message "
-                        f"list with a user turn, or one of the fields {', '.join(FALLBACK_FIELDS)})")
+        raise DataError(f"{where}: field '{key}': no user prompt (expected a non-empty string or a message "
+                        "list with a non-empty user turn)")
     return conv
 
 
