@@ -123,12 +123,13 @@ def test_is_adapter(tmp_path):
 
 
 def test_the_command_line_starts_without_the_heavy_libraries():
-    """`charter --help` imports every command module; the deferred imports left in charter/commands/,
-    backends/__init__ and toy/model keep torch, transformers and accelerate out of that start."""
+    """`charter --help` imports every command module, and configs import `backends`, `models` and
+    `toy.model`: the deferred imports left in charter/commands/, backends/__init__, models (weights
+    folding) and toy/model (the build) keep torch, transformers and accelerate out of that start."""
     import subprocess
     import sys
 
-    code = ("import sys, charter.cli, charter.backends, charter.toy.model, charter.evaluate.runner; "
+    code = ("import sys, charter.cli, charter.backends, charter.models, charter.toy.model; "
             "print(sorted({'torch', 'transformers', 'accelerate', 'peft'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
