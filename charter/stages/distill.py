@@ -21,10 +21,10 @@ from charter.backends import BackendConfig, make_generator
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.config import Config
 from charter.constitution import Constitution, load_constitution
+from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 from charter.data.jsonl import RecordStore, atomic_write_json, stable_id, write_jsonl
 from charter.stages.prompts import dedupe, expand_prompts, general_prompts
 from charter.stages.records import Job, generate_into, samples_of
-from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 
 PAIR_FILTERS = ["empty", "no_think_end", "length", "unfinished", "too_long"]
 
