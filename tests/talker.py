@@ -19,7 +19,7 @@ def build_talker(path: Path) -> Path:
     sampling: attention and MLP outputs are zeroed, so each next token depends only on the current
     one, and the LM head maps the generation prompt's last token -> REPLY's tokens -> <|im_end|>.
     Real generated text that passes the pipeline's filters, without training a model first."""
-    from charter.toy.tiny import build_model, build_tokenizer
+    from charter.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model(tok, max_positions=8192)  # long system prompts fit

@@ -14,7 +14,7 @@ from charter.backends.base import GenerationRequest
 from charter.backends.hf import HFGenerator
 from charter.chat import IGNORE_INDEX, TemplateError, TemplateLeakError, encode_dataset, render_prompt
 from charter.data.jsonl import DataError
-from charter.toy.tiny import build_model, build_tokenizer
+from charter.tiny import build_model, build_tokenizer
 from charter.train.data import load_pairs, read_sft
 from charter.train.dpo import DPOConfig
 from charter.train.sft import SFTConfig

@@ -226,3 +226,14 @@ def test_peft_adapter_on_another_adapter_folder_resolves_the_whole_chain(hub, dp
     assert ref.base == hub[1] and ref.adapters == (dpo_on_hub_id, outer) and ref.base_name == HUB_ID
     with pytest.raises(ModelNotFoundError, match="a file, not a model folder"):
         resolve_model(outer / "adapter_config.json")
+
+
+def test_a_broken_adapter_config_is_one_line(tmp_path):
+    """`adapter_config.json` has one reader (`charter.models.read_adapter_config`); a file that is not
+    JSON is a ConfigError naming it and the line, wherever the folder is resolved from."""
+    from charter.config import ConfigError
+    from charter.models import ADAPTER_CONFIG, resolve_model
+
+    (tmp_path / ADAPTER_CONFIG).write_text('{"base_model_name_or_path": "x",\n oops}')
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / ADAPTER_CONFIG}: line 2: not valid JSON"):
+        resolve_model(tmp_path)

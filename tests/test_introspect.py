@@ -221,7 +221,7 @@ def test_user_prompt_list(tmp_path):
 
 
 def _bos_tokenizer():
-    from charter.toy.tiny import build_tokenizer
+    from charter.tiny import build_tokenizer
 
     template = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

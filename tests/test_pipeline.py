@@ -285,7 +285,7 @@ def test_merge_of_full_fine_tunes_is_exact_sum_of_deltas(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from charter.train.stage_merge import merge_stages
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
 
     base = build_tiny_model_dir(tmp_path / "base")
     w = load_file(str(base / "model.safetensors"))

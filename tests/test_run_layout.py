@@ -227,14 +227,15 @@ class ToyStyle:
 def test_eval_command_and_stage_give_the_same_replies_and_figures(tmp_path, monkeypatch):
     """The run's eval stage and `charter eval`'s adherence (systems through `evaluate.systems.System`,
     labels through `evaluate.base.score_all`, shares through `evaluate.stats.proportion`) agree."""
-    import charter.backends
+    import charter.evaluate.runner
     import charter.run.evaluation as ev
     from charter.data.jsonl import read_jsonl, write_jsonl
     from charter.evaluate.runner import EvalConfig, run_eval
-    from charter.stages.teacher_text import teacher_system_prompt
+    from charter.toy.world import TOY_WORLD
+    from charter.constitution_prompt import teacher_system_prompt
 
     monkeypatch.setattr(ev, "make_generator", lambda backend: ToyStyle(backend.model))
-    monkeypatch.setattr(charter.backends, "make_generator", lambda backend: ToyStyle(backend.model))
+    monkeypatch.setattr(charter.evaluate.runner, "make_generator", lambda backend: ToyStyle(backend.model))
 
     def base(ctx):
         (ctx.out_dir / "model.json").write_text(json.dumps({"path": "base-model"}))
@@ -260,7 +261,7 @@ def test_eval_command_and_stage_give_the_same_replies_and_figures(tmp_path, monk
         sampling={"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 96, "seed": 0},
         systems=[{"name": n, "backend": {"model": m},
                   "system_prompt": teacher_system_prompt(const, "Pip") if n == "base+constitution" else None}
-                 for n, m in models.items()]))
+                 for n, m in models.items()]), TOY_WORLD)
     replies = read_jsonl(root / "eval" / "replies.jsonl")
     for entry in result["adherence"]["systems"]:
         name = entry["system"]

@@ -17,10 +17,11 @@ def register(app: typer.Typer) -> None:
         # deferred: the evaluation runner's imports add ~0.04 s to every `charter --help`
         from charter.evaluate.runner import EvalConfig, run_eval, summary_lines
         from charter.locks import hold_folder
+        from charter.toy.world import TOY_WORLD
 
         cfg = load_config(EvalConfig, config, overrides or [])
         with hold_folder(cfg.out_dir):
-            result = run_eval(cfg)
+            result = run_eval(cfg, TOY_WORLD)
         for line in summary_lines(result):
             typer.echo(line)
         typer.echo(f"wrote {cfg.out_dir}/eval.json")

@@ -55,7 +55,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Merge LoRA adapters into full weights: W = W_base + sum_i weight_i * scale_i * B_i A_i (exact)."""
         from charter.locks import hold_folder
-        from charter.train.lora import MERGE_RECORD, merge_adapters
+        from charter.models import MERGE_RECORD
+        from charter.train.lora import merge_adapters
         from charter.train.lora import export as export_adapter
 
         inputs = inputs or []

@@ -23,8 +23,9 @@ from charter.run.engine import StageContext
 from charter.run.layout import RunLayout
 from charter.run.personas import Persona, PersonaStage
 from charter.stages.prompts import prompt_overlap
-from charter.stages.teacher_text import teacher_system_prompt
+from charter.constitution_prompt import teacher_system_prompt
 from charter.toy.scorer import ToyScorer
+from charter.toy.world import TOY_WORLD
 
 
 class EvalStage(PersonaStage):
@@ -41,7 +42,7 @@ def eval_prompts(section: EvalSection, toy: bool, seed: int) -> list[str]:
     spec = section.prompts_file or ("toy" if toy else None)
     if spec is None:
         raise ConfigError("eval.prompts_file: required for a real model (held-out prompts: JSONL {prompt} or lines)")
-    return load_prompts(spec, section.n_prompts, seed)
+    return load_prompts(spec, section.n_prompts, seed, TOY_WORLD)
 
 
 def check_heldout(layout: RunLayout, personas: list[Persona], prompts: list[str]) -> None:

@@ -26,12 +26,12 @@ from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.chat import render_text
 from charter.config import Config, ConfigError
 from charter.constitution import Constitution, load_constitution
+from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 from charter.data.jsonl import RecordStore, atomic_write_json, stable_id, write_jsonl
 from charter.filters import Segment, UnfinishedFilter, unfinished
 from charter.models import CONFIG_FILES, load_tokenizer, local_folder
 from charter.stages.prompts import dedupe, expand_prompts, general_prompts
 from charter.stages.records import Job, generate_into, samples_of
-from charter.stages.teacher_text import strip_thinking, teacher_system_prompt, thinking_prefill
 
 C = TypeVar("C", bound=Config)
 PAIR_FILTERS = ["empty", "no_think_end", "length", "unfinished", "too_long"]
