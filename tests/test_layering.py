@@ -12,10 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "charter"
 # package (or module) -> packages it must never import
 FORBIDDEN = {
     "charter.data": ("charter.train", "charter.stages", "charter.evaluate", "charter.toy", "charter.cai"),
-    "charter.evaluate": ("charter.toy", "charter.stages", "charter.train"),
-    "charter.toy": ("charter.stages",),
+    "charter.evaluate": ("charter.toy", "charter.stages", "charter.train", "charter.run", "charter.report",
+                         "charter.commands"),
+    "charter.toy": ("charter.stages", "charter.run", "charter.commands"),
+    "charter.stages": ("charter.run", "charter.report", "charter.commands"),
     "charter.constitution_prompt": ("charter.stages",),
-    "charter.train": ("charter.stages", "charter.evaluate", "charter.toy"),
+    "charter.train": ("charter.stages", "charter.evaluate", "charter.toy", "charter.run", "charter.commands"),
     "charter.backends": ("charter.train", "charter.stages", "charter.evaluate", "charter.toy"),
     "charter.models": ("charter.train", "charter.backends", "charter.stages", "charter.evaluate"),
 }
