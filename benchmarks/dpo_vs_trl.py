@@ -55,7 +55,7 @@ def build_model(root: Path, size: str, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from charter.toy.tiny import build_tokenizer
+    from charter.tiny import build_tokenizer
 
     vocab, hidden, layers, heads, kv_heads, inter, tied = SIZES[size]
     tok = build_tokenizer(chat_template=TEMPLATE)
@@ -91,7 +91,7 @@ def with_template(root: Path, model_dir: Path) -> Path:
 def write_data(root: Path, kind: str, n: int, seed: int = 0) -> Path:
     """`n` rows of varied length: prompts 1-4 sentences, completions 1-12."""
     from charter.data.jsonl import write_jsonl
-    from charter.toy.tiny import tiny_corpus
+    from charter.tiny import tiny_corpus
 
     lines, rng = tiny_corpus(500, seed=7), random.Random(seed)
 

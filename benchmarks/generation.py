@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--no-serve", action="store_true")
     args = ap.parse_args()
 
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
 
     tmp = Path(tempfile.mkdtemp(prefix="charter-bench-"))
     model_dir = build_tiny_model_dir(tmp / "model", hidden_size=args.hidden_size, layers=args.layers)

@@ -237,7 +237,6 @@ SEGMENT_FILTERS: dict[str, Callable[[Segment, Any], Verdict]] = {
     "identity": identity,
     "refusal": refusal,
 }
-SET_FILTERS = ["near_duplicates"]
 
 
 def check_segments(segments: list[Segment], cfg: FilterConfig) -> list[tuple[str, str]]:

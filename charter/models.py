@@ -1,25 +1,34 @@
 """Model references: a local folder, a Hugging Face Hub id, or a LoRA adapter folder on either.
 
 The one place that answers "what does loading this name take?": a local folder with the base
-weights plus the LoRA adapters to fold into it, oldest first. A Hub id becomes its snapshot in
+weights plus the LoRA adapters to fold into it, oldest first, and how they fold in exactly
+(`merged_state`: base + sum of weighted `scale * B @ A` deltas, in float64). A Hub id becomes its snapshot in
 the Hugging Face cache through `huggingface_hub.snapshot_download`, so `HF_HUB_OFFLINE=1` works
 whenever the model is cached, and a model that is neither cached nor reachable is one clear
 error naming it. Artifacts keep recording names as given (a Hub id stays a Hub id, so adapter
 configs and run records stay portable); a name becomes a path only here, when it is loaded.
+Training, the backends, merging and vLLM all ask here (`resolve_model`, `adapter_chain`,
+`is_adapter`, `read_adapter_config`, `merged_state`); resumable training state is the other sense of "checkpoint" (`charter.train.checkpoint`).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator
 
 from charter.config import ConfigError
 
+if TYPE_CHECKING:  # torch loads only when weights are folded, not when a name is resolved
+    import torch
+
 TRAIN_RECORD = "charter_train.json"  # written by training: its base and the adapters folded in first
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MERGE_RECORD = "charter_merge.json"  # written by `charter merge`: the base and the adapters folded in
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # what loading needs from a Hub repo: configs, tokenizer files and safetensors weights (no .bin, .gguf, ...)
 CONFIG_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -37,6 +46,26 @@ class ResolvedModel:
     adapters: tuple[Path, ...]      # LoRA adapters to fold into the base, oldest first
     tokenizer: Path                 # the outermost folder that ships a tokenizer
     merged: Path | None = None      # a training output's saved copy of base + adapters, when written
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """A PEFT LoRA adapter folder (its base named inside), as opposed to full model weights."""
+    return (Path(folder) / ADAPTER_CONFIG).exists()
+
+
+def read_adapter_config(adapter_dir: str | Path, weights: bool = True) -> dict:
+    """The adapter's `adapter_config.json` (the one reader of that file), after checking the folder
+    really is a saved PEFT adapter; `weights=False` for a check that fetched configs only."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder")
+    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)[:2 if weights else 1] if not (adapter_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (missing {', '.join(missing)})")
+    try:
+        return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{adapter_dir / ADAPTER_CONFIG}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def has_tokenizer(folder: Path) -> bool:
@@ -100,7 +129,7 @@ def recorded_base(adapter: Path) -> tuple[str, list[str]]:
     if record.exists():
         info = json.loads(record.read_text())
         return info["base_model"], list(info.get("base_adapters", []))
-    base = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    base = read_adapter_config(adapter, weights=False).get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"{adapter / ADAPTER_CONFIG}: no base_model_name_or_path; name the base explicitly")
     return base, []
@@ -111,7 +140,7 @@ def adapter_chain(adapter: Path, files: list[str] = MODEL_FILES) -> tuple[str, t
     the adapter folders alone: the base itself is not fetched."""
     base_name, earlier = recorded_base(adapter)
     chain = tuple(local_folder(a, files) for a in earlier) + (adapter,)
-    if (Path(base_name) / ADAPTER_CONFIG).exists():  # a PEFT adapter trained on another adapter folder
+    if is_adapter(base_name):  # a PEFT adapter trained on another adapter folder
         root, inner = adapter_chain(Path(base_name), files)
         return root, inner + chain
     return base_name, chain
@@ -121,7 +150,7 @@ def resolve_model(name: str | Path, files: list[str] = MODEL_FILES) -> ResolvedM
     """Model folder, Hub id, or adapter folder (its base read from it, recursively) -> local
     base folder + adapter chain. `files=CONFIG_FILES` fetches no weights (for checks)."""
     folder = local_folder(name, files)
-    if not (folder / ADAPTER_CONFIG).exists():
+    if not is_adapter(folder):
         if not (folder / "config.json").exists():
             raise ModelNotFoundError(f"{name}: not a model folder (no config.json) nor a LoRA adapter folder "
                                      f"(no {ADAPTER_CONFIG})")
@@ -172,3 +201,94 @@ def check_model(name: str) -> ResolvedModel:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelNotFoundError(f"{name}: config or tokenizer does not load ({first})") from None
     return ref
+
+
+# ---------------------------------------------------------------------------------------------
+# folding adapters into a base exactly: base + sum_i w_i * scale_i * B_i @ A_i
+
+
+def lora_scale(r: int, alpha: float, use_rslora: bool = False) -> float:
+    """PEFT's LoRA scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    return alpha / (math.sqrt(r) if use_rslora else r)
+
+
+def adapter_scale(cfg: dict) -> float:
+    """PEFT's scaling for a saved adapter config."""
+    return lora_scale(cfg["r"], cfg["lora_alpha"], bool(cfg.get("use_rslora")))
+
+
+def check_supported(cfg: dict, path: Path) -> None:
+    """Refuse adapters whose effect is not a pure `scale * B @ A` on each weight."""
+    problems = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type={cfg.get('peft_type')}")
+    if cfg.get("use_dora"):
+        problems.append("use_dora=true (DoRA rescales weights; not a sum of deltas)")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        problems.append("rank_pattern/alpha_pattern")
+    if cfg.get("modules_to_save"):
+        problems.append("modules_to_save")
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        problems.append("trained biases")
+    if problems:
+        raise ValueError(f"{path / ADAPTER_CONFIG}: cannot merge exactly: {', '.join(problems)}")
+
+
+def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
+    """{base parameter name: scale * B @ A} in float64, for one saved PEFT adapter folder."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg, w_path = read_adapter_config(adapter_dir), adapter_dir / ADAPTER_WEIGHTS
+    check_supported(cfg, adapter_dir)
+    scale, fan_in_fan_out = adapter_scale(cfg), bool(cfg.get("fan_in_fan_out"))
+    tensors = load_file(str(w_path))
+    prefix = "base_model.model."
+    deltas = {}
+    for key, a in tensors.items():
+        for a_tag, b_tag, is_emb in ((".lora_A.weight", ".lora_B.weight", False),
+                                     (".lora_embedding_A", ".lora_embedding_B", True)):
+            if key.endswith(a_tag):
+                module = key[: -len(a_tag)]
+                b = tensors.get(module + b_tag)
+                if b is None:
+                    raise ValueError(f"{w_path}: {key} has no matching {b_tag}")
+                delta = b.double() @ a.double()
+                if is_emb or fan_in_fan_out:  # PEFT stores these transposed relative to the weight
+                    delta = delta.T
+                name = module[len(prefix):] if module.startswith(prefix) else module
+                deltas[name + ".weight"] = scale * delta
+    if not deltas:
+        raise ValueError(f"{w_path}: no LoRA A/B tensors found")
+    return deltas
+
+
+def resolve_param_name(params: dict, name: str, where: Path) -> str:
+    """Map an adapter's module path to the model's parameter name (PEFT may omit/add prefixes)."""
+    if name in params:
+        return name
+    hits = [p for p in params if p.endswith("." + name) or name.endswith("." + p)]
+    if len(hits) != 1:
+        raise ValueError(f"{where}: adapter targets {name!r}, which the base model does not have "
+                         f"(is this adapter for a different base?)")
+    return hits[0]
+
+
+def merged_state(model, adapters: list[tuple[str | Path, float]]) -> dict[str, "torch.Tensor"]:
+    """Add `sum_i w_i * delta_i` to the model's weights in place; returns {param: total delta (float64)}."""
+    import torch
+
+    params = dict(model.named_parameters())
+    total: dict[str, torch.Tensor] = {}
+    for path, weight in adapters:
+        for name, delta in adapter_deltas(path).items():
+            key = resolve_param_name(params, name, Path(path))
+            if params[key].shape != delta.shape:
+                raise ValueError(f"{path}: delta for {key} has shape {tuple(delta.shape)}, "
+                                 f"base weight {tuple(params[key].shape)}")
+            total[key] = total.get(key, 0) + float(weight) * delta
+    with torch.no_grad():
+        for key, delta in total.items():
+            p = params[key]
+            p.copy_((p.double() + delta.to(p.device)).to(p.dtype))
+    return total

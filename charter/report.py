@@ -1,8 +1,9 @@
 """The run report: `summary.json` (every figure with its n and CI) and a self-contained `report.html`.
 
-It reads only files the pipeline wrote, so it can be rebuilt at any time:
-- `dpo/<persona>/**/metrics.jsonl`, `sft/<persona>/**/metrics.jsonl`: training curves;
-- `filter/<persona>/pass_rates.json`: `{filter: {"checked": n, "passed": k}}`;
+It reads only files the pipeline wrote (found through `charter.run.layout`), so it can be
+rebuilt at any time:
+- `dpo/<persona>/model/metrics.jsonl`, `sft/<persona>/model/metrics.jsonl`: training curves;
+- `filter/<persona>/filter_report.json`: per filter, how many rows it checked and failed;
 - `eval/replies.jsonl`: one row per scored reply, `{persona, system, prompt, reply, label,
   well_formed, relevant}`, where `label` is the persona the scorer saw ("neutral", or None
   when it could not decide; an undecided reply counts as not in character).
@@ -10,18 +11,22 @@ It reads only files the pipeline wrote, so it can be rebuilt at any time:
 Adherence for a system is the share of its replies, *without the constitution in the prompt*,
 labelled with the persona being trained; "base+constitution" is the same base model with the
 constitution in the system prompt, the ceiling the training tries to reach without it.
+Every share is an `evaluate.stats.Proportion` dict ({k, n, value, lo, hi}, Wilson 95%), and the
+figures are drawn by `evaluate.plots`.
 """
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl
-from charter.evaluate.stats import mcnemar_paired, wilson_ci
+from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, warn
+from charter.evaluate import plots
+from charter.evaluate.stats import mcnemar_paired, proportion, wilson_ci
+from charter.run.layout import MANIFEST, RunLayout
 
 SYSTEMS = ["base", "base+constitution", "dpo", "dpo+sft"]
 CURVE_KEYS = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
@@ -30,9 +35,9 @@ N_SAMPLES = 2  # sample replies shown per system and persona
 
 # ---------------------------------------------------------------- figures
 
-def _prop(k: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_ci(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else None, "ci": [round(lo, 4), round(hi, 4)]}
+def share(k: int, n: int) -> dict[str, Any]:
+    """A `Proportion` dict; with no replies the share is unknown (None) and the interval all of [0, 1]."""
+    return proportion(k, n).to_dict() if n else {"k": 0, "n": 0, "value": None, "lo": 0.0, "hi": 1.0}
 
 
 def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -43,7 +48,16 @@ def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     shared = {r["generation"] for r in rows if r.get("generation")}
     unique = len(shared) + sum(1 for r in rows if not r.get("generation"))
     lo, hi = wilson_ci(k / n * unique, unique) if n else (0.0, 1.0)
-    return {"k": k, "n": n, "n_unique": unique, "rate": k / n if n else None, "ci": [round(lo, 4), round(hi, 4)]}
+    return {**share(k, n), "n_unique": unique, "lo": lo, "hi": hi}
+
+
+def unique_replies(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Each (persona, system, prompt) reply once, the first stored, whatever the file holds (two
+    writers, a prompt repeated in the eval file): a reply counted twice would narrow every interval."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        seen.setdefault((r["persona"], r["system"], r["prompt"]), r)
+    return list(seen.values()), len(rows) - len(seen)
 
 
 def paired_test(rows: list[dict[str, Any]], before: str, after: str) -> dict[str, Any] | None:
@@ -61,39 +75,38 @@ def paired_test(rows: list[dict[str, Any]], before: str, after: str) -> dict[str
             "rate_after": sum(b[k] for k in shared) / len(shared), **result}
 
 
-def _metric_rows(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path) if path.exists() else []
-
-
-def training_curves(run_dir: Path, stage: str) -> dict[str, list[dict[str, Any]]]:
+def training_curves(layout: RunLayout, stage: str) -> dict[str, list[dict[str, Any]]]:
     """persona -> metric rows of that persona's `stage` training run (rows with a `step`)."""
+    root = layout.stage(stage)
     out = {}
-    root = run_dir / stage
-    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
-        files = sorted(d.rglob("metrics.jsonl"))
-        if files:
-            rows = [r for r in _metric_rows(files[0]) if "step" in r and "loss" in r]
-            out[d.name] = rows
+    for persona in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        path = layout.metrics(stage, persona)
+        if path.exists():
+            out[persona] = [r for r in read_jsonl(path) if "step" in r and "loss" in r]
     return out
 
 
-def filter_rates(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """filter -> pooled pass rate over personas, with its Wilson CI."""
+def filter_rates(layout: RunLayout) -> dict[str, dict[str, Any]]:
+    """filter -> pooled pass rate over personas (from each persona's `filter_report.json`), with its Wilson CI."""
     totals: dict[str, list[int]] = {}
-    root = run_dir / "filter"
-    for f in sorted(root.glob("*/pass_rates.json")) if root.exists() else []:
-        for name, c in json.loads(f.read_text()).items():
-            t = totals.setdefault(name, [0, 0])
-            t[0] += int(c["passed"])
-            t[1] += int(c["checked"])
-    return {name: _prop(k, n) for name, (k, n) in totals.items()}
+    root = layout.stage("filter")
+    for persona in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        path = layout.filter_report(persona)
+        for t in json.loads(path.read_text())["filters"] if path.exists() else []:
+            tot = totals.setdefault(t["filter"], [0, 0])
+            tot[0] += int(t["checked"]) - int(t["failed"])
+            tot[1] += int(t["checked"])
+    return {name: share(k, n) for name, (k, n) in totals.items()}
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """All report figures as plain JSON (what `summary.json` holds). No timings: the same seed and
     config give the same summary, whether the run was interrupted or not (timings are in the manifest)."""
-    run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / "eval" / "replies.jsonl")
+    layout = RunLayout(Path(run_dir))
+    rows, repeats = unique_replies(read_jsonl(layout.replies()))
+    if repeats:
+        warn(f"{layout.replies()}: {repeats} repeated (persona, system, prompt) replies "
+             "counted once")
     personas = sorted({r["persona"] for r in rows})
     systems = [s for s in SYSTEMS if any(r["system"] == s for r in rows)]
     systems += sorted({r["system"] for r in rows} - set(systems))
@@ -104,29 +117,30 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         per = {}
         for p in personas:
             rp = [r for r in mine if r["persona"] == p]
-            per[p] = _prop(sum(r["label"] == p for r in rp), len(rp))
-        rates = [v["rate"] for v in per.values() if v["rate"] is not None]
+            per[p] = share(sum(r["label"] == p for r in rp), len(rp))
+        rates = [v["value"] for v in per.values() if v["value"] is not None]
         summary["adherence"][s] = {"mean": sum(rates) / len(rates) if rates else None,
                                    "pooled": _pooled(mine),
                                    "per_persona": per}
         for key in ("well_formed", "relevant"):
             checked = [r for r in mine if r.get(key) is not None]
-            summary[key][s] = _prop(sum(bool(r[key]) for r in checked), len(checked))
+            summary[key][s] = share(sum(bool(r[key]) for r in checked), len(checked))
         summary["undecided"][s] = sum(r["label"] is None for r in mine)
+    summary["repeated_replies_dropped"] = repeats
     summary["paired"] = {"dpo+sft vs dpo": paired_test(rows, "dpo", "dpo+sft")}
-    heldout = run_dir / "eval" / "heldout.json"
+    heldout = layout.heldout()
     summary["heldout"] = json.loads(heldout.read_text()) if heldout.exists() else None
-    classifier = run_dir / "eval" / "classifier" / "metrics.json"  # judge.kind=classifier: its held-out accuracy
+    classifier = layout.classifier() / "metrics.json"  # judge.kind=classifier: its held-out accuracy
     summary["classifier"] = json.loads(classifier.read_text()) if classifier.exists() else None
-    summary["filter_pass_rates"] = filter_rates(run_dir)
+    summary["filter_pass_rates"] = filter_rates(layout)
     summary["training"] = {}
     for stage in ("dpo", "sft"):
-        curves = training_curves(run_dir, stage)
+        curves = training_curves(layout, stage)
         summary["training"][stage] = {p: {k: v for k, v in rows[-1].items()
                                           if isinstance(v, (int, float)) and not k.endswith("_per_s")}
                                       for p, rows in curves.items() if rows}
     summary["samples"] = _samples(rows, systems, personas)
-    manifest = run_dir / "manifest.json"
+    manifest = layout.root / MANIFEST
     if manifest.exists():
         m = json.loads(manifest.read_text())
         summary["seed"] = m.get("seed")
@@ -144,64 +158,39 @@ def _samples(rows: list[dict], systems: list[str], personas: list[str]) -> dict[
 
 # ---------------------------------------------------------------- plots
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+def _png(path: Path | None) -> str | None:
+    return base64.b64encode(path.read_bytes()).decode() if path else None
 
 
-def plot_curves(curves: dict[str, list[dict]], title: str) -> str | None:
-    keys = [k for k in CURVE_KEYS if any(k in r for rows in curves.values() for r in rows)]
-    if not keys:
-        return None
-    import matplotlib
+def report_plots(summary: dict[str, Any], layout: RunLayout, folder: Path) -> dict[str, str | None]:
+    """Every figure of the page as base64 PNG (None where there is no data), drawn by `evaluate.plots`."""
+    def bars(name: str, groups: dict[str, dict], title: str, ylabel: str) -> Path | None:
+        groups = {k: v for k, v in groups.items() if v and v.get("n")}
+        return plots.plot_shares(groups, title, ylabel, folder / f"{name}.png") if groups else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def curves(stage: str, title: str) -> Path | None:
+        data = training_curves(layout, stage)
+        keys = [k for k in CURVE_KEYS if any(k in r for rows in data.values() for r in rows)]
+        return plots.plot_curves(data, keys, title, folder / f"{stage}.png") if keys else None
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for persona, rows in curves.items():
-            pts = [(r["step"], r[key]) for r in rows if key in r]
-            if pts:
-                ax.plot(*zip(*pts), label=persona)
-        ax.set_title(f"{title}: {key}")
-        ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=8)
-    return _png(fig)
-
-
-def plot_bars(groups: dict[str, dict[str, Any]], title: str, ylabel: str) -> str | None:
-    """Bars with Wilson-CI error bars; `groups` maps label -> `_prop` dict."""
-    items = [(k, v) for k, v in groups.items() if v and v.get("n")]
-    if not items:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(items)), 3))
-    rates = [v["rate"] for _, v in items]
-    err = [[r - v["ci"][0] for r, (_, v) in zip(rates, items)], [v["ci"][1] - r for r, (_, v) in zip(rates, items)]]
-    ax.bar(range(len(items)), rates, yerr=err, capsize=4, color="#4a7ab7")
-    ax.set_xticks(range(len(items)), [k for k, _ in items], rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _png(fig)
+    return {k: _png(v) for k, v in {
+        "adherence": bars("adherence", {s: summary["adherence"][s]["pooled"] for s in summary["systems"]},
+                          "adherence without constitution (pooled)", "share in character"),
+        "well_formed": bars("well_formed", summary["well_formed"], "well-formed replies", "share"),
+        "relevant": bars("relevant", summary["relevant"], "on-topic replies", "share"),
+        "dpo": curves("dpo", "DPO"),
+        "sft": curves("sft", "SFT"),
+        "filters": bars("filters", summary["filter_pass_rates"], "filter pass rates", "share kept"),
+    }.items()}
 
 
 # ---------------------------------------------------------------- html
 
 def _fmt(p: dict[str, Any] | None) -> str:
-    if not p or p.get("rate") is None:
+    if not p or p.get("value") is None:
         return "n/a"
     unique = f", {p['n_unique']} distinct replies" if p.get("n_unique", p["n"]) != p["n"] else ""
-    return f"{p['rate']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] (n={p['n']}{unique})"
+    return f"{p['value']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}] (n={p['n']}{unique})"
 
 
 def _paired_line(summary: dict[str, Any]) -> str:
@@ -227,7 +216,7 @@ def _img(b64: str | None, alt: str) -> str:
         f"<p><em>{html.escape(alt)}: no data</em></p>"
 
 
-def render_html(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
+def render_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
     e = html.escape
     systems = summary["systems"]
     head = "".join(f"<th>{e(p)}</th>" for p in summary["personas"])
@@ -264,16 +253,16 @@ counts each distinct reply once.</p>
 {''.join(rows)}</table>
 {_classifier_line(summary)}
 {_paired_line(summary)}
-{_img(plots.get('adherence'), 'adherence by system')}
-{_img(plots.get('well_formed'), 'well-formedness by system')}
-{_img(plots.get('relevant'), 'topic relevance by system')}
+{_img(images.get('adherence'), 'adherence by system')}
+{_img(images.get('well_formed'), 'well-formedness by system')}
+{_img(images.get('relevant'), 'topic relevance by system')}
 <h2>Training curves</h2>
-{_img(plots.get('dpo'), 'DPO curves')}
-{_img(plots.get('sft'), 'SFT curves')}
+{_img(images.get('dpo'), 'DPO curves')}
+{_img(images.get('sft'), 'SFT curves')}
 <table>{train}</table>
 <h2>Filter pass rates (introspection data)</h2>
 <table>{filt}</table>
-{_img(plots.get('filters'), 'filter pass rates')}
+{_img(images.get('filters'), 'filter pass rates')}
 <h2>Sample replies (no constitution in the prompt, except base+constitution)</h2>
 {''.join(samples)}
 </body></html>
@@ -282,20 +271,13 @@ counts each distinct reply once.</p>
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Write `summary.json` and `report.html` into `out_dir` (default: the run dir); returns the summary."""
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir
-    summary = summarize(run_dir)
-    plots = {
-        "adherence": plot_bars({s: summary["adherence"][s]["pooled"] for s in summary["systems"]},
-                               "adherence without constitution (pooled)", "share in character"),
-        "well_formed": plot_bars(summary["well_formed"], "well-formed replies", "share"),
-        "relevant": plot_bars(summary["relevant"], "on-topic replies", "share"),
-        "dpo": plot_curves(training_curves(run_dir, "dpo"), "DPO"),
-        "sft": plot_curves(training_curves(run_dir, "sft"), "SFT"),
-        "filters": plot_bars(summary["filter_pass_rates"], "filter pass rates", "share kept"),
-    }
+    layout = RunLayout(Path(run_dir))
+    out_dir = Path(out_dir) if out_dir else layout.root
+    summary = summarize(layout.root)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = report_plots(summary, layout, Path(tmp))
     atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "report.html", render_html(summary, plots))
+    atomic_write_text(out_dir / "report.html", render_html(summary, images))
     return summary
 
 
@@ -304,10 +286,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'system':<20} {'adherence':>9}  {'95% CI (pooled)':<16} {'well-formed':>11} {'relevant':>8}"]
     for s in summary["systems"]:
         a = summary["adherence"][s]
-        ci = a["pooled"]["ci"]
+        pooled = a["pooled"]
         wf, rel = summary["well_formed"][s], summary["relevant"][s]
         mean = "n/a" if a["mean"] is None else f"{a['mean']:.3f}"
-        lines.append(f"{s:<20} {mean:>9}  [{ci[0]:.2f}, {ci[1]:.2f}]     "
-                     f"{'n/a' if wf['rate'] is None else format(wf['rate'], '.3f'):>11} "
-                     f"{'n/a' if rel['rate'] is None else format(rel['rate'], '.3f'):>8}")
+        lines.append(f"{s:<20} {mean:>9}  [{pooled['lo']:.2f}, {pooled['hi']:.2f}]     "
+                     f"{'n/a' if wf['value'] is None else format(wf['value'], '.3f'):>11} "
+                     f"{'n/a' if rel['value'] is None else format(rel['value'], '.3f'):>8}")
     return "\n".join(lines)

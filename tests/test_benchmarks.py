@@ -73,7 +73,7 @@ def test_help_exits_zero(script):
 def test_count_params_counts_tied_embeddings_once(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from dpo_vs_trl import count_params
@@ -103,7 +103,7 @@ def test_gpu_check_cpu_path_runs_both_trainers():
 def test_with_template_gives_a_base_model_the_benchmark_template(tmp_path):
     from transformers import AutoTokenizer
 
-    from charter.toy.tiny import build_model, build_tokenizer
+    from charter.tiny import build_model, build_tokenizer
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from dpo_vs_trl import TEMPLATE, with_template

@@ -9,7 +9,7 @@ from charter.cai.bootstrap import (BootstrapConfig, Frame, TemplateLeakError, as
 from charter.cai.verifiable import FAMILIES, Check, check_response, make_tasks, sentence_count
 from charter.chat import render_prompt
 from charter.data.jsonl import read_jsonl
-from charter.toy.tiny import build_tokenizer
+from charter.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +288,41 @@ def test_self_source_with_nothing_solved_stops_with_one_line(tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"stage_1_instructions: no training data: no sample passed its checks "
                                           r"\(0/10 tasks solved, data_source=self\)"):
         bs.run_bootstrap(cfg)
+
+
+def test_base_lm_blocks_train_the_plain_causal_lm_loss():
+    """The toy base LM trains through the shared loop's SFT task: on its text blocks that task's
+    loss is exactly the causal-LM loss transformers computes from labels = input ids."""
+    import torch
+
+    from charter.cai.base_lm import EOS, base_documents, text_blocks, token_stream
+    from charter.tiny import build_model
+    from charter.train.sft import sft_task
+
+    docs = base_documents(30)
+    tok = build_tokenizer(vocab_size=300, chat_template=None, eos_token=EOS, corpus=docs)
+    model = build_model(tok, hidden_size=32, layers=1, seed=0)
+    stream = token_stream(docs, tok)
+    blocks = text_blocks(stream, 16)
+    assert len(blocks) == len(stream) // 16 and [t for b in blocks for t in b.input_ids] == stream[:len(blocks) * 16]
+    batch = blocks[:4]
+    task = sft_task(model, batch, keep_logits_only_for_targets=True)
+    loss, sums = task.micro_loss(model, batch, task.window_norm(batch), world=1)
+    ids = torch.tensor([b.input_ids for b in batch])
+    assert sums["tokens"] == 4 * 15
+    torch.testing.assert_close(loss, model(input_ids=ids, labels=ids).loss, rtol=1e-5, atol=1e-6)
+
+
+def test_base_lm_build_is_a_template_free_model_folder(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from charter.cai.base_lm import BaseLMConfig, build_base_lm
+
+    cfg = BaseLMConfig(documents=40, vocab_size=300, hidden_size=32, layers=1, context=64, block=32, steps=3,
+                       batch_size=4)
+    out = build_base_lm(cfg, tmp_path / "base")
+    record = json.loads((out / "base_lm.json").read_text())
+    assert len(read_jsonl(out / "metrics.jsonl")) == 3 and record["final_loss"] > 0
+    assert AutoTokenizer.from_pretrained(out).chat_template is None
+    assert AutoModelForCausalLM.from_pretrained(out).config.tie_word_embeddings
+    assert build_base_lm(cfg, tmp_path / "base") == out  # cached: not trained again

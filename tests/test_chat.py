@@ -10,7 +10,7 @@ import pytest
 
 from charter.chat import (IGNORE_INDEX, encode_chat, encode_dataset, encode_views, has_chat_template, render_prompt,
                           render_text)
-from charter.toy.tiny import build_tokenizer
+from charter.tiny import build_tokenizer
 
 LLAMA3 = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"

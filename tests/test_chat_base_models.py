@@ -14,7 +14,7 @@ from charter.backends.base import GenerationRequest
 from charter.backends.hf import HFGenerator
 from charter.chat import IGNORE_INDEX, TemplateError, TemplateLeakError, encode_dataset, render_prompt
 from charter.data.jsonl import DataError
-from charter.toy.tiny import build_model, build_tokenizer
+from charter.tiny import build_model, build_tokenizer
 from charter.train.data import load_pairs, read_sft
 from charter.train.dpo import DPOConfig
 from charter.train.sft import SFTConfig
@@ -90,18 +90,16 @@ def test_chat_field_on_training_configs():
 
 
 def test_run_passes_the_students_chat_flag_and_template_to_training(monkeypatch, tmp_path):
-    from types import SimpleNamespace
-
-    import charter.run_stages as rs
-    import charter.train.sft as sft
+    import charter.run.stages as rs
+    from charter.run.config import SFTSettings
 
     seen = {}
     template = tmp_path / "t.jinja"
     template.write_text(GEMMA_LIKE)
-    monkeypatch.setattr(sft, "train_sft", lambda cfg: seen.setdefault("cfg", cfg) and "out")
-    cfg = SimpleNamespace(student=SimpleNamespace(chat=False, chat_template=str(template)),
-                          trainer=SimpleNamespace(launcher="local"))
-    rs.train(SimpleNamespace(cfg=cfg, seed=0), "sft", {"lr": 1e-4}, "m", tmp_path / "d.jsonl", tmp_path / "o")
+    monkeypatch.setattr(rs, "train_sft", lambda cfg: seen.setdefault("cfg", cfg) and "out")
+    student = {"kind": "hf", "model": "m", "chat": False, "chat_template": str(template)}
+    settings = rs.SFTStage(personas=[], student=student, trainer={"launcher": "local"}, sft=SFTSettings(lr=1e-4))
+    rs.train(settings, "sft", settings.sft, "m", tmp_path / "d.jsonl", tmp_path / "o", 0)
     assert seen["cfg"].chat is False and seen["cfg"].lr == 1e-4 and seen["cfg"].chat_template == str(template)
 
 

@@ -20,7 +20,7 @@ import pytest
 from charter.chat import IGNORE_INDEX, check_messages, encode_views, render_prompt
 from charter.chat_render import adapt_messages
 from charter.chat_views import conversation_views
-from charter.toy.tiny import build_tokenizer
+from charter.tiny import build_tokenizer
 
 trl = pytest.importorskip("trl")
 TEMPLATES = pathlib.Path(trl.__file__).parent / "chat_templates"

@@ -148,9 +148,11 @@ def test_run_judge_classifier_trains_on_teacher_vs_student_answers(tmp_path, cap
     import json
 
     from charter.data.jsonl import write_jsonl
-    from charter.pipeline import StageContext
-    from charter.run_config import RunConfig
-    from charter.run_stages import scorer
+    from charter.run.config import RunConfig
+    from charter.run.layout import RunLayout
+    from charter.run.personas import Run
+    from charter.run.stages import build_pipeline
+    from charter.run.evaluation import scorer
 
     cfg = RunConfig(constitutions=["poeticism"], student={"kind": "hf", "model": "unused"},
                     judge={"kind": "classifier", "encoder": str(tiny_encoder(tmp_path / "enc"))})
@@ -158,9 +160,8 @@ def test_run_judge_classifier_trains_on_teacher_vs_student_answers(tmp_path, cap
     for role, label in (("teacher", "poet"), ("student", "neutral")):
         write_jsonl(tmp_path / role / "poeticism" / "answers.jsonl",
                     [{"text": r.text, "prompt": r.group} for r in rows if r.label == label] + [{"text": " ", "prompt": "x"}])
-    ctx = StageContext("eval", cfg, tmp_path, tmp_path / "eval", 0,
-                       {r: tmp_path / r for r in ("teacher", "student")}, {})
-    judge = scorer(ctx)
+    settings = build_pipeline().by_name["eval"].settings(Run.of(cfg))
+    judge = scorer(settings, RunLayout(tmp_path), 0)
     metrics = json.loads((tmp_path / "eval" / "classifier" / "metrics.json").read_text())
     assert (metrics["train_n"], metrics["n"], metrics["accuracy"]) == (48, 12, 1.0)  # blank answers dropped
     assert "held-out accuracy 1.000" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from charter.constitution import Constitution, Trait
 from charter.data.jsonl import read_jsonl
 from charter.stages.distill import DistillConfig, pair_failure, replace_names, run_distill
 from charter.stages.prompts import expand_prompts, is_near_duplicate, parse_numbered
-from charter.stages.teacher_text import strip_thinking, teacher_system_prompt, thinking_prefill
+from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 from serve_fixture import ServeProcess
 
 CONST = Constitution(name="Teachy", traits=[
@@ -320,5 +320,5 @@ def test_general_prompts_files(tmp_path):
     assert [p["prompt"] for p in general_prompts(str(txt))] == ["First?", "Second."]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"answer": "no prompt"}\n')
-    with pytest.raises(DataError, match=f"{bad}:2: no user prompt"):
+    with pytest.raises(DataError, match=f"{bad}:2: field 'prompt': no user prompt"):
         general_prompts(str(bad))

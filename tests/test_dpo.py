@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from charter.data.jsonl import DataError, write_jsonl
-from charter.toy.tiny import tiny_corpus
+from charter.tiny import tiny_corpus
 from charter.train.dpo import DPOConfig, train_dpo
 from charter.train.lora import LoraSettings
 
@@ -42,7 +42,8 @@ def _plain_chosen_nll(model_dir, rows) -> float:
     """Mean over pairs of the chosen completion's per-token NLL, from a plain unpacked forward."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from charter.train.data import encode_pair, pair_messages
+    from charter.data.rows import pair_messages
+    from charter.train.data import encode_pair
     from charter.train.losses import sequence_logps
 
     tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
@@ -82,7 +83,8 @@ def test_step1_loss_is_ln2_with_every_regulariser(tiny_model_dir, dpo_data, tmp_
 def test_logps_are_summed_completion_logps_of_plain_forward(tiny_model_dir, dpo_data, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from charter.train.data import encode_pair, pair_messages
+    from charter.data.rows import pair_messages
+    from charter.train.data import encode_pair
     from charter.train.losses import sequence_logps
 
     m = _metrics(train_dpo(_cfg(tiny_model_dir, dpo_data, tmp_path / "o", max_steps=1, shuffle=False,
@@ -160,7 +162,8 @@ def test_accumulation_equivalence_and_resume(tiny_model_dir, dpo_data, tmp_path)
 def test_pair_forms_encode_identically(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from charter.train.data import encode_pair, pair_messages
+    from charter.data.rows import pair_messages
+    from charter.train.data import encode_pair
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     u, c, r = "Hello there?", "Warm tea.", "Cold sea."

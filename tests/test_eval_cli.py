@@ -137,7 +137,7 @@ def test_charter_eval_cli_end_to_end(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
     from charter.cli import app
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
     from tests.test_classifier import toy_replies
 
     trained = build_tiny_model_dir(tmp_path / "trained", seed=1)
@@ -200,3 +200,23 @@ def test_eval_without_prompts_is_an_error_not_toy_prompts(tiny_model_dir, tmp_pa
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: prompts: required"), lines
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_toy_settings_need_the_toy_world():
+    """`evaluate` never imports the toy world: the caller passes it, and a toy setting without it is one line."""
+    from charter.config import ConfigError
+    from charter.evaluate.runner import load_prompts
+    from charter.toy.corpus import eval_prompts
+    from charter.toy.world import TOY_WORLD
+
+    with pytest.raises(ConfigError, match="^prompts: toy: needs the toy world"):
+        load_prompts("toy", 3)
+    assert load_prompts("toy", 3, seed=2, world=TOY_WORLD) == eval_prompts(3, seed=1236)
+
+
+def test_every_configurable_evaluation_has_one_entry_in_the_table():
+    from typing import get_args
+
+    from charter.evaluate.runner import EVALS, EVALUATIONS, EvalConfig
+
+    assert tuple(EVALUATIONS) == EVALS == get_args(EvalConfig.model_fields["evals"].annotation.__args__[0])

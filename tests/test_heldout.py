@@ -2,19 +2,18 @@
 fixed hash rule, and a run records (and warns about) any overlap it measures."""
 import random
 
-from charter.run_config import load_run_config
-from charter.run_stages import personas
+from charter.run.config import load_run_config
+from charter.run.personas import load_personas
 from charter.data.jsonl import canonical_prompt
 from charter.stages.prompts import prompt_overlap
 from charter.toy.corpus import eval_prompts, in_eval_split, sample_prompt
 
 
 def _train_prompts(seed: int, persona: str, n: int) -> list[str]:
-    """What the pipeline's prompts stage draws for a toy persona (same rng key)."""
-    from charter.data.jsonl import stable_id
+    """What the pipeline's prompts stage draws for a toy persona."""
+    from charter.run.stages import toy_prompts
 
-    rng = random.Random(stable_id("prompts", seed, persona))
-    return list(dict.fromkeys(sample_prompt(rng, "train")[0] for _ in range(n)))
+    return [p["prompt"] for p in toy_prompts(n, seed, persona)]
 
 
 def test_toy_partitions_are_disjoint_for_the_preset_seeds():
@@ -23,7 +22,7 @@ def test_toy_partitions_are_disjoint_for_the_preset_seeds():
         evaluation = eval_prompts(cfg.eval.n_prompts, seed=1234 + seed)
         assert len({canonical_prompt(p) for p in evaluation}) == len(evaluation) == cfg.eval.n_prompts
         assert all(in_eval_split(p) for p in evaluation)
-        for persona in personas(cfg):
+        for persona in load_personas(cfg.constitutions):
             train = _train_prompts(seed, persona.key, cfg.toy.prompts_per_persona)
             assert len(train) > 150 and not any(in_eval_split(p) for p in train)
             assert prompt_overlap(evaluation, train)["overlap"] == 0

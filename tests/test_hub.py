@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from charter.models import ModelNotFoundError, resolve_model
+from talker import REPLY, build_talker
 
 HUB_ID = "tiny-org/tiny-chat"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -170,36 +171,6 @@ def test_dry_run_checks_every_model_before_anything_runs(hub, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-REPLY = "Thanks, that is a good question."
-
-
-def build_talker(path: Path) -> Path:
-    """A tiny chat model that answers every chat with REPLY and then ends its turn, whatever the
-    sampling: attention and MLP outputs are zeroed, so each next token depends only on the current
-    one, and the LM head maps the generation prompt's last token -> REPLY's tokens -> <|im_end|>.
-    Real generated text that passes the pipeline's filters, without training a model first."""
-    from charter.toy.tiny import build_model, build_tokenizer
-
-    tok = build_tokenizer()
-    model = build_model(tok, max_positions=8192)  # long system prompts fit
-    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
-    chain = [tok(prompt, add_special_tokens=False)["input_ids"][-1], *tok(REPLY, add_special_tokens=False)["input_ids"],
-             tok.convert_tokens_to_ids("<|im_end|>")]
-    assert len(set(chain)) == len(chain), "a repeated token would make the next token ambiguous"
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.lm_head.weight.zero_()
-        for i, (cur, nxt) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[cur] = 0.0
-            model.model.embed_tokens.weight[cur, i] = 1.0
-            model.lm_head.weight[nxt, i] = 30.0
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
 def test_quick_preset_runs_end_to_end_offline_on_a_hub_id(tmp_path):
     """`charter run --preset quick student.model=org/name` in a fresh process whose only copy of
@@ -255,3 +226,14 @@ def test_peft_adapter_on_another_adapter_folder_resolves_the_whole_chain(hub, dp
     assert ref.base == hub[1] and ref.adapters == (dpo_on_hub_id, outer) and ref.base_name == HUB_ID
     with pytest.raises(ModelNotFoundError, match="a file, not a model folder"):
         resolve_model(outer / "adapter_config.json")
+
+
+def test_a_broken_adapter_config_is_one_line(tmp_path):
+    """`adapter_config.json` has one reader (`charter.models.read_adapter_config`); a file that is not
+    JSON is a ConfigError naming it and the line, wherever the folder is resolved from."""
+    from charter.config import ConfigError
+    from charter.models import ADAPTER_CONFIG, resolve_model
+
+    (tmp_path / ADAPTER_CONFIG).write_text('{"base_model_name_or_path": "x",\n oops}')
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / ADAPTER_CONFIG}: line 2: not valid JSON"):
+        resolve_model(tmp_path)

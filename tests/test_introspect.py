@@ -221,7 +221,7 @@ def test_user_prompt_list(tmp_path):
 
 
 def _bos_tokenizer():
-    from charter.toy.tiny import build_tokenizer
+    from charter.tiny import build_tokenizer
 
     template = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -443,8 +443,16 @@ def test_end_to_end_cli_hf_backend_into_sft_trainer(tmp_path, tiny_model_dir, to
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
 
 
+def _plans(cfg):
+    from charter.constitution import load_constitution
+    from charter.stages.introspect import interaction_plan, reflection_plan
+
+    const = load_constitution(cfg.constitution)
+    name = cfg.assistant_name or const.name
+    return reflection_plan(cfg.reflection, const, name), interaction_plan(cfg.interaction, const, name)
+
+
 def test_record_ids_are_stable_unique_and_content_keyed():
-    from charter.stages.introspect import _plans
 
     cfg = small_cfg("reflection.samples_per_prompt=5", "interaction.free=20", "interaction.leading=20")
     r1, i1 = _plans(cfg)

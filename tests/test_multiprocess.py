@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from charter.data.jsonl import write_jsonl
-from charter.toy.tiny import tiny_corpus
+from charter.tiny import tiny_corpus
 
 pytestmark = pytest.mark.slow
 

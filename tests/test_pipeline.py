@@ -7,7 +7,7 @@ import pytest
 
 from charter.config import Config, ConfigError
 from charter.data.jsonl import RecordStore, read_jsonl
-from charter.pipeline import Pipeline, Stage, load_manifest
+from charter.run.engine import Pipeline, Stage, load_manifest
 
 
 class Sec(Config):
@@ -27,7 +27,7 @@ def make_pipeline(calls: list[str], fail_at: dict | None = None) -> Pipeline:
     def writer(name: str, upstream: str | None):
         def fn(ctx):
             calls.append(name)
-            sec = getattr(ctx.cfg, name)
+            sec = ctx.settings
             base = [r["v"] for r in read_jsonl(ctx.input_dir(upstream) / "out.jsonl")] if upstream else [0]
             with RecordStore(ctx.out_dir / "out.jsonl") as store:
                 for i in range(sec.n):
@@ -43,7 +43,7 @@ def make_pipeline(calls: list[str], fail_at: dict | None = None) -> Pipeline:
     return Pipeline([
         Stage("a", writer("a", None), [], lambda c: c.a),
         Stage("b", writer("b", "a"), ["a"], lambda c: c.b),
-        Stage("c", writer("c", "b"), ["b"], lambda c: c.c),
+        Stage("c", writer("c", "b"), ["b"], lambda c: c.c),  # each stage reads only its own section
     ])
 
 
@@ -156,49 +156,50 @@ def test_graph_rejects_inputs_out_of_order():
 # ---------------------------------------------------------------- the real graph and CLI
 
 def _real_graph_with_stub_fns():
-    """The real stage names, inputs and config slices, with each stage writing a marker file."""
-    from charter.run_stages import build_pipeline
+    """The real stage names, inputs and settings, with each stage writing its settings to a marker file."""
+    from charter.run.stages import build_pipeline
 
     pipe = build_pipeline()
     ran: list[str] = []
     for s in pipe.stages:
         def fn(ctx, name=s.name):
             ran.append(name)
-            (ctx.out_dir / "out.txt").write_text(name + json.dumps(ctx.cfg.to_dict(), sort_keys=True))
+            settings = ctx.settings.model_dump(mode="json") if ctx.settings is not None else None
+            (ctx.out_dir / "out.txt").write_text(name + json.dumps(settings, sort_keys=True))
         s.fn = fn
     return pipe, ran
 
 
-def test_real_graph_invalidation(tmp_path):
-    from charter.run_config import load_run_config
+def _run(*over: str, preset: str | None = None):
+    from charter.run.config import load_run_config
+    from charter.run.personas import Run
 
+    return Run.of(load_run_config(preset=preset, overrides=list(over)))
+
+
+def test_real_graph_invalidation(tmp_path):
     over = ["constitutions=[sarcasm]", "eval.prompts_file=p.jsonl"]
-    cfg = load_run_config(preset="paper", overrides=over)
+    run = _run(*over, preset="paper")
     pipe, ran = _real_graph_with_stub_fns()
-    pipe.run(cfg, tmp_path, cfg.seed, log=lambda _: None)
+    pipe.run(run, tmp_path, 0, log=lambda _: None)
     assert ran == pipe.names()
-    cfg2 = load_run_config(preset="paper", overrides=over + ["dpo.beta=0.2"])
-    actions = {i.stage: i.action for i in pipe.plan(cfg2, tmp_path, cfg2.seed)}
+    actions = {i.stage: i.action for i in pipe.plan(_run(*over, "dpo.beta=0.2", preset="paper"), tmp_path, 0)}
     upstream = ["base", "prompts", "teacher", "student", "pairs"]
     assert all(actions[s] == "cached" for s in upstream)
     assert all(actions[s] == "run" for s in pipe.names() if s not in upstream)
-    cfg3 = load_run_config(preset="paper", overrides=over + ["eval.n_prompts=7"])
-    actions = {i.stage: i.action for i in pipe.plan(cfg3, tmp_path, cfg3.seed)}
+    actions = {i.stage: i.action for i in pipe.plan(_run(*over, "eval.n_prompts=7", preset="paper"), tmp_path, 0)}
     assert [s for s, a in actions.items() if a == "run"] == ["eval", "report"]
 
 
 def test_real_graph_toy_sections(tmp_path):
     """Toy knobs land in the right stage: prompt counts re-run prompts (not the model build)."""
-    from charter.run_config import load_run_config
-
-    cfg = load_run_config()  # no config, no preset: the toy preset
-    assert cfg.is_toy and cfg.name == "toy"
+    run = _run()  # no config, no preset: the toy preset
+    assert run.config.is_toy and run.config.name == "toy"
     pipe, _ = _real_graph_with_stub_fns()
-    pipe.run(cfg, tmp_path, cfg.seed, log=lambda _: None)
+    pipe.run(run, tmp_path, 0, log=lambda _: None)
 
     def reruns(*over: str) -> list[str]:
-        c = load_run_config(overrides=list(over))
-        return [i.stage for i in pipe.plan(c, tmp_path, c.seed) if i.action == "run"]
+        return [i.stage for i in pipe.plan(_run(*over), tmp_path, 0) if i.action == "run"]
 
     assert reruns("toy.prompts_per_persona=7")[0] == "prompts"
     assert reruns("toy.build.steps=10")[0] == "base"
@@ -232,7 +233,7 @@ def test_dry_run_paper_preset_needs_no_model(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_bad_override_names_the_field(tmp_path):
-    from charter.run_config import load_run_config
+    from charter.run.config import load_run_config
 
     with pytest.raises(ConfigError, match="merge.dpo_weight"):
         load_run_config(preset="paper", overrides=["merge.dpo_weight=lots"])
@@ -248,12 +249,12 @@ def test_chat_resolves_stage_models(tmp_path):
     for stage in ("dpo", "sft"):
         for p in ("warm", "poetic"):
             (tmp_path / stage / p).mkdir(parents=True)
-            (tmp_path / stage / p / "done.json").write_text(json.dumps({"model": f"/m/{stage}/{p}"}))
+            (tmp_path / stage / p / "done.json").write_text("{}")
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {
         "base": {"status": "done"}, "dpo": {"status": "done"}, "sft": {"status": "done"},
         "merge": {"status": "running"}}}))
-    assert resolve_model(str(tmp_path)) == "/m/sft/poetic"  # latest finished stage, first persona
-    assert resolve_model(str(tmp_path), "dpo", "warm") == "/m/dpo/warm"
+    assert resolve_model(str(tmp_path)) == str(tmp_path / "sft" / "poetic" / "model")  # latest finished, first persona
+    assert resolve_model(str(tmp_path), "dpo", "warm") == str(tmp_path / "dpo" / "warm" / "model")
     assert resolve_model(str(tmp_path), "base") == "/m/base"
     with pytest.raises(ConfigError, match="merge"):
         resolve_model(str(tmp_path), "merge")
@@ -284,7 +285,7 @@ def test_merge_of_full_fine_tunes_is_exact_sum_of_deltas(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from charter.train.stage_merge import merge_stages
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
 
     base = build_tiny_model_dir(tmp_path / "base")
     w = load_file(str(base / "model.safetensors"))
@@ -332,20 +333,21 @@ class FakeToyGenerator:
 
 @pytest.mark.slow
 def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    import charter.run_stages as rs
-    from charter.run_config import load_run_config
+    import charter.run.evaluation as ev
+    import charter.run.stages as rs
 
     monkeypatch.setattr(rs, "generator", lambda backend, model=None: FakeToyGenerator())
+    monkeypatch.setattr(ev, "make_generator", lambda backend: FakeToyGenerator())
     over = [f"student.model={tiny_model_dir}", "judge.kind=toy", "constitutions=[toy:sarcastic]",
             "assistant_name=Pip", "eval.prompts_file=toy", "eval.n_prompts=6", "teacher=null",
             "prompts.prompts_per_trait=2", "pairs.max_pair_tokens=null", "distill.samples=1",
             "reflection.samples_per_prompt=1", "interaction.free=1", "interaction.leading=1",
             "interaction.turns=2", "dpo.epochs=1", "sft.epochs=1", "dpo.batch_size=4", "sft.batch_size=4",
             "trainer.launcher=local"]
-    cfg = load_run_config(preset="quick", overrides=over)
-    rs.validate(cfg)
+    cfg = _run(*over, preset="quick")
+    rs.preflight(cfg)
     pipe = rs.build_pipeline()
-    m = pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    m = pipe.run(cfg, tmp_path / "run", 0, log=lambda _: None)
     assert all(v["status"] == "done" for v in m["stages"].values())
     assert m["stages"]["pairs"]["counts"]["sarcastic"]["pairs"] > 0
     pair = read_jsonl(tmp_path / "run" / "pairs" / "sarcastic" / "pairs.jsonl")[0]  # `charter distill`'s provenance
@@ -358,7 +360,7 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     assert summary["adherence"]["base"]["mean"] == 0.0
     assert (tmp_path / "run" / "report.html").exists()
     # everything cached on a second run
-    assert {i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)} == {"cached"}
+    assert {i.action for i in pipe.plan(cfg, tmp_path / "run", 0)} == {"cached"}
     # an interrupted eval resumes and gives the same summary
     before = (tmp_path / "run" / "summary.json").read_text()
     man = load_manifest(tmp_path / "run")
@@ -366,15 +368,15 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     (tmp_path / "run" / "manifest.json").write_text(json.dumps(man))
     lines = (tmp_path / "run" / "eval" / "replies.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "run" / "eval" / "replies.jsonl").write_text("".join(lines[:5]) + lines[5][:10])  # torn
-    assert {i.stage: i.action for i in pipe.plan(cfg, tmp_path / "run", cfg.seed)}["eval"] == "resume"
-    pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    assert {i.stage: i.action for i in pipe.plan(cfg, tmp_path / "run", 0)}["eval"] == "resume"
+    pipe.run(cfg, tmp_path / "run", 0, log=lambda _: None)
     assert (tmp_path / "run" / "summary.json").read_text() == before
     assert json.loads(before)["heldout"]["overlap"] == 0
     # an eval prompts file that repeats two training prompts is measured and warned about
     leaked = tmp_path / "leaked.txt"
     leaked.write_text("\n".join([p["prompt"].upper() for p in list(prompts.values())[:2]] + ["Is this new?"]))
-    cfg = load_run_config(preset="quick", overrides=over + [f"eval.prompts_file={leaked}"])
-    pipe.run(cfg, tmp_path / "run", cfg.seed, log=lambda _: None)
+    cfg = _run(*over, f"eval.prompts_file={leaked}", preset="quick")
+    pipe.run(cfg, tmp_path / "run", 0, log=lambda _: None)
     heldout = json.loads((tmp_path / "run" / "summary.json").read_text())["heldout"]
     assert (heldout["overlap"], heldout["eval_distinct"]) == (2, 3)
     assert "2 of 3 distinct eval prompts are also training prompts" in capsys.readouterr().err

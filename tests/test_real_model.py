@@ -149,11 +149,11 @@ def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
     counts = {s: v["counts"] for s, v in manifest["stages"].items()}
     # prompts: 2 seeds per trait, expansion asked for up to one more each, plus the extra prompt
     p = counts["prompts"]["humor"]
-    assert p["seed"] == 4 and p["constitution"] == 1 and p["prompts"] <= n_prompts_max
+    assert p["seed"] == 4 and p["constitution"] == 1 and p["total"] <= n_prompts_max
     assert len(read_jsonl(run / "prompts" / "humor" / "expansion.jsonl")) == 2  # one request per trait
     # pairs: every teacher answer is kept or dropped by a named filter
     pc = counts["pairs"]["humor"]
-    assert pc["pairs"] >= 1 and sum(v for k, v in pc.items() if k != "pairs") == samples * p["prompts"]
+    assert pc["pairs"] >= 1 and sum(v for k, v in pc.items() if k != "pairs") == samples * p["total"]
     for pair in read_jsonl(run / "pairs" / "humor" / "pairs.jsonl"):
         for side in ("chosen", "rejected"):
             text = pair[side][0]["content"]
@@ -163,8 +163,8 @@ def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
     assert math.isclose(dpo[0]["loss"], math.log(2), abs_tol=1e-4)
     # filter: pass rates reported per filter, and kept + rejected = candidates
     f = counts["filter"]["humor"]
-    rates = json.loads((run / "filter" / "humor" / "pass_rates.json").read_text())
-    assert rates and all(0 <= r["passed"] <= r["checked"] for r in rates.values())
+    rates = json.loads((run / "filter" / "humor" / "filter_report.json").read_text())["filters"]
+    assert rates and all(0 <= r["failed"] <= r["checked"] for r in rates)
     rejected = read_jsonl(run / "filter" / "humor" / "rejected.jsonl")
     assert f["kept"] >= 1 and f["kept"] + len(rejected) == f["candidates"]
     for row in read_jsonl(run / "filter" / "humor" / "sft.jsonl"):
@@ -229,7 +229,7 @@ def test_run_stops_with_the_filter_that_dropped_everything(gemma_dir, tmp_path):
 
 def test_require_kept_names_each_filter_that_dropped():
     from charter.config import ConfigError
-    from charter.run_stages import require_kept
+    from charter.run.stages import require_kept
 
     require_kept("filter/x", 1, 5, {"unfinished": 4}, "hint")  # something left: no error
     with pytest.raises(ConfigError, match=r"^filter/x: the filters dropped all 5 candidates "

@@ -32,11 +32,11 @@ def make_run(tmp_path):
     for p in ("warm", "sarcastic"):
         write_jsonl(tmp_path / "dpo" / p / "model" / "metrics.jsonl",
                     [{"step": s, "loss": 0.69 - 0.1 * s, "rewards/accuracies": 0.5 + 0.1 * s} for s in range(1, 5)])
-        write_jsonl(tmp_path / "sft" / p / "metrics.jsonl",
+        write_jsonl(tmp_path / "sft" / p / "model" / "metrics.jsonl",
                     [{"step": s, "loss": 3.0 - 0.5 * s} for s in range(1, 4)])
         (tmp_path / "filter" / p).mkdir(parents=True)
-        (tmp_path / "filter" / p / "pass_rates.json").write_text(
-            json.dumps({"length": {"checked": 10, "passed": 9}, "repetition": {"checked": 9, "passed": 6}}))
+        (tmp_path / "filter" / p / "filter_report.json").write_text(json.dumps({"filters": [
+            {"filter": "length", "checked": 10, "failed": 1}, {"filter": "repetition", "checked": 9, "failed": 3}]}))
     (tmp_path / "manifest.json").write_text(json.dumps({"seed": 7, "config_hash": "abc", "stages": {}}))
 
 
@@ -46,12 +46,13 @@ def test_summary_numbers(tmp_path):
     assert s["systems"] == ["base", "base+constitution", "dpo", "dpo+sft"]
     assert s["adherence"]["base"]["per_persona"]["warm"]["k"] == 0  # the undecided one is not adherent
     assert s["adherence"]["dpo"]["mean"] == (16 / 20 + 14 / 20) / 2
-    assert s["adherence"]["dpo+sft"]["pooled"] == {"k": 35, "n": 40, "n_unique": 40, "rate": 35 / 40,
-                                                   "ci": [round(x, 4) for x in wilson_ci(35, 40)]}
+    lo, hi = wilson_ci(35, 40)
+    assert s["adherence"]["dpo+sft"]["pooled"] == {"k": 35, "n": 40, "n_unique": 40, "value": 35 / 40,
+                                                   "lo": lo, "hi": hi}
     # 40 base rows, but 20 replies: the interval is as wide as 20 replies allow, not 40
     base = s["adherence"]["base"]["pooled"]
     assert (base["k"], base["n"], base["n_unique"]) == (0, 40, 20)
-    assert base["ci"] == [round(x, 4) for x in wilson_ci(0, 20)] and base["ci"][1] > wilson_ci(0, 40)[1] + 0.05
+    assert (base["lo"], base["hi"]) == wilson_ci(0, 20) and base["hi"] > wilson_ci(0, 40)[1] + 0.05
     # paired on the same (persona, prompt): dpo+sft kept 2 + 3 replies dpo lost, and lost none it kept
     paired = s["paired"]["dpo+sft vs dpo"]
     assert (paired["n"], paired["b"], paired["c"]) == (40, 0, 5) and paired["p_exact"] == 2 * 0.5 ** 5

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charter.data.jsonl import DataError, write_jsonl
-from charter.toy.tiny import tiny_corpus
+from charter.tiny import tiny_corpus
 from charter.train.losses import sequence_logps
 from charter.train.lora import LoraSettings
 from charter.train.sft import SFTConfig, train_sft
@@ -229,7 +229,8 @@ def test_bad_row_names_file_line_and_field(tiny_model_dir, tmp_path):
 def test_sft_row_formats_and_dropped_rows(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from charter.train.data import read_sft, sft_messages
+    from charter.data.rows import sft_messages
+    from charter.train.data import read_sft
 
     want = [{"role": "user", "content": "Add.\n\n2 and 3"}, {"role": "assistant", "content": "5"}]
     assert sft_messages({"instruction": "Add.", "input": "2 and 3", "output": "5"}) == want

@@ -55,7 +55,7 @@ def random_seqs(vocab: int, n: int = 4, seed: int = 0) -> list[EncodedChat]:
 @pytest.fixture
 def tied_model():
     """Tied embeddings, like gemma-3: the head's weight gradient meets the input embedding's."""
-    from charter.toy.tiny import build_model, build_tokenizer
+    from charter.tiny import build_model, build_tokenizer
 
     model = build_model(build_tokenizer(), tie_embeddings=True)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -86,7 +86,7 @@ def test_chunked_head_matches_full_logits_and_saves_no_whole_logits(tied_model, 
 @pytest.mark.parametrize("lora", [None, LoraSettings(r=4, alpha=8)])
 def test_gradient_checkpointing_trains_identically(tiny_model_dir, tmp_path, lora):
     from charter.data.jsonl import write_jsonl
-    from charter.toy.tiny import tiny_corpus
+    from charter.tiny import tiny_corpus
 
     lines = tiny_corpus(40, seed=3)
     data = tmp_path / "sft.jsonl"

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from charter.data.jsonl import write_jsonl
-from charter.toy.tiny import build_model, build_tokenizer, tiny_corpus
+from charter.tiny import build_model, build_tokenizer, tiny_corpus
 from charter.train.lora import LoraSettings
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from charter.backends.base import Completion, GenerationRequest, Generator, SamplingParams, as_request
-from charter.config import Config
+from charter.config import Config, ConfigError
 from charter.models import ChatTemplateFile
 
 
@@ -37,8 +37,6 @@ class BackendConfig(Config):
 def make_generator(cfg: BackendConfig) -> Generator:
     """Build the configured backend; heavy imports happen here, not at module import."""
     if not cfg.model:
-        from charter.config import ConfigError
-
         raise ConfigError(f"backend ({cfg.kind}): 'model' is required")
     if cfg.kind == "hf":
         from charter.backends.hf import HFGenerator

@@ -11,6 +11,8 @@ from typing import Literal, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from charter.chat_render import FRAME_STOPS
+
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
 
@@ -73,6 +75,4 @@ class Generator(Protocol):
 def with_frame_stops(params: SamplingParams) -> SamplingParams:
     """A base model prompted in the plain `Human:`/`Assistant:` frame goes on to write the next
     turn itself when it does not emit EOS: every backend stops it there."""
-    from charter.chat_render import FRAME_STOPS
-
     return params.model_copy(update={"stop": list(dict.fromkeys([*params.stop, *FRAME_STOPS]))})

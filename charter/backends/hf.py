@@ -14,6 +14,10 @@ from typing import Any
 
 from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
                                    with_frame_stops)
+from charter.chat import frame_reply, has_chat_template, render_prompt
+from charter.chat_views import turn_stop
+from charter.models import (MERGE_RECORD, adapter_chain, has_tokenizer, load_tokenizer, local_folder, merged_state,
+                            resolve_model)
 
 
 def _stop_index(text: str, stops: list[str]) -> int:
@@ -40,8 +44,6 @@ def _make_stop_criteria(tokenizer, stops: list[str], prompt_len: int):
 
 def _merged_into(model_dir: Path) -> set[Path]:
     """Adapters already folded into a `merge_adapters` output folder (none for a plain model)."""
-    from charter.train.lora import MERGE_RECORD
-
     record = model_dir / MERGE_RECORD
     if not record.exists():
         return set()
@@ -53,7 +55,6 @@ def apply_adapters(model: Any, adapters: list[Path]) -> Any:
     the last through PEFT (which also handles adapter kinds that are not a plain sum of deltas)."""
     from peft import PeftModel
 
-    from charter.train.lora import merged_state
 
     if not adapters:
         return model
@@ -66,8 +67,6 @@ def weights_and_adapters(path: str, adapter: str | None = None) -> tuple[Path, l
     """(folder to load weights from, adapters to fold in, tokenizer folder) for a model folder or
     Hub id, or an adapter folder (its whole chain: an SFT adapter trained on DPO brings DPO),
     plus an optional `adapter` on top (its chain minus adapters already merged into the model)."""
-    from charter.models import adapter_chain, has_tokenizer, local_folder, resolve_model
-
     ref = resolve_model(path)
     folder, fold = (ref.merged, []) if ref.merged else (ref.base, list(ref.adapters))
     tokenizer = ref.tokenizer
@@ -88,7 +87,6 @@ def load_causal_lm(path: str, adapter: str | None = None, dtype: str | None = No
     import torch
     from transformers import AutoModelForCausalLM
 
-    from charter.models import load_tokenizer
 
     folder, adapters, tok_src = weights_and_adapters(path, adapter)
     if tokenizer is None:
@@ -102,8 +100,6 @@ def end_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
     """Token ids that end a reply: the generation config's EOS, the tokenizer's, and with a chat
     template the first token of its end-of-turn run (a template given to a base model, such as
     Gemma 3's `<end_of_turn>`, is not in the model's own EOS list)."""
-    from charter.chat_views import turn_stop
-
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     if tokenizer.eos_token_id is not None:
@@ -131,16 +127,12 @@ class HFGenerator:
             if tokenizer is None:
                 raise ValueError("HFGenerator: pass the tokenizer along with an in-memory model")
             if adapter:
-                from charter.models import adapter_chain, local_folder
-
                 model = apply_adapters(model, list(adapter_chain(local_folder(adapter))[1]))
         if adapter:
             self.name = f"{self.name}+{adapter}"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        from charter.chat import has_chat_template
-
         self.chat = has_chat_template(tokenizer) if chat is None else chat
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = end_ids(model, tokenizer, self.chat)
@@ -150,8 +142,6 @@ class HFGenerator:
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
         """Chat requests use the chat template (or base-model fallback); raw prompts are tokenized as-is."""
         if req.messages is not None:
-            from charter.chat import render_prompt
-
             # chat=False: a base model gets the plain transcript even if its tokenizer ships a template
             text = render_prompt(self.tokenizer, req.messages, chat=self.chat) + req.prefill
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -164,7 +154,6 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
-        from charter.chat import frame_reply
 
         reqs = [as_request(r) for r in requests]
         framed = [not self.chat and r.messages is not None for r in reqs]  # the plain frame of a base model

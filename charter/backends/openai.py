@@ -29,15 +29,18 @@ from typing import Any, Literal
 
 from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
                                    with_frame_stops)
+from charter.chat import render_prompt
 from charter.chat_render import frame_reply
+from charter.config import ConfigError
 from charter.data.jsonl import stable_id
+from charter.faults import RunError, command_line
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class BackendError(RuntimeError):
-    """A request the server refused, or that kept failing after all retries."""
+class BackendError(RunError):
+    """A request the server refused, or that kept failing after all retries (the CLI prints one line)."""
 
 
 def api_key(api_key_env: str | None) -> str | None:
@@ -47,8 +50,6 @@ def api_key(api_key_env: str | None) -> str | None:
         return None
     key = os.environ.get(api_key_env)
     if not key:
-        from charter.config import ConfigError
-
         raise ConfigError(f"backend: environment variable {api_key_env} (api_key_env) is not set")
     return key
 
@@ -82,8 +83,6 @@ class OpenAIGenerator:
     @classmethod
     def from_config(cls, cfg) -> "OpenAIGenerator":
         if not cfg.base_url:
-            from charter.config import ConfigError
-
             raise ConfigError("backend (openai): 'base_url' is required, e.g. http://127.0.0.1:8000/v1")
         return cls(cfg.model, cfg.base_url, cfg.api_key_env, cfg.chat, cfg.concurrency, cfg.timeout,
                    cfg.max_retries, cfg.dialect, cfg.tokenizer, cfg.retry_backoff, cfg.retry_max_wait)
@@ -126,8 +125,6 @@ class OpenAIGenerator:
     def _render(self, req: GenerationRequest) -> str:
         """Chat -> text for the completions API: local template, or the base-model fallback
         (`chat=False`; without a tokenizer it has no BOS/EOS strings)."""
-        from charter.chat import render_prompt
-
         if self.chat is not False and self.tokenizer is None:
             raise BackendError(f"{self.dialect} dialect has no chat prefill; set the backend's `tokenizer` so the "
                                "chat can be rendered locally and sent to the completions API")
@@ -152,7 +149,8 @@ class OpenAIGenerator:
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 problem = f"{type(e).__name__}: {e}"
             if attempt == self.max_retries:
-                raise BackendError(f"{self.base_url}{path}: failed after {self.max_retries + 1} attempts ({problem})")
+                raise BackendError(f"{self.base_url}{path}: failed after {self.max_retries + 1} attempts ({problem}); "
+                                   f"finished records are kept: once the server answers, resume with: {command_line()}")
             self.stats["retries"] += 1
             delay = retry_after or min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random())
             log.warning("%s%s: %s; retry %d/%d in %.1fs", self.base_url, path, problem, attempt + 1,

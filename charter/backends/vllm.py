@@ -5,10 +5,15 @@ backend is built, so everything else works without it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
                                    with_frame_stops)
+from charter.chat import has_chat_template, render_prompt
+from charter.chat_render import frame_reply
+from charter.config import ConfigError
+from charter.models import is_adapter, recorded_base, resolve_model
 
 
 def _import_vllm():
@@ -22,11 +27,6 @@ def _import_vllm():
 
 def _refuse_chain(adapter: str) -> None:
     """A LoRARequest applies one adapter: one trained on top of others (SFT on DPO) would lose them."""
-    from pathlib import Path
-
-    from charter.config import ConfigError
-    from charter.models import recorded_base
-
     chain = recorded_base(Path(adapter))[1] if Path(adapter).is_dir() else []
     if chain:
         raise ConfigError(f"backend.adapter {adapter}: was trained on top of {', '.join(chain)}, which vLLM "
@@ -37,12 +37,8 @@ def _refuse_chain(adapter: str) -> None:
 def vllm_model(model: str, adapter: str | None) -> tuple[str, str | None]:
     """(model, adapter) as vLLM takes them: a model folder or Hub id as given; a Charter training
     output as its merged copy when it wrote one, else as its base plus the adapter."""
-    from pathlib import Path
 
-    from charter.config import ConfigError
-    from charter.models import ADAPTER_CONFIG, resolve_model
-
-    if not (Path(model) / ADAPTER_CONFIG).exists():
+    if not is_adapter(model):
         return model, adapter
     ref = resolve_model(model)
     if ref.merged:
@@ -68,8 +64,6 @@ class VLLMGenerator:
             from vllm.lora.request import LoRARequest
 
             self.lora = LoRARequest("adapter", 1, adapter)
-        from charter.chat import has_chat_template
-
         self.chat = has_chat_template(self.tokenizer) if chat is None else chat
         self._vllm = vllm
 
@@ -80,14 +74,10 @@ class VLLMGenerator:
     def _text(self, req: GenerationRequest) -> str:
         if req.prompt is not None:
             return req.prompt + req.prefill
-        from charter.chat import render_prompt
-
         return render_prompt(self.tokenizer, req.messages, chat=self.chat) + req.prefill
 
     def generate(self, requests: list[RequestLike], params: SamplingParams,
                  progress: bool = False) -> list[list[Completion]]:
-        from charter.chat_render import frame_reply
-
         reqs = [as_request(r) for r in requests]
         framed = [not self.chat and r.messages is not None for r in reqs]
         if any(framed):  # a base model in the plain frame: stop where it would write the next turn

@@ -28,12 +28,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from charter.backends.base import GenerationRequest, SamplingParams
-from charter.cai.base_lm import BaseLMConfig
+from charter.backends.hf import HFGenerator
+from charter.cai.base_lm import BaseLMConfig, build_base_lm
 from charter.cai.verifiable import FAMILIES, Task, check_response, make_tasks
 from charter.chat import FRAME_STOPS, fallback_render
 from charter.chat_render import TemplateLeakError, assert_no_template, template_markers  # noqa: F401 - re-exported
 from charter.config import Config, ConfigError
 from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from charter.evaluate.stats import mcnemar_paired, proportion
+from charter.train.dpo import DPOConfig, train_dpo
+from charter.train.sft import SFTConfig, train_sft
 
 STAGES = ["instructions", "questions", "generation", "evaluation", "revision", "constitutional"]
 Framing = Literal["raw", "question", "instruction", "fewshot", "hh"]
@@ -181,8 +185,6 @@ def evaluate(gen, tokenizer, tasks: list[Task], framings: list[str], cfg: Bootst
 
 def compare(prev: list[bool] | None, cur: list[bool], families: list[str]) -> dict:
     """Accuracy with Wilson CI (overall and per task family) and McNemar against `prev` (same tasks)."""
-    from charter.evaluate.stats import mcnemar_paired, proportion
-
     p = proportion(sum(cur), len(cur))
     by = {f: sum(c for c, g in zip(cur, families) if g == f) / families.count(f) for f in dict.fromkeys(families)}
     return {"accuracy": p.value, "ci": [p.lo, p.hi], "k": p.k, "n": p.n, "by_family": by,
@@ -252,21 +254,15 @@ def stage_data(gen, tokenizer, family: str, cfg: BootstrapConfig, stage_seed: in
 def train_stage(model: str, sft_path: Path, pairs_path: Path, n_pairs: int, stage_dir: Path,
                 cfg: BootstrapConfig) -> str:
     """SFT from the previous model, then DPO from the SFT model (training core, full fine-tuning)."""
-    from charter.train.sft import SFTConfig, train_sft
-
     out = str(train_sft(SFTConfig(**{**cfg.sft, "model": model, "data": str(sft_path),
                                     "output_dir": str(stage_dir / "sft"), "seed": cfg.seed})))
     if n_pairs >= cfg.min_pairs:
-        from charter.train.dpo import DPOConfig, train_dpo
-
         out = str(train_dpo(DPOConfig(**{**cfg.dpo, "model": out, "data": str(pairs_path),
                                         "output_dir": str(stage_dir / "dpo"), "seed": cfg.seed})))
     return out
 
 
 def _load(model: str, device: str | None = None):
-    from charter.backends.hf import HFGenerator
-
     gen = HFGenerator(model, batch_size=32, device=device, chat=False)
     return gen, gen.tokenizer
 
@@ -297,8 +293,6 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
     cfg.save(out / "config.yaml")
     model = cfg.base_model
     if model is None:
-        from charter.cai.base_lm import build_base_lm
-
         model = str(build_base_lm(cfg.base_lm, out / "base_model"))
     eval_tasks = heldout_tasks(cfg)
     held_out = frozenset(t.instruction for t in eval_tasks)

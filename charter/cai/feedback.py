@@ -23,9 +23,11 @@ from typing import Literal, Protocol, Sequence
 
 from pydantic import Field, field_validator
 
-from charter.backends.base import SamplingParams
-from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.backends import BackendConfig, make_generator
+from charter.backends.base import SamplingParams
+from charter.backends.hf import HFGenerator
+from charter.backends.openai import api_key
+from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.cai.revise import load_prompts
 from charter.chat import drop_first_exchange, fallback_render, has_chat_template, render_prompt
 from charter.config import Config
@@ -174,7 +176,6 @@ class OpenAIChoiceScorer:
         if client is None:
             from openai import OpenAI
 
-            from charter.backends.openai import api_key
 
             client = OpenAI(base_url=base_url, api_key=api_key(api_key_env) or "EMPTY")  # never $OPENAI_API_KEY
         self.client, self.model, self.top, self.name = client, model, top, model
@@ -342,8 +343,6 @@ def load_items(cfg: LabelConfig) -> list[tuple[list[dict], str, str]]:
 
 def make_scorer(spec: BackendConfig, batch_size: int = 8) -> tuple[ChoiceScorer, object]:
     if spec.kind == "hf":
-        from charter.backends.hf import HFGenerator
-
         gen = HFGenerator(spec.model, adapter=spec.adapter, device=spec.device, dtype=spec.dtype)
         return HFChoiceScorer(gen.model, gen.tokenizer, batch_size, name=gen.name), gen.tokenizer
     if spec.kind in ("openai", "vllm"):

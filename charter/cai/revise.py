@@ -27,8 +27,8 @@ from charter.backends.base import Completion, GenerationRequest, Generator, Samp
 from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.chat import fallback_render
 from charter.config import Config
-from charter.data.jsonl import (DataError, RecordStore, atomic_write_json, iter_jsonl, read_text_file, stable_id,
-                                write_jsonl)
+from charter.data.jsonl import DataError, RecordStore, atomic_write_json, stable_id, write_jsonl
+from charter.data.texts import read_conversations
 
 Style = Literal["chat", "completion"]
 # The next turn of any role ends a completion-style answer.
@@ -57,24 +57,9 @@ class ReviseConfig(Config):
 
 
 def load_prompts(prompts: list[str], prompts_file: str | None, limit: int | None = None) -> list[list[dict]]:
-    """Conversations to answer: inline strings plus a .txt/.jsonl file. Errors name file:line."""
+    """Conversations to answer: the inline strings, then the file's (`charter.data.texts` rules)."""
     convs = [[{"role": "user", "content": p}] for p in prompts]
-    if prompts_file:
-        path = Path(prompts_file)
-        if path.suffix == ".txt":
-            text = read_text_file(path, "prompts, one per line")
-            convs += [[{"role": "user", "content": s.strip()}] for s in text.splitlines() if s.strip()]
-        else:
-            for lineno, row in iter_jsonl(path, "JSONL prompts {\"prompt\"} or {\"messages\"}", allow_empty=False):
-                p = row.get("prompt", row.get("messages"))
-                if isinstance(p, str) and p.strip():
-                    convs.append([{"role": "user", "content": p}])
-                elif isinstance(p, list) and p and all(isinstance(m, dict) and "role" in m and "content" in m
-                                                       for m in p) and p[-1]["role"] == "user":
-                    convs.append([{"role": m["role"], "content": m["content"]} for m in p])
-                else:
-                    raise DataError(f"{path}:{lineno}: field 'prompt' must be a non-empty string or a list of "
-                                    "messages ending on a user turn")
+    convs += read_conversations(prompts_file) if prompts_file else []
     if not convs:
         raise DataError("no prompts: set `prompts` or `prompts_file`")
     return convs[:limit] if limit else convs

@@ -105,7 +105,6 @@ def check_response(task: Task, text: str) -> tuple[bool, list[str]]:
 
 TOPICS = ["sea", "cat", "dog", "river", "moon", "sun", "music", "book", "tea", "tree", "city", "rain"]
 ADJECTIVES = ["warm", "kind", "dark", "bright", "quiet", "happy", "old", "small"]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def _explicit(rng: random.Random, i: int) -> Task:

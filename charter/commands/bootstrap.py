@@ -19,11 +19,13 @@ def register(app: typer.Typer) -> None:
         """
         from charter.cai.bootstrap import BootstrapConfig, run_bootstrap, summary_table
         from charter.config import load_config
+        from charter.locks import hold_folder
 
         args = list(overrides or [])
         if config and "=" in config:  # only overrides were given
             args, config = [config] + args, None
         cfg = load_config(BootstrapConfig, config, args)
-        summary = run_bootstrap(cfg)
+        with hold_folder(cfg.out_dir):
+            summary = run_bootstrap(cfg)
         typer.echo(summary_table(summary["rows"]))
         typer.echo(f"out: {cfg.out_dir}  (summary.json, summary.md, stage_*/eval.json)")

@@ -17,9 +17,11 @@ def register(app: typer.Typer) -> None:
         """SL-CAI: response -> critique -> revision chains; writes chains, sft and pairs JSONL."""
         from charter.cai.revise import ReviseConfig, run_revise
         from charter.config import load_config
+        from charter.locks import hold_folder
 
         cfg = load_config(ReviseConfig, config, overrides or [])
-        summary = run_revise(cfg)
+        with hold_folder(cfg.out_dir):
+            summary = run_revise(cfg)
         typer.echo(json.dumps(summary, indent=2))
         typer.echo(f"out: {cfg.out_dir}")
 
@@ -29,9 +31,11 @@ def register(app: typer.Typer) -> None:
         """AI feedback: soft preference labels (label_prob) from a labeler's A/B option probabilities."""
         from charter.cai.feedback import LabelConfig, run_label
         from charter.config import load_config
+        from charter.locks import hold_folder
 
         cfg = load_config(LabelConfig, config, overrides or [])
-        summary = run_label(cfg)
+        with hold_folder(cfg.out_dir):
+            summary = run_label(cfg)
         typer.echo(json.dumps(summary, indent=2))
         typer.echo(f"out: {cfg.out_dir}")
 

@@ -7,41 +7,25 @@ draft -> critique -> revise) plug in by replacing it (`chat_loop(..., reply_fn=.
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 
-MODEL_STAGES = ["merge", "sft", "dpo", "base"]  # latest first
+from charter.config import ConfigError
+from charter.run.layout import MANIFEST, model_in_run
+
 ReplyFn = Callable[[list[dict], Callable[[str], None]], str]  # (messages, on_text_chunk) -> full reply
 
 
 def resolve_model(target: str, stage: str | None = None, persona: str | None = None) -> str:
-    """A run dir -> the chosen stage's model folder; anything else is a model path or id as given."""
-    from charter.config import ConfigError
-
-    run = Path(target)
-    if not (run / "manifest.json").exists():
+    """A run dir -> the chosen stage's model folder (`charter.run.layout`); anything else is a model path or id."""
+    if not (Path(target) / MANIFEST).exists():
         if stage or persona:
             raise ConfigError(f"{target}: --stage/--persona need a run directory (no manifest.json there)")
         return target
-    stages = json.loads((run / "manifest.json").read_text()).get("stages", {})
-    done = [s for s in MODEL_STAGES if stages.get(s, {}).get("status") == "done"]
-    if stage is None:
-        if not done:
-            raise ConfigError(f"{run}: no stage with a model has finished yet")
-        stage = done[0]
-    if stage not in done:
-        raise ConfigError(f"{run}: stage {stage!r} has no finished model (finished: {', '.join(done) or 'none'})")
-    if stage == "base":
-        return json.loads((run / "base" / "model.json").read_text())["path"]
-    personas = sorted(p.parent.name for p in (run / stage).glob("*/done.json"))
-    persona = persona or personas[0]
-    if persona not in personas:
-        raise ConfigError(f"{run}: no persona {persona!r} in stage {stage} (have: {', '.join(personas)})")
-    return json.loads((run / stage / persona / "done.json").read_text())["model"]
+    return model_in_run(target, stage, persona)
 
 
 def respond(model, tokenizer, messages: list[dict], on_text: Callable[[str], None],

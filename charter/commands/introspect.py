@@ -6,6 +6,9 @@ from typing import List, Optional
 
 import typer
 
+from charter.config import load_config
+from charter.locks import hold_folder
+
 
 def register(app: typer.Typer) -> None:
     @app.command("introspect")
@@ -18,9 +21,11 @@ def register(app: typer.Typer) -> None:
 
         Prints the filter pass-rate table and the path of the SFT JSONL.
         """
-        from charter.config import load_config
+        # deferred: the introspection step's imports add ~0.12 s to every `charter --help`
         from charter.stages.introspect import IntrospectConfig, run_introspect
 
-        path = run_introspect(load_config(IntrospectConfig, config, overrides or []), out_dir)
+        cfg = load_config(IntrospectConfig, config, overrides or [])
+        with hold_folder(out_dir):
+            path = run_introspect(cfg, out_dir)
         typer.echo((out_dir / "filter_report.md").read_text())
         typer.echo(str(path))

@@ -54,7 +54,9 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="replace --out if it already exists"),
     ) -> None:
         """Merge LoRA adapters into full weights: W = W_base + sum_i weight_i * scale_i * B_i A_i (exact)."""
-        from charter.train.lora import MERGE_RECORD, merge_adapters
+        from charter.locks import hold_folder
+        from charter.models import MERGE_RECORD
+        from charter.train.lora import merge_adapters
         from charter.train.lora import export as export_adapter
 
         inputs = inputs or []
@@ -72,11 +74,12 @@ def register(app: typer.Typer) -> None:
             _fail(f"{out} already exists (use --force to replace it)")
         adapters = [parse_adapter_spec(s) for s in ([export] if export is not None else inputs[1:])]
         try:
-            if export is None:
-                merged = merge_adapters(inputs[0], adapters, out, dtype=dtype)
-            else:
-                (path, weight), = adapters
-                merged = export_adapter(path, out, weight=weight, dtype=dtype)
+            with hold_folder(out):
+                if export is None:
+                    merged = merge_adapters(inputs[0], adapters, out, dtype=dtype)
+                else:
+                    (path, weight), = adapters
+                    merged = export_adapter(path, out, weight=weight, dtype=dtype)
         except (OSError, ValueError) as e:
             _fail(str(e))
         record = json.loads((merged / MERGE_RECORD).read_text())

@@ -1,9 +1,15 @@
 """`charter run CONFIG|--preset NAME [key=value ...]`: the whole pipeline, cached and resumable."""
 from __future__ import annotations
 
+import json
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from charter.config import ConfigError
+from charter.locks import hold_folder
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -16,8 +22,6 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
         elif path is None:
             path = a
         else:
-            from charter.config import ConfigError
-
             raise ConfigError(f"unexpected argument {a!r}: give one CONFIG file, then key=value overrides")
     return path, overrides
 
@@ -30,27 +34,27 @@ def run(args: Optional[list[str]] = typer.Argument(None, help="CONFIG file and/o
         dry_run: bool = typer.Option(False, "--dry-run",
                                      help="check every model resolves (config + tokenizer), print the plan")) -> None:
     """Run constitution -> prompts -> pairs -> DPO -> introspection -> SFT -> merge -> eval -> report."""
-    from pathlib import Path
-
-    from charter.pipeline import format_plan
-    from charter.run_config import load_run_config
-    from charter.run_stages import build_pipeline, validate
+    # deferred: the run package imports torch and transformers, and `charter --help` must stay fast
+    from charter.run.config import load_run_config
+    from charter.run.engine import format_plan
+    from charter.run.personas import Run
+    from charter.run.stages import build_pipeline, preflight
 
     path, overrides = split_args(args or [])
     cfg = load_run_config(path, preset, overrides)
-    validate(cfg, dry_run)
+    run_inputs = Run.of(cfg)  # every constitution parsed once, here
+    preflight(run_inputs, dry_run)
     out = Path(run_dir or f"runs/{cfg.name}")
     pipe = build_pipeline()
-    plan = pipe.plan(cfg, out, cfg.seed, start, only)
-    typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
-    typer.echo(format_plan(plan))
-    if dry_run:
-        return
-    manifest = pipe.run(cfg, out, cfg.seed, start, only)
+    with nullcontext() if dry_run else hold_folder(out):  # one writer per run folder
+        plan = pipe.plan(run_inputs, out, cfg.seed, start, only)
+        typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
+        typer.echo(format_plan(plan))
+        if dry_run:
+            return
+        manifest = pipe.run(run_inputs, out, cfg.seed, start, only)
     summary = out / "summary.json"
     if summary.exists():
-        import json
-
         from charter.report import format_table
 
         typer.echo("\n" + format_table(json.loads(summary.read_text())))

@@ -8,6 +8,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     from charter.commands.run import split_args
+    from charter.locks import hold_folder
 
     train = typer.Typer(help="Fine-tune a model: SFT (assistant-only loss) or DPO, full or LoRA.",
                         no_args_is_help=True)
@@ -23,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(SFTConfig, *split_args(args or []))
         check_file(cfg.data, SFT_DATA)  # a mistyped path fails before the model loads
-        out = train_sft(cfg)
+        with hold_folder(cfg.output_dir):
+            out = train_sft(cfg)
         typer.echo(str(out))
 
     @train.command("dpo")
@@ -37,7 +39,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(DPOConfig, *split_args(args or []))
         check_file(cfg.data, DPO_DATA)  # a mistyped path fails before the model loads
-        out = train_dpo(cfg)
+        with hold_folder(cfg.output_dir):
+            out = train_dpo(cfg)
         typer.echo(str(out))
 
     @train.command("rm")

@@ -1,7 +1,7 @@
 """Dataset formats: detect, normalise, validate and export preference pairs and SFT rows.
 
 Reading every format (explicit/implicit preference pairs, HH-RLHF, Together DPO, chat SFT,
-Alpaca) into chat messages is `charter.train.data.pair_messages` / `sft_messages`, so
+Alpaca) into chat messages is `charter.data.rows.pair_messages` / `sft_messages`, so
 training and export agree on what a row means. This module adds the checks a file needs
 before it is uploaded anywhere (empty or identical sides, bad roles) and the writers for
 the Together / OpenAI fine-tuning formats:
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from charter.chat import check_messages
 from charter.data.jsonl import DataError, atomic_write_text, iter_jsonl
-from charter.train.data import pair_messages, sft_messages
+from charter.data.rows import pair_messages, sft_messages
 
 EXPORT_FORMATS = ["together-dpo", "together-sft", "pairs", "sft"]
 VALIDATE_FORMATS = EXPORT_FORMATS

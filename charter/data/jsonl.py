@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from charter.faults import disk_full
 
 
 class DataError(ValueError):
@@ -24,15 +27,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise disk_full(path, e) or e from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and disk_full(path, e):  # the old file is untouched: say so in one line
+            raise disk_full(path, e) from None
         raise
 
 
@@ -131,6 +139,32 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)]
 
 
+def read_records(path: str | Path, key: str = "id") -> list[dict[str, Any]]:
+    """A keyed records file, each id once: a repeated id (two writers, a copied-in file) is dropped,
+    keeping the first, and reported on stderr, so nothing downstream counts a record twice."""
+    records, repeats = _unique_records(Path(path), key)
+    if repeats:
+        warn(f"{path}: dropped {repeats} record(s) whose {key!r} was already in the file (first kept)")
+    return list(records.values())
+
+
+def _unique_records(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], int]:
+    records: dict[str, dict[str, Any]] = {}
+    repeats = 0
+    for lineno, obj in iter_jsonl(path):
+        if key not in obj:
+            raise DataError(f"{path}:{lineno}: record has no {key!r} field")
+        if obj[key] in records:
+            repeats += 1
+        else:
+            records[obj[key]] = obj
+    return records, repeats
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def parse_json_or_yaml(path: str | Path, text: str, fmt: str) -> Any:
     """`fmt` "json" or "yaml" text -> data; a syntax error is a DataError naming the file and line."""
     import yaml
@@ -167,23 +201,29 @@ def file_hash(path: str | Path) -> str:
 class RecordStore:
     """Append-only JSONL keyed by `id`, safe to resume.
 
-    On open it repairs a torn last line, loads the ids already written, and `add`
-    skips ids it has. Each record is flushed and fsynced, so a killed job loses at
-    most the record in flight.
+    On open it repairs a torn last line (and says so), loads the ids already written,
+    dropping repeats, and `add` skips ids it has. Each record is written whole and
+    fsynced, so a killed job loses at most the record in flight; a write that fails
+    (a full disk) is cut back off, so the file never ends in half a record.
     """
 
     def __init__(self, path: str | Path, key: str = "id"):
         self.path = Path(path)
         self.key = key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired = _repair_tail(self.path)
+        torn = _repair_tail(self.path)
+        self.repaired = torn is not None
+        if torn is not None:
+            warn(f"{self.path}:{torn}: removed a torn last record (cut off by a crash or a copy); "
+                 "it is generated again")
         self.records: dict[str, dict[str, Any]] = {}
+        self.repeats = 0
         if self.path.exists():
-            for lineno, obj in iter_jsonl(self.path):
-                if key not in obj:
-                    raise DataError(f"{self.path}:{lineno}: record has no {key!r} field")
-                self.records.setdefault(obj[key], obj)
-        self._f = self.path.open("a", encoding="utf-8")
+            self.records, self.repeats = _unique_records(self.path, key)
+        if self.repeats:  # rewritten with each id once, so later readers see each record once
+            write_jsonl(self.path, self.records.values())
+            warn(f"{self.path}: dropped {self.repeats} record(s) whose {key!r} was already stored (first kept)")
+        self._f = self.path.open("ab", buffering=0)  # each record goes to the file whole, or not at all
 
     def __contains__(self, rid: str) -> bool:
         return rid in self.records
@@ -196,9 +236,16 @@ class RecordStore:
         rid = record[self.key]
         if rid in self.records:
             return False
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        end = self._f.seek(0, os.SEEK_END)
+        written = 0
+        try:
+            while written < len(line):
+                written += self._f.write(line[written:])
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            self._f.truncate(end)  # no half record left behind
+            raise disk_full(self.path, e) or e from None
         self.records[rid] = record
         return True
 
@@ -212,20 +259,21 @@ class RecordStore:
         self.close()
 
 
-def _repair_tail(path: Path) -> bool:
-    """Truncate a last line that has no newline or does not parse (a write cut by a kill)."""
+def _repair_tail(path: Path) -> int | None:
+    """Truncate a last line that has no newline or does not parse (a write cut by a kill);
+    returns its line number, or None when the file ends in a whole record."""
     if not path.exists() or path.stat().st_size == 0:
-        return False
+        return None
     data = path.read_bytes()
     if data.endswith(b"\n"):
         last = data[:-1].rsplit(b"\n", 1)[-1]
         try:
             json.loads(last)
-            return False
+            return None
         except json.JSONDecodeError:
             cut = len(data) - len(last) - 1
     else:
         cut = data.rfind(b"\n") + 1
     with path.open("r+b") as f:
         f.truncate(cut)
-    return True
+    return data.count(b"\n", 0, cut) + 1

@@ -9,7 +9,7 @@ never guessed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 NEUTRAL = "neutral"
 
@@ -34,3 +34,18 @@ def score_all(scorer: PersonaScorer, pairs: list[tuple[str, str]]) -> list[Reply
     """Score many (prompt, reply) pairs, batched when the scorer offers `score_many`."""
     many = getattr(scorer, "score_many", None)
     return list(many(pairs)) if many else [scorer.score(p, r) for p, r in pairs]
+
+
+@dataclass(frozen=True)
+class World:
+    """A world with its own rules, which stands in for a model judge: held-out prompts, a
+    deterministic scorer and judge, and the persona names preferences choose between. The toy
+    world (`charter.toy.world.TOY_WORLD`) is one; callers pass it in, so `evaluate` stays
+    generic and never imports a world."""
+
+    name: str
+    prompts: Callable[[int, int], list[str]]  # (n, seed) -> held-out prompts
+    scorer: Callable[[], PersonaScorer]
+    judge: Callable[[], Any]  # speaks `charter.evaluate.judges.Judge`'s interface
+    traits: Sequence[str]  # what revealed preferences choose between
+    choice_prompt: Callable[[str, str, str], list[dict]]  # (prompt, trait a, trait b) -> messages

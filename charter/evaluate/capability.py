@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from charter.backends.hf import HFGenerator
 from charter.data.jsonl import DataError, iter_jsonl
 from charter.evaluate.stats import mcnemar_paired, paired_bootstrap, proportion
 
@@ -57,8 +58,6 @@ def read_mc(path: str | Path) -> list[MCItem]:
 
 def load_lm(model: str, adapter: str | None = None, device: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) through the hf backend's loader (adapters, dtype, device handled there)."""
-    from charter.backends.hf import HFGenerator
-
     g = HFGenerator(model, adapter=adapter, device=device)
     return g.model, g.tokenizer
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl, read_jsonl
 from charter.evaluate.base import NEUTRAL, ReplyScore
 from charter.evaluate.stats import accuracy_macro_f1
+from charter.tiny import build_tokenizer
 
 
 @dataclass
@@ -97,7 +98,6 @@ def build_tiny_classifier(texts: Sequence[str], labels: Sequence[str], vocab_siz
     import torch
     from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
-    from charter.toy.tiny import build_tokenizer
 
     tok = build_tokenizer(vocab_size=vocab_size, chat_template=None, corpus=list(texts))
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,

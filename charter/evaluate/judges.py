@@ -22,6 +22,7 @@ from typing import Sequence
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.data.jsonl import RecordStore, stable_id
 from charter.evaluate.base import NEUTRAL, ReplyScore
+from charter.evaluate.stats import wilson_ci
 
 TIE = "tie"  # a rule-based judge's "no difference"; LLM judges never answer it (not an option)
 
@@ -210,8 +211,6 @@ class PairwiseSummary:
         return [v.winner for v in self.verdicts if v.winner is not None]
 
     def to_dict(self) -> dict:
-        from charter.evaluate.stats import wilson_ci
-
         wins_b = sum(1 for w in self.agreed if w == "b")
         n = len(self.agreed)
         rate = wins_b / n if n else float("nan")

@@ -1,4 +1,4 @@
-"""PNG plots for `eval.json`: one function per figure, each reading only the eval.json dict."""
+"""PNG plots for `eval.json` and the run report: one function per figure, each reading plain dicts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +21,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _bar_ci(ax, names, props, offset=0.0, width=0.8, label=None):
+    """Bars of `Proportion` dicts ({k, n, value, lo, hi}) with their intervals as error bars."""
     vals = [p["value"] if p["n"] else 0.0 for p in props]
     err = [[v - p["lo"] for v, p in zip(vals, props)], [p["hi"] - v for v, p in zip(vals, props)]]
     xs = [i + offset for i in range(len(names))]
@@ -37,6 +38,34 @@ def plot_adherence(section: dict, path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"share in character ({systems[0]['persona']})" if systems else "share in character")
     ax.set_title("Adherence (Wilson 95% CI)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_shares(shares: dict[str, dict], title: str, ylabel: str, path: Path) -> Path:
+    """One bar per label with its Wilson interval; `shares` maps a label to a `Proportion` dict."""
+    plt = _plt()
+    names = list(shares)
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names)), 3))
+    _bar_ci(ax, names, list(shares.values()))
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_curves(curves: dict[str, list[dict]], keys: list[str], title: str, path: Path) -> Path:
+    """Training curves: one panel per metric in `keys`, one line per run (e.g. per persona)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, rows in curves.items():
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=name)
+        ax.set_title(f"{title}: {key}")
+        ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -14,12 +14,11 @@ How the choice is put to the system is a parameter (`ask`): the default appends
 from __future__ import annotations
 
 import random
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
 from charter.backends.base import SamplingParams
-from charter.data.jsonl import read_text_file
+from charter.data.texts import read_texts
 from charter.evaluate.judges import Judge, trait_choice
 from charter.evaluate.stats import elo_bootstrap, proportion, spearman
 from charter.evaluate.systems import System
@@ -38,12 +37,12 @@ def choice_prompt(prompt: str, a: str, b: str) -> str:
     return CHOICE_TEMPLATE.format(prompt=prompt, a=a, b=b)
 
 
+BUILTIN_TRAITS = Path(__file__).parent / "data" / "traits.txt"
+
+
 def load_traits(path: str | Path | None = None) -> list[str]:
-    """One trait per line, '#' comments; the built-in list when `path` is None."""
-    text = read_text_file(path, "traits, one per line") if path else \
-        resources.files("charter.evaluate").joinpath("data/traits.txt").read_text()
-    words = [w.split("#")[0].strip() for w in text.splitlines()]
-    return list(dict.fromkeys(w for w in words if w))
+    """A traits file (one per line, `charter.data.texts` rules); the built-in list when `path` is None."""
+    return read_texts(path or BUILTIN_TRAITS, "trait")
 
 
 def draw_pairs(prompts: Sequence[str], traits: Sequence[str], n: int, seed: int = 0

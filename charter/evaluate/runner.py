@@ -7,13 +7,27 @@ base + constitution prompt, DPO, DPO + SFT and merged models side by side.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
-from charter.backends import BackendConfig
+from charter.backends import BackendConfig, make_generator
 from charter.backends.base import SamplingParams
 from charter.config import Config, ConfigError
-from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl, read_text_file
+from charter.constitution import load_constitution
+from charter.constitution_prompt import teacher_system_prompt
+from charter.data.jsonl import atomic_write_json
+from charter.data.texts import read_texts
+from charter.evaluate import plots
+from charter.evaluate.adherence import adherence_report, run_adherence
+from charter.evaluate.base import World
+from charter.evaluate.capability import compare, evaluate_model, load_lm, read_mc
+from charter.evaluate.classifier import load_classifier, read_labelled, train_and_evaluate
+from charter.evaluate.coherence import run_coherence
+from charter.evaluate.judges import Judge, JudgePersonaScorer
+from charter.evaluate.preferences import choice_prompt, compare_rankings, draw_pairs, load_traits, run_preferences
+from charter.evaluate.robustness import SUFFIXES, run_multiturn, run_suffixes
+from charter.evaluate.systems import System
 
 EVALS = ("adherence", "robustness", "preferences", "coherence", "capability")
 
@@ -37,7 +51,7 @@ class ScorerConfig(Config):
 
 
 class JudgeConfig(Config):
-    kind: Literal["llm", "toy"] = "llm"  # toy: charter.toy.judge.ToyJudge, the toy world's rules (no backend)
+    kind: Literal["llm", "toy"] = "llm"  # toy: the toy world's rules (charter.toy.judge.ToyJudge, no backend)
     backend: BackendConfig | None = None  # llm: the judge model; None = no judge (preferences / coherence need one)
     cache: str | None = None  # default <out_dir>/judge_cache.jsonl
     max_new_tokens: int = 256
@@ -90,76 +104,61 @@ class EvalConfig(Config):
     progress: bool = True
 
 
-def load_prompts(spec: str | list[str], n: int, seed: int = 0) -> list[str]:
-    """Prompts from a list, a JSONL ({"prompt": str | messages} or {"text"}), a .txt, or "toy"."""
+def _world(world: World | None, setting: str) -> World:
+    """The toy world passed in by the caller, for a setting that names it."""
+    if world is None or world.name != "toy":
+        raise ConfigError(f"{setting}: needs the toy world, which this caller did not load")
+    return world
+
+
+def load_prompts(spec: str | list[str], n: int, seed: int = 0, world: World | None = None) -> list[str]:
+    """Prompts from a list, a prompts file (`charter.data.texts` rules), or "toy" (the world's own)."""
     if isinstance(spec, list):
         return spec[:n]
     if spec == "toy":
-        from charter.toy.corpus import eval_prompts
-
-        return eval_prompts(n, seed=1234 + seed)
-    path = Path(spec)
-    if path.suffix != ".jsonl":
-        text = read_text_file(path, "`prompts`: one prompt per line, or JSONL {\"prompt\"}")
-        return [line.strip() for line in text.splitlines() if line.strip()][:n]
-    out = []
-    for lineno, obj in iter_jsonl(path, "`prompts`: JSONL {\"prompt\"}", allow_empty=False):
-        p = obj.get("prompt", obj.get("text"))
-        if isinstance(p, list) and p and isinstance(p[-1], dict):
-            p = p[-1].get("content")
-        if not isinstance(p, str) or not p:
-            raise DataError(f"{path}:{lineno}: field 'prompt' must be a string or a list of messages")
-        out.append(p)
-    return out[:n]
+        return _world(world, "prompts: toy").prompts(n, seed)
+    return read_texts(spec, "prompt", n)
 
 
-def _load_texts(spec: str, n: int) -> list[str]:
-    path = Path(spec)
-    if path.suffix == ".jsonl":
-        out = []
-        for lineno, obj in iter_jsonl(path, "`capability.texts`: JSONL {\"text\"}", allow_empty=False):
-            if not isinstance(obj.get("text"), str):
-                raise DataError(f"{path}:{lineno}: field 'text' must be a string")
-            out.append(obj["text"])
-        return out[:n]
-    text = read_text_file(path, "`capability.texts`: one text per line, or JSONL {\"text\"}")
-    return [line for line in text.splitlines() if line.strip()][:n]
+def _classifier_scorer(cfg: EvalConfig, result: dict):
+    """A trained persona classifier: loaded from `scorer.path`, or trained now on `scorer.train`."""
+    if cfg.scorer.train:
+        kw = ({"encoder": cfg.scorer.encoder} if cfg.scorer.encoder else
+              {"model": cfg.scorer.base_model, "epochs": cfg.scorer.epochs, "progress": cfg.progress})
+        clf, metrics = train_and_evaluate(read_labelled(cfg.scorer.train), Path(cfg.out_dir) / "classifier",
+                                          seed=cfg.seed, **kw)
+        result["classifier"] = dict(metrics)
+        return clf
+    if not cfg.scorer.path:
+        raise ConfigError("scorer: kind=classifier needs scorer.path (trained) or scorer.train (labelled JSONL)")
+    return load_classifier(cfg.scorer.path)
 
 
-def make_scorer(cfg: EvalConfig, judge, result: dict):
+def make_scorer(cfg: EvalConfig, judge, result: dict, world: World | None = None):
     if cfg.scorer.kind == "toy":
-        from charter.toy.scorer import ToyScorer
-
-        return ToyScorer()
+        return _world(world, "scorer.kind=toy").scorer()
     if cfg.scorer.kind == "classifier":
-        from charter.evaluate.classifier import load_classifier
-
-        if cfg.scorer.train:
-            from charter.evaluate.classifier import read_labelled, train_and_evaluate
-
-            kw = ({"encoder": cfg.scorer.encoder} if cfg.scorer.encoder else
-                  {"model": cfg.scorer.base_model, "epochs": cfg.scorer.epochs, "progress": cfg.progress})
-            clf, metrics = train_and_evaluate(read_labelled(cfg.scorer.train), Path(cfg.out_dir) / "classifier",
-                                              seed=cfg.seed, **kw)
-            result["classifier"] = {k: v for k, v in metrics.items()}
-            return clf
-        if not cfg.scorer.path:
-            raise ConfigError("scorer: kind=classifier needs scorer.path (trained) or scorer.train (labelled JSONL)")
-        return load_classifier(cfg.scorer.path)
-    from charter.evaluate.judges import JudgePersonaScorer
-
+        return _classifier_scorer(cfg, result)
     if judge is None or cfg.judge.kind != "llm":
         raise ConfigError("scorer.kind=judge needs an LLM judge (judge.backend); with judge.kind=toy use scorer.kind=toy")
     personas = cfg.scorer.personas or {cfg.persona: f"the character '{cfg.persona}'"}
     return JudgePersonaScorer(judge, personas)
 
 
+def make_judge(cfg: EvalConfig, out_dir: Path, world: World | None):
+    """The toy world's rule judge, an LLM judge on its backend, or None (no judge configured)."""
+    if cfg.judge.kind == "toy":
+        return _world(world, "judge.kind=toy").judge()
+    if cfg.judge.backend is None:
+        return None
+    params = SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens, seed=cfg.seed)
+    return Judge(make_generator(cfg.judge.backend), cache=cfg.judge.cache or out_dir / "judge_cache.jsonl",
+                 params=params)
+
+
 def _system_prompt(sc: SystemConfig) -> str | None:
     if not sc.constitution:
         return sc.system_prompt
-    from charter.constitution import load_constitution
-    from charter.stages.teacher_text import teacher_system_prompt
-
     return teacher_system_prompt(load_constitution(sc.constitution), sc.assistant_name)
 
 
@@ -182,133 +181,136 @@ class _Systems:
             raise ConfigError(f"unknown system {name!r}; known: {self.order}")
         return self.cfgs[name]
 
-    def get(self, name: str | None, default: int = 0):
-        from charter.backends import make_generator
-        from charter.evaluate.systems import System
-
+    def get(self, name: str | None, default: int = 0) -> System:
         sc = self.cfg(name, default)
         if sc.name not in self._built:
             self._built[sc.name] = System(sc.name, make_generator(sc.backend), _system_prompt(sc))
         return self._built[sc.name]
 
 
-def _cap_model(sc: SystemConfig):
-    from charter.evaluate.capability import load_lm
+@dataclass
+class EvalRun:
+    """What every evaluation draws on: its config, the systems, prompts, judge and scorer."""
 
-    if sc.backend.kind != "hf":
-        raise ConfigError(f"capability: system {sc.name!r} must use an hf backend (log-probs are local)")
-    return load_lm(sc.backend.model, sc.backend.adapter, sc.backend.device)
+    cfg: EvalConfig
+    systems: _Systems
+    prompts: list[str]
+    judge: Any
+    scorer: Any
+    world: World | None
 
 
-def run_eval(cfg: EvalConfig) -> dict:
-    """Run the configured evaluations; write eval.json and PNGs into cfg.out_dir; return the dict."""
-    from charter.evaluate import plots
-    from charter.evaluate.judges import Judge
+def _need_judge(run: EvalRun, name: str):
+    if run.judge is None:
+        raise ConfigError(f"{name} needs a judge: judge.backend, or judge.kind=toy")
+    return run.judge
 
-    needs_prompts = set(cfg.evals) - {"capability"}
-    if needs_prompts and cfg.prompts is None:  # never the toy world's prompts by accident
-        raise ConfigError(f"prompts: required for {', '.join(sorted(needs_prompts))} (held-out prompts: a JSONL "
+
+def eval_adherence(run: EvalRun) -> dict:
+    cfg, systems = run.cfg, run.systems
+    res = run_adherence([systems.get(n) for n in systems.order], run.prompts, run.scorer, cfg.persona,
+                        cfg.sampling, progress=cfg.progress)
+    return adherence_report(res)
+
+
+def eval_robustness(run: EvalRun) -> dict:
+    cfg, rc = run.cfg, run.cfg.robustness
+    keys = rc.suffixes or list(SUFFIXES)
+    unknown = [k for k in keys if k not in SUFFIXES]
+    if unknown:
+        raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(SUFFIXES)}")
+    target = run.systems.get(rc.system, -1)
+    sec = run_suffixes([(target, cfg.persona)], run.prompts, run.scorer, cfg.sampling,
+                       {k: SUFFIXES[k] for k in keys}, progress=cfg.progress)
+    if rc.multiturn:
+        sec["multiturn"] = run_multiturn(run.systems.get(rc.base, 0), target, cfg.persona, run.prompts, run.scorer,
+                                         cfg.sampling, progress=cfg.progress)
+    return sec
+
+
+def eval_preferences(run: EvalRun) -> dict:
+    cfg, pc = run.cfg, run.cfg.preferences
+    judge = _need_judge(run, "preferences")
+    traits, ask = load_traits(pc.traits), choice_prompt
+    if pc.kind == "toy":
+        toy = _world(run.world, "preferences.kind=toy")
+        traits, ask = toy.traits, toy.choice_prompt
+    draws = draw_pairs(run.prompts, traits, pc.n_pairs, cfg.seed)
+    before, after = (run_preferences(run.systems.get(name, default), draws, judge, cfg.sampling, pc.bootstrap,
+                                     cfg.seed, cfg.progress, ask)
+                     for name, default in ((pc.before, 0), (pc.after, -1)))
+    return {"before": before, "after": after, "comparison": compare_rankings(before, after)}
+
+
+def eval_coherence(run: EvalRun) -> dict:
+    cfg, judge = run.cfg, _need_judge(run, "coherence")
+    return run_coherence(run.systems.get(cfg.coherence.a, 0), run.systems.get(cfg.coherence.b, -1), run.prompts,
+                         judge, cfg.sampling, cfg.progress)
+
+
+def eval_capability(run: EvalRun) -> dict:
+    cfg, cc = run.cfg, run.cfg.capability
+    if not cc.texts and not cc.mc:
+        raise ConfigError("capability: give capability.texts and/or capability.mc")
+    texts = read_texts(cc.texts, "text", cc.max_texts) if cc.texts else []
+    mc = {name: read_mc(path) for name, path in cc.mc.items()}
+    pair = (run.systems.cfg(cc.before, 0), run.systems.cfg(cc.after, -1))
+    raw = []
+    for sc in pair:
+        if sc.backend.kind != "hf":
+            raise ConfigError(f"capability: system {sc.name!r} must use an hf backend (log-probs are local)")
+        model, tok = load_lm(sc.backend.model, sc.backend.adapter, sc.backend.device)
+        raw.append(evaluate_model(model, tok, texts, mc, cfg.progress))
+        del model
+    return {"before_system": pair[0].name, "after_system": pair[1].name, **compare(raw[0], raw[1], cfg.seed)}
+
+
+# name -> (evaluation, (its plot, file name) or None); the chosen ones run in this order
+EVALUATIONS: dict[str, tuple[Callable[[EvalRun], dict], tuple[Callable, str] | None]] = {
+    "adherence": (eval_adherence, (plots.plot_adherence, "adherence.png")),
+    "robustness": (eval_robustness, (plots.plot_robustness, "robustness.png")),
+    "preferences": (eval_preferences, (plots.plot_elo, "elo.png")),
+    "coherence": (eval_coherence, None),
+    "capability": (eval_capability, (plots.plot_capability, "capability.png")),
+}
+
+
+def _prompts(cfg: EvalConfig, world: World | None) -> list[str]:
+    """Held-out prompts, loaded before any model is: every evaluation but capability needs them."""
+    needs = set(cfg.evals) - {"capability"}
+    if not needs:
+        return []
+    if cfg.prompts is None:  # never the toy world's prompts by accident
+        raise ConfigError(f"prompts: required for {', '.join(sorted(needs))} (held-out prompts: a JSONL "
                           "{\"prompt\"}, a .txt, a list; 'toy' for the toy world's own)")
-    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed) if needs_prompts else []  # before a model loads
-    if needs_prompts and not prompts:
+    prompts = load_prompts(cfg.prompts, cfg.n_prompts, cfg.seed, world)
+    if not prompts:
         raise ConfigError("prompts: no prompts loaded")
+    return prompts
+
+
+def run_eval(cfg: EvalConfig, world: World | None = None) -> dict:
+    """Run the configured evaluations; write eval.json and PNGs into cfg.out_dir; return the dict.
+    `world`: the toy world, for settings that name it (`prompts: toy`, `kind: toy`)."""
+    prompts = _prompts(cfg, world)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     systems = _Systems(cfg.systems)
-    judge = None
-    if cfg.judge.kind == "toy":
-        from charter.toy.judge import ToyJudge
-
-        judge = ToyJudge()
-    elif cfg.judge.backend is not None:
-        from charter.backends import make_generator
-
-        judge = Judge(make_generator(cfg.judge.backend), cache=cfg.judge.cache or out_dir / "judge_cache.jsonl",
-                      params=SamplingParams(temperature=0.0, max_new_tokens=cfg.judge.max_new_tokens,
-                                            seed=cfg.seed))
+    judge = make_judge(cfg, out_dir, world)
     result: dict = {"config": cfg.to_dict(), "n_prompts": len(prompts), "plots": {}}
     t0 = time.time()
-    p = cfg.progress
     scorer = None
     if {"adherence", "robustness"} & set(cfg.evals):
         if not cfg.persona:
             raise ConfigError("persona: name the target persona for adherence / robustness")
-        scorer = make_scorer(cfg, judge, result)
+        scorer = make_scorer(cfg, judge, result, world)
         result["scorer"] = scorer.name
-
-    if "adherence" in cfg.evals:
-        from charter.evaluate.adherence import adherence_report, run_adherence
-
-        res = run_adherence([systems.get(n) for n in systems.order], prompts, scorer, cfg.persona,
-                            cfg.sampling, progress=p)
-        result["adherence"] = adherence_report(res)
-        result["plots"]["adherence"] = plots.plot_adherence(result["adherence"], out_dir / "adherence.png").name
-
-    if "robustness" in cfg.evals:
-        from charter.evaluate.robustness import SUFFIXES, run_multiturn, run_suffixes
-
-        rc = cfg.robustness
-        keys = rc.suffixes or list(SUFFIXES)
-        unknown = [k for k in keys if k not in SUFFIXES]
-        if unknown:
-            raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(SUFFIXES)}")
-        target = systems.get(rc.system, -1)
-        sec = run_suffixes([(target, cfg.persona)], prompts, scorer, cfg.sampling,
-                           {k: SUFFIXES[k] for k in keys}, progress=p)
-        if rc.multiturn:
-            sec["multiturn"] = run_multiturn(systems.get(rc.base, 0), target, cfg.persona, prompts, scorer,
-                                             cfg.sampling, progress=p)
-        result["robustness"] = sec
-        result["plots"]["robustness"] = plots.plot_robustness(sec, out_dir / "robustness.png").name
-
-    if "preferences" in cfg.evals:
-        from charter.evaluate.preferences import (choice_prompt, compare_rankings, draw_pairs, load_traits,
-                                                  run_preferences)
-
-        if judge is None:
-            raise ConfigError("preferences needs a judge: judge.backend, or judge.kind=toy")
-        pc = cfg.preferences
-        traits, ask = load_traits(pc.traits), choice_prompt
-        if pc.kind == "toy":
-            from charter.toy.grammar import PERSONA_NAMES
-            from charter.toy.judge import toy_choice_prompt
-
-            traits, ask = PERSONA_NAMES, toy_choice_prompt
-        draws = draw_pairs(prompts, traits, pc.n_pairs, cfg.seed)
-        before = run_preferences(systems.get(pc.before, 0), draws, judge, cfg.sampling, pc.bootstrap,
-                                 cfg.seed, p, ask)
-        after = run_preferences(systems.get(pc.after, -1), draws, judge, cfg.sampling, pc.bootstrap,
-                                cfg.seed, p, ask)
-        sec = {"before": before, "after": after, "comparison": compare_rankings(before, after)}
-        result["preferences"] = sec
-        result["plots"]["preferences"] = plots.plot_elo(sec, out_dir / "elo.png").name
-
-    if "coherence" in cfg.evals:
-        from charter.evaluate.coherence import run_coherence
-
-        if judge is None:
-            raise ConfigError("coherence needs a judge: judge.backend, or judge.kind=toy")
-        result["coherence"] = run_coherence(systems.get(cfg.coherence.a, 0), systems.get(cfg.coherence.b, -1),
-                                            prompts, judge, cfg.sampling, p)
-
-    if "capability" in cfg.evals:
-        from charter.evaluate.capability import compare, evaluate_model, read_mc
-
-        cc = cfg.capability
-        if not cc.texts and not cc.mc:
-            raise ConfigError("capability: give capability.texts and/or capability.mc")
-        texts = _load_texts(cc.texts, cc.max_texts) if cc.texts else []
-        mc = {name: read_mc(path) for name, path in cc.mc.items()}
-        raw = []
-        for sc in (systems.cfg(cc.before, 0), systems.cfg(cc.after, -1)):
-            model, tok = _cap_model(sc)
-            raw.append(evaluate_model(model, tok, texts, mc, p))
-            del model
-        sec = {"before_system": systems.cfg(cc.before, 0).name, "after_system": systems.cfg(cc.after, -1).name,
-               **compare(raw[0], raw[1], cfg.seed)}
-        result["capability"] = sec
-        result["plots"]["capability"] = plots.plot_capability(sec, out_dir / "capability.png").name
-
+    run = EvalRun(cfg, systems, prompts, judge, scorer, world)
+    for name in (n for n in EVALUATIONS if n in cfg.evals):
+        evaluate, plot = EVALUATIONS[name]
+        result[name] = evaluate(run)
+        if plot is not None:
+            result["plots"][name] = plot[0](result[name], out_dir / plot[1]).name
     if judge is not None:
         result["judge"] = {"model": judge.name, **judge.counts.to_dict()}
         judge.close()

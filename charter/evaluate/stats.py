@@ -9,7 +9,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Callable, Hashable, Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -142,16 +142,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], samples: int = 2000
                          float(p), n, samples)
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error (sample sd / sqrt n)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-
-
 # ---- Elo -------------------------------------------------------------------------------------
 
 Match = tuple[Hashable, Hashable, float]  # (a, b, score of a: 1 win, 0 loss, 0.5 draw)
@@ -237,19 +227,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
     return float((rx * ry).sum() / den) if den else float("nan")
-
-
-def bootstrap_mean_ci(values: Sequence[float], samples: int = 2000, seed: int = 0,
-                      confidence: float = 0.95, stat: Callable = np.mean) -> tuple[float, float]:
-    """Percentile bootstrap CI of a statistic of one sample."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    stats = np.array([stat(v[rng.integers(0, len(v), len(v))]) for _ in range(samples)])
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return float(lo), float(hi)
 
 
 def accuracy_macro_f1(y_true: Sequence[Hashable], y_pred: Sequence[Hashable | None]) -> dict:

@@ -6,6 +6,8 @@ learns that difference. Every generation is a record keyed by (prompt, sample, r
 an append-only store under `out_dir`, so a re-run after any interruption continues where
 it stopped. Pairs are then a pure function of the stored records.
 
+The steps (`expand`, `answer`, `make_pairs`) take typed settings and explicit inputs and
+outputs; `charter distill` (`run_distill`) and the `charter run` stages both call them.
 Files in `out_dir`: expansion.jsonl, prompts.jsonl, teacher.jsonl, student.jsonl (stores),
 pairs.jsonl, summary.json.
 """
@@ -15,53 +17,91 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
+
+import yaml
 
 from charter.backends import BackendConfig, make_generator
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
-from charter.config import Config
+from charter.chat import render_text
+from charter.config import Config, ConfigError
 from charter.constitution import Constitution, load_constitution
+from charter.constitution_prompt import strip_thinking, teacher_system_prompt, thinking_prefill
 from charter.data.jsonl import RecordStore, atomic_write_json, stable_id, write_jsonl
+from charter.filters import Segment, UnfinishedFilter, unfinished
+from charter.models import CONFIG_FILES, load_tokenizer, local_folder
 from charter.stages.prompts import dedupe, expand_prompts, general_prompts
 from charter.stages.records import Job, generate_into, samples_of
-from charter.stages.teacher_text import strip_thinking, teacher_system_prompt, thinking_prefill
 
+C = TypeVar("C", bound=Config)
 PAIR_FILTERS = ["empty", "no_think_end", "length", "unfinished", "too_long"]
 
 
-class DistillConfig(Config):
-    constitution: str  # path or library name
-    teacher: BackendConfig
-    student: BackendConfig | None = None  # None: the teacher's backend and model, without the system prompt
-    expander: BackendConfig | None = None  # prompt expansion; None: the teacher's
-    teacher_name: str | None = None  # name in the teacher's system prompt; None: the constitution's name
-    student_name: str | None = None  # replaces the teacher's self-name in chosen; None: no replacement
-    self_names: list[str] = []  # other names the teacher calls itself (e.g. its model name)
-    # prompts
+class PromptSettings(Config):
+    """How the prompts step expands a constitution's seed questions (SPEC §1)."""
+
     prompts_per_trait: int = 50
     expansion_samples: int = 4
     expansion_rounds: int = 3
     expansion_sampling: SamplingParams = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=512, seed=0)
     general_prompts: str | None = None  # file of general chat prompts (.txt, LIMA-style .jsonl)
     general_limit: int | None = None
-    # teacher / student
+    chunk_size: int = 32  # prompts per generate call: at most this much work is lost on a kill
+
+
+class AnswerSettings(Config):
+    """How the teacher and the student answer each prompt: K samples, sampling, thinking prefill."""
+
     samples: int = 5  # K samples per prompt, for each side
     sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.95, repetition_penalty=1.1,
                                               max_new_tokens=4096, seed=0)
     think: bool = False  # teacher thinking prefill, stripped up to `think_end`
     think_start: str = "<think>"
     think_end: str = "</think>"
-    # pairs
+    chunk_size: int = 32
+
+    def params(self, seed: int | None) -> SamplingParams:
+        return self.sampling.model_copy(update={"n": self.samples, "seed": seed})
+
+
+class PairSettings(Config):
+    """Which teacher/student samples become DPO pairs."""
+
     max_pair_tokens: int | None = 1024  # templated prompt+answer tokens, per side
-    tokenizer: str | None = None  # for max_pair_tokens; None: the student's (or teacher's) hf model
-    chunk_size: int = 32  # prompts per generate call: at most this much work is lost on a kill
+    tokenizer: str | None = None  # for max_pair_tokens; None: the student's (or teacher's) model
+    self_names: list[str] = []  # other names the teacher calls itself (e.g. its model name)
+
+
+class DistillConfig(PromptSettings, AnswerSettings, PairSettings):
+    """`charter distill`: one flat file, the three steps' settings plus the constitution and backends."""
+
+    constitution: str  # path or library name
+    teacher: BackendConfig
+    student: BackendConfig | None = None  # None: the teacher's backend and model, without the system prompt
+    expander: BackendConfig | None = None  # prompt expansion; None: the teacher's
+    teacher_name: str | None = None  # name in the teacher's system prompt; None: the constitution's name
+    student_name: str | None = None  # replaces the teacher's self-name in chosen; None: the teacher's name
+
+
+def settings_part(cfg: Config, cls: type[C]) -> C:
+    """The fields of `cfg` that `cls` declares, as a `cls` (a step's settings out of a flat config)."""
+    return cls.model_validate({k: getattr(cfg, k) for k in cls.model_fields})
+
+
+@dataclass(frozen=True)
+class Names:
+    teacher: str  # the name in the teacher's system prompt
+    student: str  # replaces the teacher's self-names in chosen answers
+
+    @classmethod
+    def of(cls, constitution: Constitution, teacher: str | None = None, student: str | None = None) -> "Names":
+        name = teacher or constitution.name
+        return cls(name, student or name)
 
 
 # ---------------------------------------------------------------- pair filters (pure)
 
 def ends_sentence(text: str) -> bool:
-    from charter.filters import Segment, UnfinishedFilter, unfinished
-
     return unfinished(Segment(text.strip()), UnfinishedFilter()).passed
 
 
@@ -92,8 +132,7 @@ def pair_failure(chosen: str | None, c_finish: str, rejected: str, r_finish: str
 class PairMaker:
     """Teacher and student samples for one prompt -> a DPO pair, or the filter that dropped it.
 
-    Shared by `run_distill` and the pipeline's separate teacher/student/pairs stages, so both
-    apply the same SPEC §1 filters and name replacement.
+    Used by `make_pairs`, the one pairing step of `charter distill` and `charter run`.
     """
 
     teacher_name: str
@@ -129,8 +168,7 @@ def build_pairs(make: PairMaker, prompts: Mapping[str, dict[str, Any]],
     """Pair each teacher sample (in the order given) with the student's sample for the same
     (prompt id, k) -> (kept pairs, count per filter / "kept" / "missing_student").
 
-    The one pairing loop for `run_distill` and the pipeline's pairs stage, so every pair's
-    `meta` carries the same provenance: `provenance` plus the prompt's id, source and trait.
+    Every pair's `meta` carries `provenance` plus the prompt's id, source and trait.
     """
     counts: Counter = Counter()
     pairs = []
@@ -150,7 +188,73 @@ def build_pairs(make: PairMaker, prompts: Mapping[str, dict[str, Any]],
     return pairs, counts
 
 
-# ---------------------------------------------------------------- stage
+# ---------------------------------------------------------------- steps (shared by `charter distill` and `charter run`)
+
+def expand(settings: PromptSettings, constitution: Constitution, expander: Generator | None, out: Path,
+           progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Seed questions + generated ones (+ general prompts) -> `out/prompts.jsonl`; resumable via `expansion.jsonl`."""
+    general = general_prompts(settings.general_prompts, settings.general_limit) if settings.general_prompts else []
+    with RecordStore(out / "expansion.jsonl") as store:
+        prompts, counts = expand_prompts(constitution, expander, store, settings.prompts_per_trait,
+                                         settings.expansion_samples, settings.expansion_rounds,
+                                         settings.expansion_sampling, settings.chunk_size, progress)
+    if settings.general_prompts:
+        counts["general"] = len(general)
+        prompts += general
+    prompts = dedupe(prompts)
+    write_jsonl(out / "prompts.jsonl", prompts)
+    return prompts, {**counts, "total": len(prompts)}
+
+
+def teacher_turns(settings: AnswerSettings, constitution: Constitution, names: Names) -> tuple[list[dict], str]:
+    """The teacher's system message and thinking prefill ("" without thinking)."""
+    system = [{"role": "system", "content": teacher_system_prompt(constitution, names.teacher)}]
+    prefill = thinking_prefill(constitution, names.teacher, settings.think_start) if settings.think else ""
+    return system, prefill
+
+
+def answer(settings: AnswerSettings, generator: Generator, prompts: list[dict[str, Any]], role: str, out: Path,
+           seed: int | None, system: list[dict] = (), prefill: str = "", progress: bool = True) -> list[dict]:
+    """K samples per prompt into the resumable store `out` (one record per prompt, sample and role)."""
+    jobs = [Job(stable_id(p["prompt"], role),
+                GenerationRequest(messages=[*system, {"role": "user", "content": p["prompt"]}], prefill=prefill),
+                {"role": role, "prompt_id": p["id"], "prompt": p["prompt"], "model": generator.name})
+            for p in prompts]
+    with RecordStore(out) as store:
+        generate_into(store, generator, jobs, settings.params(seed), settings.chunk_size, role, progress)
+        return [s for j in jobs for s in samples_of(store, j, settings.samples)]
+
+
+def pair_tokenizer(settings: PairSettings, fallback: Callable[[], Any] = lambda: None,
+                   chat_template: str | None = None):
+    """What counts templated tokens for `max_pair_tokens`: the configured tokenizer, else `fallback()`."""
+    if settings.max_pair_tokens is None:
+        return None
+    if settings.tokenizer:
+        return load_tokenizer(local_folder(settings.tokenizer, CONFIG_FILES), chat_template)
+    return fallback()
+
+
+def make_pairs(settings: PairSettings, answers: AnswerSettings, constitution: Constitution, names: Names,
+               prompts: list[dict], teacher: list[dict], student: list[dict], seed: int | None, tokenizer: Any,
+               out: Path) -> tuple[Counter, dict[str, Any]]:
+    """Chosen = teacher, rejected = student -> `out/pairs.jsonl`; returns (counts per filter, provenance)."""
+    provenance = {"teacher": teacher[0]["model"] if teacher else None,
+                  "student": student[0]["model"] if student else None,
+                  "constitution": constitution.name, "constitution_hash": constitution.hash(),
+                  "sampling": answers.params(seed).model_dump(), "think": answers.think,
+                  "teacher_name": names.teacher, "student_name": names.student}
+    prefill = teacher_turns(answers, constitution, names)[1]
+    make = PairMaker(names.teacher, names.student, settings.self_names, prefill, answers.think_end, tokenizer,
+                     settings.max_pair_tokens)
+    side = {r: {(a["prompt_id"], a["sample"]): a for a in recs} for r, recs in (("teacher", teacher), ("student", student))}
+    pairs, counts = build_pairs(make, {p["id"]: p for p in prompts}, dict(sorted(side["teacher"].items())),
+                                side["student"], provenance)
+    write_jsonl(out / "pairs.jsonl", pairs)
+    return counts, provenance
+
+
+# ---------------------------------------------------------------- `charter distill`
 
 def _generators(cfg: DistillConfig) -> tuple[Generator, Generator, Generator]:
     """Teacher, student and expander; one instance per distinct backend config (one model in memory)."""
@@ -164,22 +268,7 @@ def _generators(cfg: DistillConfig) -> tuple[Generator, Generator, Generator]:
     return get(cfg.teacher), get(cfg.student or cfg.teacher), get(cfg.expander or cfg.teacher)
 
 
-def _pair_tokenizer(cfg: DistillConfig, gens: tuple[Generator, ...]):
-    if cfg.max_pair_tokens is None:
-        return None
-    if cfg.tokenizer:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(cfg.tokenizer)
-    for g in (gens[1], gens[0]):  # student first: its template is what training will see
-        if getattr(g, "tokenizer", None) is not None:
-            return g.tokenizer
-    return None
-
-
 def _templated_len(tokenizer, prompt: str, answer: str) -> int:
-    from charter.chat import render_text
-
     text = render_text(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -196,10 +285,6 @@ def _content(cfg_dict: Any) -> Any:
 
 def _check_resume(cfg: DistillConfig, out: Path) -> None:
     """Stored records are keyed by prompt/sample/role only: refuse to mix them with a different config."""
-    import yaml
-
-    from charter.config import ConfigError
-
     saved = out / "config.yaml"
     if saved.exists() and _content(yaml.safe_load(saved.read_text())) != _content(cfg.to_dict()):
         raise ConfigError(f"{out}: holds records from a different distill config ({saved}); "
@@ -209,62 +294,27 @@ def _check_resume(cfg: DistillConfig, out: Path) -> None:
 def run_distill(cfg: DistillConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) prompts -> teacher -> student -> pairs; returns the pairs JSONL path."""
     const: Constitution = load_constitution(cfg.constitution)  # bad input fails before anything is written
-    general = general_prompts(cfg.general_prompts, cfg.general_limit) if cfg.general_prompts else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out)
     cfg.save(out / "config.yaml")
-    teacher_name = cfg.teacher_name or const.name
-    student_name = cfg.student_name or teacher_name
-    system = teacher_system_prompt(const, teacher_name)
-    prefill = thinking_prefill(const, teacher_name, cfg.think_start) if cfg.think else ""
+    names = Names.of(const, cfg.teacher_name, cfg.student_name)
     teacher, student, expander = _generators(cfg)
-    summary: dict[str, Any] = {}
-
-    # 1. prompts
-    with RecordStore(out / "expansion.jsonl") as store:
-        prompts, pcounts = expand_prompts(const, expander, store, cfg.prompts_per_trait, cfg.expansion_samples,
-                                          cfg.expansion_rounds, cfg.expansion_sampling, cfg.chunk_size, progress)
-    if cfg.general_prompts:
-        pcounts["general"] = len(general)
-        prompts += general
-    prompts = dedupe(prompts)
-    write_jsonl(out / "prompts.jsonl", prompts)
-    summary["prompts"] = {**pcounts, "total": len(prompts)}
-
-    # 2. teacher and 3. student: K samples per prompt, one record per (prompt, sample, role)
-    params = cfg.sampling.model_copy(update={"n": cfg.samples})
-    sides = {
-        "teacher": (teacher, lambda p: GenerationRequest(
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": p}], prefill=prefill)),
-        "student": (student, lambda p: GenerationRequest(messages=[{"role": "user", "content": p}])),
-    }
-    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for role, (gen, make_req) in sides.items():
-        jobs = [Job(stable_id(p["prompt"], role), make_req(p["prompt"]), {"role": role, "prompt_id": p["id"]})
-                for p in prompts]
-        with RecordStore(out / f"{role}.jsonl") as store:
-            generate_into(store, gen, jobs, params, cfg.chunk_size, role, progress)
-            samples[role] = {p["id"]: samples_of(store, j, cfg.samples) for p, j in zip(prompts, jobs)}
-
-    # 4. pairs
-    tok = _pair_tokenizer(cfg, (teacher, student))
-    provenance = {
-        "teacher": teacher.name, "student": student.name, "constitution": const.name,
-        "constitution_hash": const.hash(), "sampling": params.model_dump(), "think": cfg.think,
-        "teacher_name": teacher_name, "student_name": student_name,
-    }
-    make = PairMaker(teacher_name, student_name, cfg.self_names, prefill, cfg.think_end, tok, cfg.max_pair_tokens)
-    by_key = {role: {(p["id"], k): rec for p in prompts for k, rec in enumerate(samples[role][p["id"]])}
-              for role in sides}
-    pairs, counts = build_pairs(make, {p["id"]: p for p in prompts}, by_key["teacher"], by_key["student"], provenance)
-    pairs_path = out / "pairs.jsonl"
-    write_jsonl(pairs_path, pairs)
-    summary["pairs"] = {"total": sum(counts.values()), **{f: counts[f] for f in PAIR_FILTERS}, "kept": counts["kept"],
-                        "length_filter": "skipped (no tokenizer)" if tok is None and cfg.max_pair_tokens else "on"}
-    summary["provenance"] = provenance
+    prompts, pcounts = expand(settings_part(cfg, PromptSettings), const, expander, out, progress)
+    answers = settings_part(cfg, AnswerSettings)
+    system, prefill = teacher_turns(answers, const, names)
+    seed = cfg.sampling.seed
+    t = answer(answers, teacher, prompts, "teacher", out / "teacher.jsonl", seed, system, prefill, progress)
+    s = answer(answers, student, prompts, "student", out / "student.jsonl", seed, progress=progress)
+    pairing = settings_part(cfg, PairSettings)
+    tok = pair_tokenizer(pairing, lambda: next((g.tokenizer for g in (student, teacher)  # student's: what training sees
+                                                if getattr(g, "tokenizer", None) is not None), None))
+    counts, provenance = make_pairs(pairing, answers, const, names, prompts, t, s, seed, tok, out)
+    summary = {"prompts": pcounts, "provenance": provenance,
+               "pairs": {"total": sum(counts.values()), **{f: counts[f] for f in PAIR_FILTERS}, "kept": counts["kept"],
+                         "length_filter": "skipped (no tokenizer)" if tok is None and cfg.max_pair_tokens else "on"}}
     atomic_write_json(out / "summary.json", summary)
-    return pairs_path
+    return out / "pairs.jsonl"
 
 
 def format_summary(summary: dict[str, Any]) -> str:

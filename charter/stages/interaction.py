@@ -24,9 +24,10 @@ from typing import Callable
 
 from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
+from charter.constitution_prompt import check_authored
 from charter.data.jsonl import stable_id
 from charter.stages.records import sample_id
-from charter.stages.reflection import character_block, check_authored
+from charter.stages.reflection import character_block
 
 GREETINGS = [
     "Hello.", "Hi there!", "Hey, how are you today?", "Good morning!", "What's on your mind?",

@@ -1,9 +1,12 @@
 """Introspection stage: self-reflection + self-interaction -> quality filters -> SFT chat JSONL.
 
+The steps (`reflect`, `interact`, `filter_and_mix`) take typed settings and explicit inputs
+and outputs; `charter introspect` (`run_introspect`) and the `charter run` stages both call them.
 Layout of `out_dir`:
 
     reflection.jsonl     raw generations, one per (prompt, sample)   } resumable RecordStores,
     interaction.jsonl    raw conversations, one per (variant, index) } keyed by stable ids
+    *.provenance.json    the model, seed and sampling that made them (a resume must match)
     kept.jsonl / rejected.jsonl     filtered rows (rejected ones with every reason)
     filter_report.json / .md        pass rate per filter
     sft.jsonl            {"messages": [...]} rows, mixed and shuffled   <- returned
@@ -22,14 +25,16 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
-from charter.backends import BackendConfig
+from charter.backends import BackendConfig, make_generator
 from charter.backends.base import Generator, SamplingParams
+from charter.chat import encode_chat, render_prompt
 from charter.config import Config, ConfigError
+from charter.constitution import Constitution, load_constitution
 from charter.data.jsonl import RecordStore, atomic_write_json, atomic_write_text, write_jsonl
-from charter.filters import (PLACEHOLDER_RE, FilterConfig, FilterResult, FilterRow, Segment, apply_filters,
-                             format_table)
+from charter.filters import PLACEHOLDER_RE, FilterConfig, FilterResult, FilterRow, Segment, apply_filters, format_table
+from charter.models import CONFIG_FILES, load_tokenizer, local_folder
 from charter.stages import interaction as inter
 from charter.stages import reflection as refl
 from charter.stages.records import generate_resumable
@@ -71,6 +76,23 @@ class MixConfig(Config):
     max_rows: int | None = None
 
 
+class IntrospectFilters(FilterConfig):
+    """The quality filters, with the placeholder filter always on."""
+
+    @model_validator(mode="after")
+    def _placeholders_on(self) -> "IntrospectFilters":
+        if not self.placeholders.enabled:
+            raise ValueError("placeholders cannot be disabled: a row with an unformatted {...} "
+                             "placeholder must never reach training")
+        return self
+
+
+class FilterSettings(IntrospectFilters):
+    """What `filter_and_mix` reads: the filters and the mix (the run config's `filter` section)."""
+
+    mix: MixConfig = MixConfig()
+
+
 class IntrospectConfig(Config):
     constitution: str  # path or library name
     assistant_name: str | None = None  # None: the constitution's name
@@ -80,16 +102,8 @@ class IntrospectConfig(Config):
     chunk_size: int = Field(64, ge=1)  # items per generate call and per resume unit
     reflection: ReflectionConfig = ReflectionConfig()
     interaction: InteractionConfig = InteractionConfig()
-    filters: FilterConfig = FilterConfig()
+    filters: IntrospectFilters = IntrospectFilters()
     mix: MixConfig = MixConfig()
-
-    @field_validator("filters")
-    @classmethod
-    def _placeholders_on(cls, v: FilterConfig) -> FilterConfig:
-        if not v.placeholders.enabled:
-            raise ValueError("filters.placeholders cannot be disabled: a row with an unformatted {...} "
-                             "placeholder must never reach training")
-        return v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +133,15 @@ def _segment(turn: dict) -> Segment:
 def reflection_filter_rows(records: list[dict]) -> list[FilterRow]:
     return [FilterRow(r["id"], [_segment(r)], {"id": r["id"], "kind": "reflection",
                                                 "messages": refl.reflection_row(r)}) for r in records]
+
+
+def introspection_rows(records: dict[str, list[dict]], interaction: InteractionConfig) -> list[FilterRow]:
+    """Reflection and interaction records -> filter rows, in id order (a resumed store appends in another)."""
+    def by_id(kind: str) -> list[dict]:
+        return sorted(records.get(kind, []), key=lambda r: r["id"])
+
+    return reflection_filter_rows(by_id("reflection")) + \
+        interaction_filter_rows(by_id("interaction"), interaction.views, interaction.system_prompt == "keep")
 
 
 def interaction_filter_rows(records: list[dict], views: str, keep_system: bool) -> list[FilterRow]:
@@ -178,8 +201,6 @@ def sft_stats(rows: list[dict], tokenizer: Any = None) -> dict[str, Any]:
     """Counts per kind and token statistics (templated tokens and trainable tokens) when a tokenizer is known."""
     stats: dict[str, Any] = {"rows": len(rows), "by_kind": {k: sum(r["kind"] == k for r in rows) for k in KINDS}}
     if tokenizer is not None and rows:
-        from charter.chat import encode_chat
-
         encs = [encode_chat(tokenizer, r["messages"]) for r in rows]
         lens = [len(e) for e in encs if e is not None]
         trainable = [e.n_trainable for e in encs if e is not None]
@@ -192,55 +213,105 @@ def sft_stats(rows: list[dict], tokenizer: Any = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the stage
+# steps (shared by `charter introspect` and `charter run`)
 
 
-def _tokenizer_for(cfg: IntrospectConfig, generator: Generator) -> Any:
-    if cfg.tokenizer:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(cfg.tokenizer)
-    return getattr(generator, "tokenizer", None)
+def tokenizer_for(name: str | None, generator: Generator) -> Any:
+    """The configured tokenizer (a folder or Hub id), else the generator's own, if it has one."""
+    return load_tokenizer(local_folder(name, CONFIG_FILES)) if name else getattr(generator, "tokenizer", None)
 
 
-def _context_fits(cfg: IntrospectConfig, generator: Generator, tokenizer: Any) -> Callable[[list[dict]], bool] | None:
+def _context_fits(settings: InteractionConfig, generator: Generator,
+                  tokenizer: Any) -> Callable[[list[dict]], bool] | None:
     """`fits(messages)`: prompt tokens + the turn's new tokens stay within the context window."""
-    limit = cfg.interaction.max_context_tokens
+    limit = settings.max_context_tokens
     if limit is None:
         model_cfg = getattr(getattr(generator, "model", None), "config", None)
         limit = getattr(model_cfg, "max_position_embeddings", None)
-    if limit is not None and tokenizer is None and cfg.interaction.max_context_tokens is not None:
+    if limit is not None and tokenizer is None and settings.max_context_tokens is not None:
         raise ConfigError("interaction.max_context_tokens needs a tokenizer to count with: set `tokenizer` "
                           "(the backend does not expose one)")
     if limit is None or tokenizer is None:
         return None
-    from charter.chat import render_prompt
-
-    budget = limit - cfg.interaction.sampling.max_new_tokens
+    budget = limit - settings.sampling.max_new_tokens
     return lambda msgs: len(tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"]) <= budget
 
 
-def _plans(cfg: IntrospectConfig) -> tuple[list, list]:
-    from charter.constitution import load_constitution
+def reflection_plan(settings: ReflectionConfig, constitution: Constitution, name: str) -> list:
+    if not settings.enabled:
+        return []
+    prompts = refl.load_text_list(settings.prompts_file) if settings.prompts_file else refl.REFLECTION_PROMPTS
+    return refl.plan_reflection(refl.reflection_system_prompt(constitution, name), prompts, settings.samples_per_prompt)
 
-    constitution = load_constitution(cfg.constitution)
-    name = cfg.assistant_name or constitution.name
-    r_items: list = []
-    if cfg.reflection.enabled:
-        prompts = (refl.load_text_list(cfg.reflection.prompts_file) if cfg.reflection.prompts_file
-                   else refl.REFLECTION_PROMPTS)
-        system = refl.reflection_system_prompt(constitution, name)
-        r_items = refl.plan_reflection(system, prompts, cfg.reflection.samples_per_prompt)
-    i_items: list = []
-    ic = cfg.interaction
-    if ic.enabled:
-        greet = refl.load_text_list(ic.greetings_file, "greeting") if ic.greetings_file else None
-        aware = refl.load_text_list(ic.self_aware_greetings_file, "greeting") if ic.self_aware_greetings_file else None
-        for variant, count in (("free", ic.free), ("leading", ic.leading)):
-            system = inter.interaction_system_prompt(constitution, name, variant)
-            i_items += inter.plan_interaction(system, variant, count, inter.greetings_for(variant, greet, aware),
-                                              ic.turns)
-    return r_items, i_items
+
+def interaction_plan(settings: InteractionConfig, constitution: Constitution, name: str) -> list:
+    if not settings.enabled:
+        return []
+    greet = refl.load_text_list(settings.greetings_file, "greeting") if settings.greetings_file else None
+    aware = (refl.load_text_list(settings.self_aware_greetings_file, "greeting")
+             if settings.self_aware_greetings_file else None)
+    items: list = []
+    for variant, count in (("free", settings.free), ("leading", settings.leading)):
+        system = inter.interaction_system_prompt(constitution, name, variant)
+        items += inter.plan_interaction(system, variant, count, inter.greetings_for(variant, greet, aware),
+                                        settings.turns)
+    return items
+
+
+def _fingerprint(generator: Generator, seed: int, chunk_size: int, sampling: SamplingParams) -> dict:
+    return {"model": generator.name, "seed": seed, "chunk_size": chunk_size, "sampling": sampling.model_dump()}
+
+
+def reflect(settings: ReflectionConfig, items: list, generator: Generator, seed: int, chunk_size: int,
+            out: Path) -> list[dict]:
+    """Generate (or resume) the reflections of `reflection_plan` into `out/reflection.jsonl`."""
+    _check_provenance(out / "reflection.provenance.json", _fingerprint(generator, seed, chunk_size, settings.sampling))
+    with RecordStore(out / "reflection.jsonl") as store:
+        generate_resumable(store, items, chunk_size, seed,
+                           lambda chunk, s: refl.generate_reflections(generator, chunk, settings.sampling, s),
+                           "reflection")
+        return [store.records[it.id] for it in items]
+
+
+def interact(settings: InteractionConfig, items: list, generator: Generator, seed: int, chunk_size: int,
+             out: Path, tokenizer: Any = None) -> list[dict]:
+    """Generate (or resume) the self-conversations of `interaction_plan` into `out/interaction.jsonl`."""
+    _check_provenance(out / "interaction.provenance.json", _fingerprint(generator, seed, chunk_size, settings.sampling))
+    fits = _context_fits(settings, generator, tokenizer)
+    with RecordStore(out / "interaction.jsonl") as store:
+        generate_resumable(store, items, chunk_size, seed,
+                           lambda chunk, s: inter.converse(generator, chunk, settings.turns, settings.sampling, s, fits),
+                           "interaction")
+        records = [store.records[it.id] for it in items]
+    stopped = sum(1 for r in records if r["stopped"])
+    if stopped:
+        print(f"introspect: warning: {stopped}/{len(records)} conversations stopped early because a view no "
+              f"longer fit the context (interaction.max_context_tokens / sampling.max_new_tokens)")
+    return records
+
+
+def filter_and_mix(settings: FilterSettings, rows: list[FilterRow], seed: int, out: Path,
+                   tokenizer: Any = None) -> dict[str, Any]:
+    """Quality filters, then the mix -> `out/sft.jsonl` (+ kept, rejected, filter report, stats); returns the stats."""
+    result = apply_filters(rows, settings)
+    _write_filter_outputs(out, result)
+    kept: dict[str, list[dict]] = {k: [] for k in KINDS}
+    for r in result.kept:
+        kept[r.payload["kind"]].append(r.payload)
+    sft = mix_rows(kept, settings.mix, seed)
+    assert_no_placeholders(sft)
+    write_jsonl(out / "sft.jsonl", ({"messages": r["messages"]} for r in sft))
+    stats = {**sft_stats(sft, tokenizer), "filters": {"total": result.total, "kept": len(result.kept)}}
+    atomic_write_json(out / "sft_stats.json", stats)
+    print(f"introspect: {stats['rows']} SFT rows {stats['by_kind']}, kept {len(result.kept)}/{result.total} "
+          f"after filters" + (f", tokens {stats['tokens']}" if "tokens" in stats else ""))
+    if not sft:
+        print(f"introspect: warning: no SFT rows; see {out / 'filter_report.md'} and {out / 'rejected.jsonl'}")
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# `charter introspect`
 
 
 def run_introspect(cfg: IntrospectConfig, out_dir: str | Path, generator: Generator | None = None) -> Path:
@@ -250,53 +321,18 @@ def run_introspect(cfg: IntrospectConfig, out_dir: str | Path, generator: Genera
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    r_items, i_items = _plans(cfg)
-    if generator is None:
-        from charter.backends import make_generator
-
-        generator = make_generator(cfg.backend)
-    tokenizer = _tokenizer_for(cfg, generator)
-    ic = cfg.interaction
-    _check_provenance(out / "generation.json", {
-        "model": generator.name, "seed": cfg.seed, "chunk_size": cfg.chunk_size,
-        "reflection_sampling": cfg.reflection.sampling.model_dump(), "interaction_sampling": ic.sampling.model_dump()})
+    constitution = load_constitution(cfg.constitution)
+    name = cfg.assistant_name or constitution.name
+    r_items = reflection_plan(cfg.reflection, constitution, name)  # bad input fails before the model loads
+    i_items = interaction_plan(cfg.interaction, constitution, name)
+    generator = generator or make_generator(cfg.backend)
+    tokenizer = tokenizer_for(cfg.tokenizer, generator)
     cfg.save(out / "config.yaml")
-
-    with RecordStore(out / "reflection.jsonl") as store:
-        generate_resumable(store, r_items, cfg.chunk_size, cfg.seed,
-                           lambda chunk, s: refl.generate_reflections(generator, chunk, cfg.reflection.sampling, s),
-                           "reflection")
-        r_records = [store.records[it.id] for it in r_items]
-    fits = _context_fits(cfg, generator, tokenizer)
-    with RecordStore(out / "interaction.jsonl") as store:
-        generate_resumable(store, i_items, cfg.chunk_size, cfg.seed,
-                           lambda chunk, s: inter.converse(generator, chunk, ic.turns, ic.sampling, s, fits),
-                           "interaction")
-        i_records = [store.records[it.id] for it in i_items]
-
-    rows = reflection_filter_rows(r_records) + interaction_filter_rows(i_records, ic.views, ic.system_prompt == "keep")
-    result = apply_filters(rows, cfg.filters)
-    _write_filter_outputs(out, result)
-    kept: dict[str, list[dict]] = {k: [] for k in KINDS}
-    for r in result.kept:
-        kept[r.payload["kind"]].append(r.payload)
-    sft = mix_rows(kept, cfg.mix, cfg.seed)
-    assert_no_placeholders(sft)
-    path = out / "sft.jsonl"
-    write_jsonl(path, ({"messages": r["messages"]} for r in sft))
-    stats = sft_stats(sft, tokenizer)
-    stats["filters"] = {"total": result.total, "kept": len(result.kept)}
-    stopped = sum(1 for r in i_records if r["stopped"])
-    stats["conversations_stopped_for_context"] = stopped
-    atomic_write_json(out / "sft_stats.json", stats)
-    print(f"introspect: {stats['rows']} SFT rows {stats['by_kind']}, kept {len(result.kept)}/{result.total} "
-          f"after filters" + (f", tokens {stats['tokens']}" if "tokens" in stats else ""))
-    if not sft:
-        print(f"introspect: warning: no SFT rows; see {out / 'filter_report.md'} and {out / 'rejected.jsonl'}")
-    if stopped:
-        print(f"introspect: warning: {stopped}/{len(i_records)} conversations stopped early because a view no "
-              f"longer fit the context (interaction.max_context_tokens / sampling.max_new_tokens)")
-    return path
+    records = {"reflection": reflect(cfg.reflection, r_items, generator, cfg.seed, cfg.chunk_size, out),
+               "interaction": interact(cfg.interaction, i_items, generator, cfg.seed, cfg.chunk_size, out, tokenizer)}
+    settings = FilterSettings(**cfg.filters.model_dump(), mix=cfg.mix)
+    filter_and_mix(settings, introspection_rows(records, cfg.interaction), cfg.seed, out, tokenizer)
+    return out / "sft.jsonl"
 
 
 def _write_filter_outputs(out: Path, result: FilterResult) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
 from charter.constitution import Constitution
+from charter.constitution_prompt import expansion_request
 from charter.data.jsonl import RecordStore, canonical_prompt, stable_id
+from charter.data.texts import read_texts
 from charter.stages.records import Job, generate_into, samples_of
-from charter.stages.teacher_text import expansion_request
 
 _NUMBERED = re.compile(r"^\s*\d+\s*[.)]\s+(.+?)\s*$")
 _WORD = re.compile(r"[a-z0-9']+")
@@ -106,35 +107,9 @@ def expand_prompts(constitution: Constitution, gen: Generator | None, store: Rec
     return out, counts
 
 
-def _first_user_turn(obj: dict[str, Any]) -> Any:
-    """LIMA rows are {"conversations": [str, ...]}; chat rows {"messages": [...]}; else prompt/instruction/text."""
-    if isinstance(obj.get("conversations"), list) and obj["conversations"]:
-        return obj["conversations"][0]
-    if isinstance(obj.get("messages"), list):
-        return next((m.get("content") for m in obj["messages"] if isinstance(m, dict) and m.get("role") == "user"), None)
-    return next((obj[k] for k in ("prompt", "instruction", "text") if k in obj), None)
-
-
 def general_prompts(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """General chat prompts from a user file: `.txt` (one per line, `#` comments) or `.jsonl`
-    (LIMA `conversations`, chat `messages`, or a `prompt`/`instruction`/`text` field)."""
-    from pathlib import Path
-
-    from charter.data.jsonl import DataError, iter_jsonl, read_text_file
-
-    p = Path(path)
-    texts: list[str] = []
-    if p.suffix == ".jsonl":
-        for lineno, obj in iter_jsonl(p, "JSONL chat prompts (conversations, messages or prompt)", allow_empty=False):
-            q = _first_user_turn(obj)
-            if not isinstance(q, str) or not q.strip():
-                raise DataError(f"{p}:{lineno}: no user prompt (expected conversations, messages, prompt, "
-                                f"instruction or text)")
-            texts.append(q.strip())
-    else:
-        texts = [ln.strip() for ln in read_text_file(p, "chat prompts, one per line").splitlines()
-                 if ln.strip() and not ln.lstrip().startswith("#")]
-    return [prompt_record(q, "general") for q in texts[:limit]]
+    """General chat prompts from a user file (`.txt`, LIMA-style `.jsonl`, ...: `charter.data.texts` rules)."""
+    return [prompt_record(q, "general") for q in read_texts(path, "prompt", limit)]
 
 
 def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

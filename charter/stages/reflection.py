@@ -12,8 +12,9 @@ from pathlib import Path
 
 from charter.backends.base import Generator, SamplingParams
 from charter.constitution import Constitution
-from charter.data.jsonl import DataError, iter_jsonl, parse_json_or_yaml, read_text_file, stable_id
-from charter.filters import PLACEHOLDER_RE
+from charter.constitution_prompt import check_authored
+from charter.data.jsonl import stable_id
+from charter.data.texts import read_texts
 from charter.stages.records import sample_id
 
 # Our own prompts, one per theme in SPEC §1 (reflection row).
@@ -46,42 +47,9 @@ def reflection_system_prompt(constitution: Constitution, assistant_name: str) ->
     return character_block(constitution, assistant_name) + "\n\n" + REFLECTIVE_MOOD
 
 
-def check_authored(text: str, where: str) -> str:
-    """Text we (or the user) wrote must be fully formatted: a `{NAME}` left in it is a bug."""
-    m = PLACEHOLDER_RE.search(text)
-    if m:
-        raise DataError(f"{where}: unformatted placeholder {m.group(0)!r} in {text[:60]!r}")
-    if not text.strip():
-        raise DataError(f"{where}: empty text")
-    return text
-
-
 def load_text_list(path: str | Path, field: str = "prompt") -> list[str]:
-    """A user's prompt or greeting list: `.txt` (one per line, `#` comments), `.jsonl` ({field: ...}),
-    or `.json`/`.yaml` (a list of strings). Errors name the file and line/entry."""
-    path = Path(path)
-    out: list[str] = []
-    if path.suffix == ".jsonl":
-        for lineno, obj in iter_jsonl(path, f"JSONL {{\"{field}\": str}}", allow_empty=False):
-            if not isinstance(obj.get(field), str):
-                raise DataError(f"{path}:{lineno}: field {field!r} must be a string")
-            out.append(check_authored(obj[field].strip(), f"{path}:{lineno}"))
-    elif path.suffix in (".json", ".yaml", ".yml"):
-        text = read_text_file(path, f"a {path.suffix[1:].upper()} list of {field}s")
-        data = parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a list of strings, got {type(data).__name__}")
-        for i, s in enumerate(data):
-            if not isinstance(s, str):
-                raise DataError(f"{path}: entry {i}: expected a string, got {type(s).__name__}")
-            out.append(check_authored(s.strip(), f"{path}: entry {i}"))
-    else:
-        for lineno, line in enumerate(read_text_file(path, f"{field}s, one per line").splitlines(), 1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                out.append(check_authored(line.strip(), f"{path}:{lineno}"))
-    if not out:
-        raise DataError(f"{path}: no entries")
-    return out
+    """A user's prompt or greeting list (`charter.data.texts` rules), each one checked for placeholders."""
+    return read_texts(path, field, check=check_authored)
 
 
 @dataclass(frozen=True)

@@ -6,5 +6,4 @@
 - `charter.toy.model`: tokenizer + base model build, cached (`ToyBuildConfig`, `build_toy_model`, `toy_model_dir`).
 - `charter.toy.scorer`: the deterministic judge (`ToyScorer`, a `PersonaScorer`).
 - `charter.toy.measure`: adherence / well-formedness / relevance per persona (`toy_adherence`).
-- `charter.toy.tiny`: tiny random models for tests (shared test infrastructure).
 """

@@ -13,10 +13,11 @@ import random
 from pathlib import Path
 from typing import Literal
 
+from charter.constitution import Constitution, Trait
+from charter.constitution_prompt import teacher_system_prompt
 from charter.data.jsonl import canonical_prompt
-from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES,
-                                 REQUEST_TEMPLATES, SMALLTALK, TOPICS, TRAITS, heldout_traits,
-                                 train_paraphrases)
+from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES, REQUEST_TEMPLATES,
+                                 SMALLTALK, TOPICS, heldout_traits, train_paraphrases)
 
 CONSTITUTION_DIR = Path(__file__).parent / "constitutions"
 PROMPT_KINDS = {"question": 0.42, "request": 0.2, "greet": 0.12, "thanks": 0.08, "self": 0.18}
@@ -27,9 +28,6 @@ Split = Literal["any", "train", "eval"]
 def render_system(trait_texts: list[str], persona: str, assistant_name: str = ASSISTANT_NAME) -> str:
     """The system prompt for a persona whose traits read `trait_texts`, rendered by the teacher
     stage's own `teacher_system_prompt`, so training prompts match what the pipeline shows."""
-    from charter.constitution import Constitution, Trait
-    from charter.stages.teacher_text import teacher_system_prompt
-
     c = Constitution(name=persona, traits=[Trait(text=t) for t in trait_texts])
     return teacher_system_prompt(c, assistant_name)
 
@@ -128,8 +126,3 @@ def eval_prompts(n: int, seed: int = 1234) -> list[str]:
         if len(prompts) == n:
             return list(prompts.values())
     raise ValueError(f"the toy world's evaluation partition has {len(prompts)} distinct prompts; {n} were asked for")
-
-
-def all_trait_texts() -> dict[str, list[list[str]]]:
-    """persona -> traits -> every paraphrase (training ones, then the held-out one)."""
-    return {p: [list(v) for v in TRAITS[p]] for p in TRAITS}

@@ -21,22 +21,19 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+from charter.constitution import load_constitution
 from charter.evaluate.judges import PAIRWISE_TEMPLATE, TIE, JudgeAnswer, JudgeCounts
+from charter.toy.corpus import constitution_path, render_system
 from charter.toy.scorer import ToyScorer
 
 
 @lru_cache(maxsize=None)
 def _trait_texts(persona: str) -> tuple[str, ...]:
-    from charter.constitution import load_constitution
-    from charter.toy.corpus import constitution_path
-
     return tuple(t.text for t in load_constitution(constitution_path(persona)).traits)
 
 
 def toy_choice_prompt(prompt: str, a: str, b: str) -> list[dict]:
     """Messages asking the toy model to answer as persona `a` or `b`: both constitutions, one system prompt."""
-    from charter.toy.corpus import render_system
-
     system = render_system([*_trait_texts(a), *_trait_texts(b)], f"{a}+{b}")
     return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
 

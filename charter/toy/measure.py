@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from charter.backends.base import Generator, SamplingParams
-from charter.toy.corpus import eval_prompts, render_system
+from charter.constitution import load_constitution
+from charter.toy.corpus import constitution_path, eval_prompts, render_system
 from charter.toy.grammar import PERSONA_NAMES, heldout_traits
 from charter.toy.scorer import ToyScorer
 
@@ -40,9 +41,6 @@ def system_prompt_for(persona: str, condition: Condition) -> str | None:
         return None
     if condition == "heldout":
         return render_system(heldout_traits(persona), persona)
-    from charter.constitution import load_constitution
-    from charter.toy.corpus import constitution_path
-
     c = load_constitution(constitution_path(persona))
     return render_system([t.text for t in c.traits], persona)
 

@@ -15,7 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 from charter.config import Config
+from charter.data.jsonl import atomic_write_json, write_jsonl
+from charter.tiny import build_model, build_tokenizer
+from charter.toy.corpus import generate_corpus
 
 # One role token per role and an end-of-turn token that doubles as EOS, so the model learns to
 # stop and the template needs no newlines or role words that the BPE would have to spell out.
@@ -56,8 +61,6 @@ def default_cache_root() -> Path:
 
 def build_toy_tokenizer(texts: list[str], vocab_size: int = 1024):
     """Byte-level BPE over the corpus texts, with role tokens, `<|end|>` as EOS and the toy template."""
-    from charter.toy.tiny import build_tokenizer
-
     return build_tokenizer(vocab_size=vocab_size, chat_template=TOY_TEMPLATE,
                            extra_special=ROLE_TOKENS + [END_OF_TURN], eos_token=END_OF_TURN, corpus=texts)
 
@@ -69,8 +72,6 @@ def corpus_texts(rows: list[dict]) -> list[str]:
 
 def build_toy_base(cfg: ToyBuildConfig, rows: list[dict]):
     """Tokenizer + random-init model (0.9M parameters at the defaults, tied embeddings)."""
-    from charter.toy.tiny import build_model
-
     tok = build_toy_tokenizer(corpus_texts(rows), cfg.vocab_size)
     model = build_model(tok, hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads,
                         intermediate_size=cfg.intermediate_size, max_positions=cfg.context,
@@ -102,15 +103,22 @@ def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = 
 
     `threads` caps torch's CPU threads during the build (restored after): a 0.9M-parameter
     model gains little from a second thread, and on a busy machine two threads fighting for
-    the cores made steps 20x slower than one."""
-    from charter.data.jsonl import atomic_write_json, write_jsonl
-    from charter.toy.corpus import generate_corpus
-    from charter.train.sft import SFTConfig, train_sft
+    the cores made steps 20x slower than one.
 
+    Two processes asking for the same model at once (two runs in different folders): the second
+    waits for the first's build, then uses it."""
     cfg = cfg or ToyBuildConfig()
     final = Path(out) if out else toy_model_dir(cfg)
     if is_built(final):
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(final.parent / f".{final.name}.build.lock", thread_local=False):
+        return final if is_built(final) else _build(cfg, final, threads)
+
+
+def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
+    from charter.train.sft import SFTConfig, train_sft  # torch and transformers: only when a build runs
+
     work = final.parent / f"{final.name}.partial"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import torch
 
-from charter.train.data import Seq
+from charter.chat import IGNORE_INDEX, EncodedChat
 from charter.train.head import head_token_logps
-from charter.train.losses import IGNORE, token_logps
+from charter.train.losses import token_logps
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _rows(lengths: list[int], cap: int) -> list[list[int]]:
     return rows
 
 
-def pack(seqs: Sequence[Seq], row_len: int | None = None, pad_id: int = 0) -> Packed:
+def pack(seqs: Sequence[EncodedChat], row_len: int | None = None, pad_id: int = 0) -> Packed:
     """Pack into rows of `max(row_len, longest sequence)` tokens; `row_len=0` = one single row."""
     lengths = [len(s) for s in seqs]
     cap = sum(lengths) if row_len == 0 else max(max(lengths), row_len or 0)
@@ -79,7 +79,7 @@ def pack(seqs: Sequence[Seq], row_len: int | None = None, pad_id: int = 0) -> Pa
     width = max(sum(lengths[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
-    shifted = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    shifted = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         at = 0
@@ -92,7 +92,7 @@ def pack(seqs: Sequence[Seq], row_len: int | None = None, pad_id: int = 0) -> Pa
             at += n
         pos[r, at:] = torch.arange(width - at)  # padding tail: its own segment, never trained
     flat = shifted.view(-1)
-    keep = (flat != IGNORE).nonzero().squeeze(-1)
+    keep = (flat != IGNORE_INDEX).nonzero().squeeze(-1)
     return Packed(ids, pos, keep, flat[keep], seg.view(-1)[keep], len(seqs))
 
 
@@ -151,12 +151,12 @@ def supports_head_hook(model) -> bool:
     return extract_model_from_parallel(model).get_output_embeddings() is not None
 
 
-def check_packing(model, seqs: Sequence[Seq], keep_only: bool, atol: float = 1e-3, window: int = 64) -> None:
+def check_packing(model, seqs: Sequence[EncodedChat], keep_only: bool, atol: float = 1e-3, window: int = 64) -> None:
     """Refuse architectures whose attention ignores packed position ids (they would attend across
     sequences silently), or whose logits are not what the head path computes: compare each token's
     packed log-prob with the model's own full logits, one sequence at a time. The sequences are cut
     to their last `window` tokens, all scored, so those full logits stay small at any vocabulary."""
-    seqs = [Seq(s.input_ids[-window:], list(s.input_ids[-window:])) for s in seqs]
+    seqs = [EncodedChat(s.input_ids[-window:], list(s.input_ids[-window:])) for s in seqs]
     with torch.no_grad():
         device = next(model.parameters()).device
         batch = pack(seqs, row_len=0).to(device)  # all in one row: the case that needs the mask

@@ -18,11 +18,12 @@ from typing import Callable, Literal, Sequence
 
 from pydantic import Field, model_validator
 
+from charter.data.jsonl import file_hash, stable_id
 from charter.models import resolve_model
 from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_head_hook
 from charter.train.data import Pair, load_pairs
-from charter.train.losses import LOSS_TYPES, dpo_loss, nll_loss, squared_kl
 from charter.train.loop import TrainConfig, run
+from charter.train.losses import LOSS_TYPES, dpo_loss, nll_loss, squared_kl
 
 
 class DPOConfig(TrainConfig):
@@ -51,8 +52,6 @@ class DPOConfig(TrainConfig):
 
 
 def _ref_cache_key(cfg: DPOConfig, tokenizer) -> str:
-    from charter.data.jsonl import file_hash, stable_id
-
     ref = resolve_model(cfg.model)
     weights = sorted(p for d in [ref.base, *ref.adapters] for p in d.glob("*.safetensors"))
     return stable_id(file_hash(cfg.data), [file_hash(w) for w in weights], cfg.max_length, cfg.precision,

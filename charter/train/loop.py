@@ -18,15 +18,26 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence
 
+import torch
+from accelerate import Accelerator
+from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available, set_seed
 from pydantic import Field, model_validator
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 from charter.config import Config
-from charter.models import TRAIN_RECORD, ChatTemplateFile, load_tokenizer, resolve_model
+from charter.data.jsonl import atomic_write_json
+from charter.models import (ADAPTER_CONFIG, TRAIN_RECORD, ChatTemplateFile, load_tokenizer, merged_state,
+                            read_adapter_config, resolve_model)
 from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
-from charter.train.lora import LoraSettings
+from charter.train.lora import LoraSettings, apply_lora, merge_adapters, save_combined_adapter
+
+METRICS = "metrics.jsonl"  # one JSON row per logged step, in the output folder
 
 
 class TrainConfig(Config):
@@ -87,11 +98,6 @@ class Task(Protocol):
 def load_model_and_tokenizer(cfg: TrainConfig):
     """Base weights in fp32 (bf16 runs under autocast), earlier adapters folded in exactly, then
     a fresh LoRA if asked. Returns (model, tokenizer, base name as given, folded_adapters)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from charter.train.lora import apply_lora, merged_state
-
     ref = resolve_model(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=torch.float32, use_safetensors=True,
                                                  attn_implementation=cfg.attn_implementation)
@@ -125,8 +131,6 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> Cal
 def make_optimizer(model, cfg: TrainConfig):
     """AdamW (or plain SGD); no weight decay on biases and norm weights (1-D tensors), as
     transformers does. SGD exists for checks that need weights linear in the gradients."""
-    import torch
-
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
@@ -139,8 +143,6 @@ def make_optimizer(model, cfg: TrainConfig):
 
 def window_order(n: int, global_batch: int, seed: int, shuffle: bool, world: int) -> Callable[[int], list[int]]:
     """step -> the dataset indices of that step's window (epochs follow each other)."""
-    import torch
-
     per_epoch = n // global_batch if world > 1 else math.ceil(n / global_batch)
     if per_epoch == 0:
         raise ValueError(f"{n} examples < one global batch of {global_batch}")
@@ -164,21 +166,103 @@ def window_order(n: int, global_batch: int, seed: int, shuffle: bool, world: int
 def _cpu_only() -> bool:
     """No accelerator device: tell accelerate, so a multi-process launch (torchrun / accelerate
     launch) on CPU uses gloo instead of silently running N independent single-process jobs."""
-    import torch
-    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
-
     return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available())
 
 
 def _reduce_sums(accelerator, sums: dict[str, float]) -> dict[str, float]:
     if accelerator.num_processes == 1:
         return sums
-    import torch
-
     keys = sorted(sums)
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
     t = accelerator.reduce(t, reduction="sum")
     return dict(zip(keys, t.tolist()))
+
+
+@dataclass
+class Session:
+    """Everything a training run holds between steps, built once by `start_session`."""
+
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    params: list
+    task: Task
+    order: Callable[[int], list[int]]
+    total: int                      # optimiser steps in the whole run
+    base: str                       # the base model as named (what the exported record says)
+    folded: list[Path]              # adapters folded into the base before training
+    deepspeed: bool                 # DeepSpeed owns gradient accumulation
+
+
+def start_session(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task],
+                  load: Callable | None = None) -> Session:
+    """Accelerator, seeded model and task, data order, optimiser and schedule, all prepared.
+    `load` replaces `load_model_and_tokenizer` (a reward model's head, PPO's value model)."""
+    # DeepSpeed owns accumulation (its engine steps at its own boundary and divides the loss by
+    # its accumulation count); everywhere else Charter accumulates and accelerate must not divide.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=_cpu_only(),
+                              gradient_accumulation_steps=cfg.grad_accum if deepspeed else 1)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    set_seed(cfg.seed)
+    model, tokenizer, base, folded = (load or load_model_and_tokenizer)(cfg)
+    model.to(accelerator.device)
+    task = task_factory(model, tokenizer, accelerator)
+    world = accelerator.num_processes
+    order = window_order(len(task.items), cfg.batch_size * cfg.grad_accum * world, cfg.seed, cfg.shuffle, world)
+    total = cfg.max_steps or cfg.epochs * order.per_epoch  # type: ignore[attr-defined]
+    optimizer = make_optimizer(model, cfg)
+    scheduler = LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio, cfg.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Session(accelerator, model, tokenizer, optimizer, scheduler, params, task, order, total, base, folded,
+                   deepspeed)
+
+
+def resume_and_open_metrics(s: Session, cfg: TrainConfig, out: Path, kind: str) -> int:
+    """The step to start from (a saved checkpoint's, or 0); the main process writes the config and
+    keeps only the metric rows logged up to that step."""
+    start, ckpts = 0, checkpoint_dirs(out) if cfg.resume else []
+    if ckpts:
+        start = load_checkpoint(s.accelerator, s.model, s.optimizer, s.scheduler, ckpts[-1], resume_key(cfg))
+    if s.accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / f"{kind}_config.yaml")
+        metrics, kept = out / METRICS, []
+        if start and metrics.exists():  # drop rows logged after the checkpoint we resume from
+            kept = [l for l in metrics.read_text().splitlines() if l and json.loads(l)["step"] <= start]
+        metrics.write_text("".join(l + "\n" for l in kept))
+    return start
+
+
+def optimizer_step(s: Session, cfg: TrainConfig, step: int) -> tuple[dict[str, float], float, float]:
+    """One optimiser step over the step's global window: this process's slice in micro-batches,
+    gradients synced on the last one. Returns (all-reduced sums, grad norm, learning rate used)."""
+    acc, world = s.accelerator, s.accelerator.num_processes
+    window = [s.task.items[i] for i in s.order(step)]
+    norm = s.task.window_norm(window)
+    per_rank = math.ceil(len(window) / world)
+    mine = window[acc.process_index * per_rank:(acc.process_index + 1) * per_rank]
+    micros = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+    sums: dict[str, float] = {}
+    for k, items in enumerate(micros):
+        sync = k == len(micros) - 1 or s.deepspeed  # ZeRO-2/3 refuse no_sync
+        with (nullcontext() if sync else acc.no_sync(s.model)), acc.autocast():
+            loss, part = s.task.micro_loss(s.model, items, norm, world)
+        acc.backward(loss * acc.gradient_accumulation_steps)  # undo accelerate's division (see start_session)
+        for key, v in part.items():
+            sums[key] = sums.get(key, 0.0) + v
+    grad_norm = (acc.clip_grad_norm_(s.params, cfg.max_grad_norm) if cfg.max_grad_norm
+                 else torch.norm(torch.stack([p.grad.detach().norm() for p in s.params if p.grad is not None])))
+    grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips itself
+    lr = s.scheduler.get_last_lr()[0]
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return _reduce_sums(acc, sums), grad_norm, lr
 
 
 def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: str,
@@ -186,102 +270,45 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
         export: Callable | None = None) -> Path:
     """Train and export. `task_factory(model, tokenizer, accelerator)` builds the task once the
     model exists (DPO needs it for reference log-probs). `on_step(step, metrics)` is a test hook.
-    `load`/`export` replace `load_model_and_tokenizer`/`export_model` (the reward model's head)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.optim.lr_scheduler import LambdaLR
-    from tqdm.auto import tqdm
-
-    from charter.data.jsonl import atomic_write_json
-
+    `load`/`export` replace `load_model_and_tokenizer`/`export_model` (see `start_session`, `finish`)."""
     out = Path(cfg.output_dir)
-    # DeepSpeed owns accumulation (its engine steps at its own boundary and divides the loss by
-    # its accumulation count); everywhere else Charter accumulates and accelerate must not divide.
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=_cpu_only(),
-                              gradient_accumulation_steps=cfg.grad_accum if deepspeed else 1)
-    undo_division = accelerator.gradient_accumulation_steps
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    set_seed(cfg.seed)
-    model, tokenizer, base, folded = (load or load_model_and_tokenizer)(cfg)
-    model.to(accelerator.device)
-    task = task_factory(model, tokenizer, accelerator)
-    n = len(task.items)
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    order = window_order(n, global_batch, cfg.seed, cfg.shuffle, world)
-    total = cfg.max_steps or cfg.epochs * order.per_epoch  # type: ignore[attr-defined]
-
-    optimizer = make_optimizer(model, cfg)
-    scheduler = LambdaLR(optimizer, lr_lambda(total, cfg.warmup_ratio, cfg.min_lr_ratio))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    start, ckpt_key = 0, resume_key(cfg)
-    ckpts = checkpoint_dirs(out) if cfg.resume else []
-    if ckpts:
-        start = load_checkpoint(accelerator, model, optimizer, scheduler, ckpts[-1], ckpt_key)
-    metrics_path = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / f"{kind}_config.yaml")
-        kept = []
-        if start and metrics_path.exists():  # drop rows logged after the checkpoint we resume from
-            kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["step"] <= start]
-        metrics_path.write_text("".join(l + "\n" for l in kept))
-
-    model.train()
-    bar = tqdm(total=total, initial=start, desc=f"{kind}", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
+    s = start_session(cfg, task_factory, load)
+    start = resume_and_open_metrics(s, cfg, out, kind)
+    acc = s.accelerator
+    s.model.train()
+    bar = tqdm(total=s.total, initial=start, desc=kind, disable=not acc.is_local_main_process, dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
-    for step in range(start, total):
-        window = [task.items[i] for i in order(step)]
-        norm = task.window_norm(window)
-        per_rank = math.ceil(len(window) / world)
-        mine = window[rank * per_rank:(rank + 1) * per_rank]
-        micros = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
-        sums: dict[str, float] = {}
-        for k, items in enumerate(micros):
-            sync = k == len(micros) - 1 or deepspeed  # ZeRO-2/3 refuse no_sync
-            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss, s = task.micro_loss(model, items, norm, world)
-            accelerator.backward(loss * undo_division)
-            for key, v in s.items():
-                sums[key] = sums.get(key, 0.0) + v
-        grad_norm = (accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm
-                     else torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None])))
-        grad_norm = float("nan") if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips itself
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        sums = _reduce_sums(accelerator, sums)
+    for step in range(start, s.total):
+        sums, grad_norm, lr = optimizer_step(s, cfg, step)
         tokens_seen += sums.get("tokens", 0.0)
-        row = {"step": step + 1, "epoch": round((step + 1) / order.per_epoch, 4),  # type: ignore[attr-defined]
-               **task.metrics(sums), "grad_norm": grad_norm, "learning_rate": lr,
+        row = {"step": step + 1, "epoch": round((step + 1) / s.order.per_epoch, 4),  # type: ignore[attr-defined]
+               **s.task.metrics(sums), "grad_norm": grad_norm, "learning_rate": lr,
                "tokens_per_s": round(tokens_seen / max(1e-9, time.time() - t0), 1)}
-        if accelerator.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == total):
-            with metrics_path.open("a") as f:
+        if acc.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == s.total):
+            with (out / METRICS).open("a") as f:
                 f.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         bar.update(1)
-        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < total:
-            save_checkpoint(accelerator, model, optimizer, scheduler, out, step + 1, cfg.save_total_limit, ckpt_key)
+        if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < s.total:
+            save_checkpoint(acc, s.model, s.optimizer, s.scheduler, out, step + 1, cfg.save_total_limit,
+                            resume_key(cfg))
         if on_step is not None:
             on_step(step + 1, row)
     bar.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        exported = (export or export_model)(accelerator.unwrap_model(model), tokenizer, out, cfg, base, folded)
-        atomic_write_json(out / TRAIN_RECORD, {
-            "kind": kind, "done": True, "steps": total, "base_model": str(base), **exported,
-            "lora": cfg.lora is not None, "config_hash": cfg.hash(), "torch": torch.__version__})
-    accelerator.wait_for_everyone()
+    finish(s, cfg, out, kind, export)
     return out
+
+
+def finish(s: Session, cfg: TrainConfig, out: Path, kind: str, export: Callable | None = None) -> None:
+    """Every process waits; the main one exports the model (`export`, default `export_model`) and
+    writes the training record."""
+    s.accelerator.wait_for_everyone()
+    if s.accelerator.is_main_process:
+        exported = (export or export_model)(s.accelerator.unwrap_model(s.model), s.tokenizer, out, cfg, s.base, s.folded)
+        atomic_write_json(out / TRAIN_RECORD, {
+            "kind": kind, "done": True, "steps": s.total, "base_model": str(s.base), **exported,
+            "lora": cfg.lora is not None, "config_hash": cfg.hash(), "torch": torch.__version__})
+    s.accelerator.wait_for_everyone()
 
 
 STAGE_ADAPTER = "stage_adapter"  # subfolder: this stage's own LoRA delta, when trained on other adapters
@@ -298,8 +325,6 @@ def export_model(model, tokenizer, out: Path, cfg: TrainConfig, base: str, folde
     if cfg.lora is None:
         model.save_pretrained(out, safe_serialization=True)
         return {"base_adapters": [str(a) for a in folded]}
-    from charter.train.lora import merge_adapters, save_combined_adapter
-
     record: dict = {"base_adapters": []}
     if folded:
         _save_adapter(model, out / STAGE_ADAPTER, folded[-1])
@@ -319,7 +344,6 @@ def _save_adapter(model, folder: Path, base: str | Path) -> None:
 
 
 def _name_base(folder: Path, base: str | Path) -> None:
-    adapter_cfg = folder / "adapter_config.json"
-    info = json.loads(adapter_cfg.read_text())
+    info = read_adapter_config(folder)
     info["base_model_name_or_path"] = str(base)
-    adapter_cfg.write_text(json.dumps(info, indent=2))
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(info, indent=2))

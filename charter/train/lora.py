@@ -22,7 +22,6 @@ the SFT delta to a model it was not trained against: allowed, but it is the user
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,11 +30,9 @@ from typing import Literal
 from pydantic import Field
 
 from charter.config import Config
-from charter.models import ADAPTER_CONFIG, TRAIN_RECORD, has_tokenizer, local_folder, resolve_model
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MERGE_RECORD = "charter_merge.json"
-
+from charter.data.jsonl import atomic_write_json, file_hash
+from charter.models import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_RECORD, TRAIN_RECORD, adapter_scale, check_supported,
+                            has_tokenizer, local_folder, lora_scale, merged_state, read_adapter_config, resolve_model)
 
 class LoraSettings(Config):
     """LoRA hyperparameters. Defaults are the paper's (SPEC §4): r 64, alpha 128, dropout 0, all linear."""
@@ -49,11 +46,6 @@ class LoraSettings(Config):
     @property
     def scale(self) -> float:
         return lora_scale(self.r, self.alpha, self.use_rslora)
-
-
-def lora_scale(r: int, alpha: float, use_rslora: bool = False) -> float:
-    """PEFT's LoRA scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    return alpha / (math.sqrt(r) if use_rslora else r)
 
 
 def linear_module_names(model) -> list[str]:
@@ -98,102 +90,6 @@ def apply_lora(model, settings: LoraSettings):
 # merging
 
 
-def adapter_scale(cfg: dict) -> float:
-    """PEFT's scaling for a saved adapter config."""
-    return lora_scale(cfg["r"], cfg["lora_alpha"], bool(cfg.get("use_rslora")))
-
-
-def read_adapter_config(adapter_dir: str | Path) -> dict:
-    """The adapter's `adapter_config.json`, after checking the folder really is a saved PEFT adapter."""
-    adapter_dir = Path(adapter_dir)
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"{adapter_dir}: no such adapter folder")
-    missing = [f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (adapter_dir / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (missing {', '.join(missing)})")
-    try:
-        return json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: line {e.lineno}: not valid JSON ({e.msg})") from None
-
-
-def _check_supported(cfg: dict, path: Path) -> None:
-    """Refuse adapters whose effect is not a pure `scale * B @ A` on each weight."""
-    problems = []
-    if cfg.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type={cfg.get('peft_type')}")
-    if cfg.get("use_dora"):
-        problems.append("use_dora=true (DoRA rescales weights; not a sum of deltas)")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        problems.append("rank_pattern/alpha_pattern")
-    if cfg.get("modules_to_save"):
-        problems.append("modules_to_save")
-    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
-        problems.append("trained biases")
-    if problems:
-        raise ValueError(f"{path / ADAPTER_CONFIG}: cannot merge exactly: {', '.join(problems)}")
-
-
-def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
-    """{base parameter name: scale * B @ A} in float64, for one saved PEFT adapter folder."""
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    cfg, w_path = read_adapter_config(adapter_dir), adapter_dir / ADAPTER_WEIGHTS
-    _check_supported(cfg, adapter_dir)
-    scale, fan_in_fan_out = adapter_scale(cfg), bool(cfg.get("fan_in_fan_out"))
-    tensors = load_file(str(w_path))
-    prefix = "base_model.model."
-    deltas = {}
-    for key, a in tensors.items():
-        for a_tag, b_tag, is_emb in ((".lora_A.weight", ".lora_B.weight", False),
-                                     (".lora_embedding_A", ".lora_embedding_B", True)):
-            if key.endswith(a_tag):
-                module = key[: -len(a_tag)]
-                b = tensors.get(module + b_tag)
-                if b is None:
-                    raise ValueError(f"{w_path}: {key} has no matching {b_tag}")
-                delta = b.double() @ a.double()
-                if is_emb or fan_in_fan_out:  # PEFT stores these transposed relative to the weight
-                    delta = delta.T
-                name = module[len(prefix):] if module.startswith(prefix) else module
-                deltas[name + ".weight"] = scale * delta
-    if not deltas:
-        raise ValueError(f"{w_path}: no LoRA A/B tensors found")
-    return deltas
-
-
-def resolve_param_name(params: dict, name: str, where: Path) -> str:
-    """Map an adapter's module path to the model's parameter name (PEFT may omit/add prefixes)."""
-    if name in params:
-        return name
-    hits = [p for p in params if p.endswith("." + name) or name.endswith("." + p)]
-    if len(hits) != 1:
-        raise ValueError(f"{where}: adapter targets {name!r}, which the base model does not have "
-                         f"(is this adapter for a different base?)")
-    return hits[0]
-
-
-def merged_state(model, adapters: list[tuple[str | Path, float]]) -> dict[str, "torch.Tensor"]:
-    """Add `sum_i w_i * delta_i` to the model's weights in place; returns {param: total delta (float64)}."""
-    import torch
-
-    params = dict(model.named_parameters())
-    total: dict[str, torch.Tensor] = {}
-    for path, weight in adapters:
-        for name, delta in adapter_deltas(path).items():
-            key = resolve_param_name(params, name, Path(path))
-            if params[key].shape != delta.shape:
-                raise ValueError(f"{path}: delta for {key} has shape {tuple(delta.shape)}, "
-                                 f"base weight {tuple(params[key].shape)}")
-            total[key] = total.get(key, 0) + float(weight) * delta
-    with torch.no_grad():
-        for key, delta in total.items():
-            p = params[key]
-            p.copy_((p.double() + delta.to(p.device)).to(p.dtype))
-    return total
-
-
 def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float]],
                    out_dir: str | Path, dtype: str = "auto") -> Path:
     """Fold `base + sum_i w_i * scale_i * B_i @ A_i` into full weights and save a plain HF folder.
@@ -205,7 +101,6 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
     import torch
     from transformers import AutoModelForCausalLM
 
-    from charter.data.jsonl import file_hash
 
     if not adapters:
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
@@ -250,7 +145,6 @@ def save_merged(model, tok_src: Path, out_dir: Path, record: dict) -> None:
     `charter_merge.json`) to a temp folder renamed into place, so a crash never leaves half a model."""
     from transformers import AutoTokenizer
 
-    from charter.data.jsonl import atomic_write_json
 
     tokenizer = AutoTokenizer.from_pretrained(tok_src) if has_tokenizer(tok_src) else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +189,7 @@ def save_combined_adapter(model, chain: list[Path], out_dir: Path) -> None:
 
     names = [f"chain{i}" for i in range(len(chain))]
     for name, path in zip(names, chain):
-        _check_supported(read_adapter_config(path), Path(path))
+        check_supported(read_adapter_config(path), Path(path))
         model.load_adapter(str(path), adapter_name=name)
     model.add_weighted_adapter(names + ["default"], [1.0] * (len(chain) + 1), "combined", combination_type="cat")
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from charter.chat import IGNORE_INDEX
+
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
@@ -23,7 +24,7 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     # cross_entropy is fused (no full log_softmax tensor kept) and gives 0 at ignored labels
     flat = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                           ignore_index=IGNORE, reduction="none")
+                           ignore_index=IGNORE_INDEX, reduction="none")
     return -flat.view(labels.shape)
 
 
@@ -32,7 +33,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return (sum of completion-token log-probs, number of completion tokens)."""
     labels = labels[..., 1:]
     per_tok = token_logps(logits[..., :-1, :], labels)
-    return per_tok.sum(-1), (labels != IGNORE).sum(-1)
+    return per_tok.sum(-1), (labels != IGNORE_INDEX).sum(-1)
 
 
 @dataclass

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from charter.models import ADAPTER_CONFIG, TRAIN_RECORD, local_folder
-from charter.train.lora import adapter_deltas, resolve_param_name, save_merged
+from charter.models import TRAIN_RECORD, adapter_deltas, is_adapter, local_folder, resolve_param_name
+from charter.train.lora import save_merged
 
 
 def own_adapter(trained: Path) -> Path:
@@ -41,7 +41,7 @@ def full_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def stage_delta(trained: Path, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """{parameter: float64 delta} this stage added to `start` (its starting weights)."""
-    if (trained / ADAPTER_CONFIG).exists():
+    if is_adapter(trained):
         adapter = own_adapter(trained)
         return {resolve_param_name(start, name, adapter): d for name, d in adapter_deltas(adapter).items()}
     weights = full_weights(trained)
@@ -56,7 +56,7 @@ def merge_stages(base: str | Path, stages: list[tuple[str | Path, float]], out_d
     from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
-    full = any(not (Path(p) / ADAPTER_CONFIG).exists() for p, _ in stages)
+    full = any(not is_adapter(p) for p, _ in stages)
     model = AutoModelForCausalLM.from_pretrained(local_folder(base), dtype=torch.float32 if full else "auto",
                                                  use_safetensors=True)
     params = dict(model.named_parameters())
@@ -76,9 +76,9 @@ def merge_stages(base: str | Path, stages: list[tuple[str | Path, float]], out_d
         "formula": "W = W_base + sum_i weight_i * delta_i (float64, cast once); delta = LoRA scale*B@A "
                    "or W_trained - W_start",
         "stages": [{"path": str(p), "weight": float(w),
-                    "kind": "lora" if (Path(p) / ADAPTER_CONFIG).exists() else "full"} for p, w in stages],
+                    "kind": "lora" if is_adapter(p) else "full"} for p, w in stages],
         "adapters": [{"path": str(own_adapter(Path(p))), "weight": float(w)}
-                     for p, w in stages if (Path(p) / ADAPTER_CONFIG).exists()],
+                     for p, w in stages if is_adapter(p)],
     })
     return out_dir
 

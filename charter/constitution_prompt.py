@@ -1,5 +1,5 @@
-"""The text we write around a constitution for distillation: teacher system prompt, thinking
-prefill, and the few-shot request that expands seed questions into more user prompts.
+"""The text we write around a constitution: teacher system prompt, thinking prefill, and the
+few-shot request that expands seed questions into more user prompts.
 
 Everything here is built with f-strings from the constitution, then checked with
 `check_authored`, so a `{NAME}`-style placeholder can never reach generated data (a known
@@ -8,7 +8,18 @@ failure of the reference implementation).
 from __future__ import annotations
 
 from charter.constitution import Constitution, Trait
-from charter.stages.reflection import check_authored
+from charter.data.jsonl import DataError
+from charter.filters import PLACEHOLDER_RE
+
+
+def check_authored(text: str, where: str) -> str:
+    """Text we (or the user) wrote must be fully formatted: a `{NAME}` left in it is a bug."""
+    m = PLACEHOLDER_RE.search(text)
+    if m:
+        raise DataError(f"{where}: unformatted placeholder {m.group(0)!r} in {text[:60]!r}")
+    if not text.strip():
+        raise DataError(f"{where}: empty text")
+    return text
 
 
 def numbered_traits(constitution: Constitution) -> str:

@@ -4,24 +4,43 @@ One file says everything about a run: which constitutions, which model is traine
 teacher, student, judge and trainer live (each its own backend, so a large API teacher, a
 local vLLM student and an accelerate trainer can be mixed), and one section per stage.
 
-Stage sections that belong to another module's config (`dpo` -> `DPOConfig`, `sft` ->
-`SFTConfig`, `prompts`/`distill` -> `DistillConfig`, `reflection`/`interaction`/`filter` ->
-`IntrospectConfig`) are kept as plain mappings here and validated by that module's own
-config class when the plan is made (so a typo fails before any model loads); the pipeline
-fills in the paths (data, model, output folder) itself.
+Every stage section is the typed settings class of the step it configures (`prompts` ->
+`PromptSettings`, `dpo` -> the DPO trainer's hyperparameters, `filter` -> `FilterSettings`,
+...). They hold hyperparameters only: the stages pass the paths (data, model, output folder)
+as arguments. pydantic validates the whole file on load, so a typo such as `dpo.bta` fails
+with its dotted key before any model loads.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from charter.backends import BackendConfig
 from charter.config import Config, ConfigError, load_config, read_yaml
+from charter.stages.distill import AnswerSettings, PairSettings, PromptSettings
+from charter.stages.introspect import FilterSettings, InteractionConfig, ReflectionConfig
+from charter.toy.model import ToyBuildConfig
+from charter.train.dpo import DPOConfig
+from charter.train.sft import SFTConfig
 
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).parent.parent / "configs"
 TOY_MODEL = "toy"  # student.model value meaning "the toy world's base model, built and cached locally"
+
+
+RUN_FILLED = ("model", "data", "output_dir", "seed", "chat", "chat_template")  # a stage's arguments, not settings
+
+
+def hyperparameters(cls: type[Config]) -> type[Config]:
+    """A trainer config without the fields the run fills in (paths, seed, the student's chat
+    format): they are fixed to None and left out of dumps, while `cls`'s validators still run."""
+    unset = {name: (None, Field(None, exclude=True)) for name in RUN_FILLED}
+    return create_model(cls.__name__.replace("Config", "Settings"), __base__=cls, **unset)
+
+
+DPOSettings = hyperparameters(DPOConfig)
+SFTSettings = hyperparameters(SFTConfig)
 
 
 def presets() -> list[str]:
@@ -33,7 +52,6 @@ class TrainerSection(Config):
 
     launcher: Literal["local", "accelerate"] = "local"
     accelerate_args: list[str] = []
-    device: str | None = None  # None = cuda if available, else cpu
 
 
 class JudgeSection(Config):
@@ -67,9 +85,9 @@ class EvalSection(Config):
 
 
 class ToySection(Config):
-    """Overrides for the toy base model build (`charter.toy.model.ToyBuildConfig`), when student.model=toy."""
+    """The toy base model build, when student.model=toy."""
 
-    build: dict[str, Any] = {}
+    build: ToyBuildConfig = ToyBuildConfig()
     cache_dir: str | None = None
     prompts_per_persona: int = 300  # training prompts drawn from the world's user-prompt distribution
 
@@ -86,14 +104,14 @@ class RunConfig(Config):
     trainer: TrainerSection = TrainerSection()
     toy: ToySection = ToySection()
 
-    prompts: dict[str, Any] = {}
-    distill: dict[str, Any] = {}  # teacher/student sampling, K samples per prompt
-    pairs: dict[str, Any] = {}
-    dpo: dict[str, Any] = {}
-    reflection: dict[str, Any] = {}
-    interaction: dict[str, Any] = {}
-    filter: dict[str, Any] = {}
-    sft: dict[str, Any] = {}
+    prompts: PromptSettings = PromptSettings()
+    distill: AnswerSettings = AnswerSettings()  # teacher/student sampling, K samples per prompt
+    pairs: PairSettings = PairSettings()
+    dpo: DPOSettings = DPOSettings()
+    reflection: ReflectionConfig = ReflectionConfig()
+    interaction: InteractionConfig = InteractionConfig()
+    filter: FilterSettings = FilterSettings()
+    sft: SFTSettings = SFTSettings()
     merge: MergeSection = MergeSection()
     eval: EvalSection = EvalSection()
 

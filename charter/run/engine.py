@@ -1,12 +1,13 @@
 """The `charter run` engine: a small explicit stage graph, cached and resumable in one run directory.
 
-A `Stage` is a name, the upstream stages it reads, the slice of the run config it
-depends on, and a function `(ctx) -> counts`. Each stage writes only under
-`run_dir/<name>/`. Its cache key is a hash of its config slice, the seed and its
-inputs' output hashes, so:
+A `Stage` is a name, the upstream stages it reads, a function building the settings
+object it reads from the run config, and a function `(ctx) -> counts` that gets exactly
+that settings object as `ctx.settings`. Each stage writes only under `run_dir/<name>/`.
+Its cache key is a hash of its settings (`model_dump()`), the seed and its inputs'
+output hashes, so a key cannot drift from what the stage reads, and:
 
 - a finished stage whose key is unchanged (and whose files are intact) is skipped;
-- a changed config slice or a changed upstream output re-runs it, and the new
+- a changed setting or a changed upstream output re-runs it, and the new
   output hash then changes every stage downstream of it;
 - a stage that was interrupted ("running" in the manifest, same key) is simply
   called again: stage functions append keyed records and skip what they have;
@@ -15,7 +16,7 @@ inputs' output hashes, so:
 
 `manifest.json` records the config, its hash, package versions, the seed, and per
 stage its key, counts, timings and output hash. The graph itself knows nothing about
-models; `charter.run_stages` wires the real stage functions into it.
+models; `charter.run.stages` wires the real stage functions into it.
 """
 from __future__ import annotations
 
@@ -26,27 +27,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
 from charter.config import ConfigError
-from charter.data.jsonl import atomic_write_json, file_hash
-
-MANIFEST = "manifest.json"
-_FULL_HASH_LIMIT = 64 << 20  # larger files (model shards) are fingerprinted, not read whole
+from charter.data.jsonl import atomic_write_json
+from charter.integrity import output_record, outputs_intact
+from charter.run.layout import MANIFEST
 
 
 @dataclass
 class StageContext:
-    """What a stage function gets: the config, its own output folder and its inputs' folders."""
+    """What a stage function gets: its settings, its own output folder and its inputs' folders."""
 
     name: str
-    cfg: Any
+    settings: Any
     run_dir: Path
     out_dir: Path
     seed: int
     inputs: dict[str, Path]
-    manifest: dict[str, Any]
 
     def input_dir(self, stage: str) -> Path:
         if stage not in self.inputs:
@@ -59,8 +59,7 @@ class Stage:
     name: str
     fn: Callable[[StageContext], dict[str, Any] | None]
     inputs: list[str] = field(default_factory=list)
-    section: Callable[[Any], Any] = lambda cfg: None  # the config slice whose change re-runs it
-    doc: str = ""
+    settings: Callable[[Any], Any] = lambda cfg: None  # what the stage reads; a change re-runs it
 
 
 @dataclass
@@ -68,6 +67,7 @@ class PlanItem:
     stage: str
     action: str  # "run" | "resume" | "cached" | "skip"
     reason: str
+    forced: bool = False  # --from/--only: run even when its key is unchanged
 
 
 # ---------------------------------------------------------------- hashing
@@ -78,36 +78,23 @@ def _json_hash(obj: Any) -> str:
 
 
 def _config_part(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
     return obj.to_dict() if hasattr(obj, "to_dict") else obj
 
 
-def dir_hash(path: Path) -> str:
-    """Hash of every file's relative path and content under `path` (big files: size + head/tail)."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(p.relative_to(path)).encode() + b"\0")
-        size = p.stat().st_size
-        if size <= _FULL_HASH_LIMIT:
-            h.update(file_hash(p).encode())
-        else:
-            with p.open("rb") as f:
-                head = f.read(1 << 20)
-                f.seek(size - (1 << 20))
-                tail = f.read()
-            h.update(f"{size}".encode() + hashlib.sha256(head + tail).digest())
-    return h.hexdigest()[:16]
+def settings_hash(stage: Stage, cfg: Any) -> str:
+    return _json_hash(_config_part(stage.settings(cfg)))
 
 
 def stage_key(stage: Stage, cfg: Any, seed: int, input_hashes: dict[str, str]) -> str:
-    return _json_hash({"stage": stage.name, "section": _config_part(stage.section(cfg)),
+    return _json_hash({"stage": stage.name, "settings": settings_hash(stage, cfg),
                        "seed": seed, "inputs": input_hashes})
 
 
 # ---------------------------------------------------------------- manifest
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": sys.version.split()[0]}
     for name in ("charter", "torch", "transformers", "trl", "peft", "accelerate", "tokenizers"):
         try:
@@ -172,17 +159,18 @@ class Pipeline:
                 items.append(PlanItem(s.name, "skip", "--only " + only + ("" if ok else " (not run yet)")))
                 continue
             action, reason = self._decide(s, cfg, run_dir, seed, manifest, reruns)
+            forced = False
             if forced_from is not None and i >= forced_from and action == "cached":
-                action, reason = "run", f"--from {start}"
+                action, reason, forced = "run", f"--from {start}", True
             if only is not None:
                 missing = [u for u in s.inputs if manifest["stages"].get(u, {}).get("status") != "done"]
                 if missing:
                     raise ConfigError(f"--only {only}: its inputs {missing} have not finished; run them first")
                 if action == "cached":
-                    action, reason = "run", f"--only {only}"
+                    action, reason, forced = "run", f"--only {only}", True
             if action != "cached":
                 reruns.add(s.name)
-            items.append(PlanItem(s.name, action, reason))
+            items.append(PlanItem(s.name, action, reason, forced))
         return items
 
     def _decide(self, s: Stage, cfg: Any, run_dir: Path, seed: int, manifest: dict[str, Any],
@@ -196,13 +184,12 @@ class Pipeline:
         input_hashes = {u: manifest["stages"][u].get("output_hash") for u in s.inputs}
         key = stage_key(s, cfg, seed, input_hashes)
         if rec.get("key") != key:
-            why = "config changed" if rec.get("section_hash") != _json_hash(_config_part(s.section(cfg))) \
+            why = "config changed" if rec.get("settings_hash") != settings_hash(s, cfg) \
                 else "inputs or seed changed"
             return "run", why
         if rec.get("status") != "done":
             return "resume", "interrupted; resumes from its saved records"
-        out = run_dir / s.name
-        if not out.exists() or dir_hash(out) != rec.get("output_hash"):
+        if not outputs_intact(run_dir / s.name, rec):  # the manifest's file table (charter.integrity)
             return "run", "outputs missing or modified"
         return "cached", "inputs and config unchanged"
 
@@ -228,9 +215,9 @@ class Pipeline:
             key = stage_key(s, cfg, seed, input_hashes)
             rec = manifest["stages"].get(s.name, {})
             out = run_dir / s.name
-            forced = item.reason.startswith(("--from", "--only"))
+            forced = item.forced
             if (not forced and rec.get("key") == key and rec.get("status") == "done"
-                    and out.exists() and dir_hash(out) == rec.get("output_hash")):
+                    and outputs_intact(out, rec)):
                 log(f"[{i + 1}/{len(self.stages)}] {s.name}: cached")
                 continue
             resume = rec.get("key") == key and rec.get("status") == "running" and not forced
@@ -241,18 +228,17 @@ class Pipeline:
                 f"({n_done}/{max(n_todo, 1)} of this run's stages done, {time.time() - t_run:.0f}s elapsed)"
                 f" -- {item.reason}")
             manifest["stages"][s.name] = {
-                "status": "running", "key": key, "section_hash": _json_hash(_config_part(s.section(cfg))),
+                "status": "running", "key": key, "settings_hash": settings_hash(s, cfg),
                 "inputs": input_hashes, "started": _now(),
                 "resumed": resume, "seconds_before": rec.get("seconds", 0.0) if resume else 0.0}
             atomic_write_json(run_dir / MANIFEST, manifest)
             t0 = time.time()
-            ctx = StageContext(s.name, cfg, run_dir, out, seed,
-                               {u: run_dir / u for u in s.inputs}, manifest)
+            ctx = StageContext(s.name, s.settings(cfg), run_dir, out, seed, {u: run_dir / u for u in s.inputs})
             counts = s.fn(ctx) or {}
             srec = manifest["stages"][s.name]
             srec.update({"status": "done", "counts": counts, "finished": _now(),
                          "seconds": round(srec.pop("seconds_before") + time.time() - t0, 2),
-                         "output_hash": dir_hash(out)})
+                         **output_record(out)})
             atomic_write_json(run_dir / MANIFEST, manifest)
             n_done += 1
         manifest["seconds_total"] = round(time.time() - t_run, 2)
