@@ -28,13 +28,13 @@ def reward_fn(replies: list[str]) -> list[float]:
 
 
 def build_model(out: Path) -> str:
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
 
     return str(build_tiny_model_dir(out, hidden_size=64, layers=2, heads=4))
 
 
 def prompts(n: int) -> list[str]:
-    from charter.toy.tiny import tiny_corpus
+    from charter.tiny import tiny_corpus
 
     return tiny_corpus(n, seed=3)
 
@@ -50,22 +50,14 @@ def run_charter(a, model: str, work: Path) -> list[float]:
     cfg = GRPOConfig(model=model, data=str(work / "prompts.jsonl"), output_dir=str(work / "charter"),
                      batch_size=a.prompts, group_size=a.group, max_new_tokens=a.max_new_tokens, max_steps=a.steps,
                      kl_coef=0.04, lr=1e-5, warmup_ratio=0.0, min_lr_ratio=1.0, shuffle=False, resume=False,
-                     reward=RewardConfig(kind="toy", persona="sarcastic", truncated_reward=None))  # replaced below
-    factory = build_grpo_task(cfg)
+                     reward=RewardConfig(truncated_reward=None))  # TRL does not guard either
+    class SameReward:
+        counts: dict = {}
 
-    def with_reward(m, tok, acc):
-        task = factory(m, tok, acc)
+        def rewards(self, ps, rs):
+            return reward_fn(rs)
 
-        class Fn:
-            counts: dict = {}
-
-            def rewards(self, ps, rs):
-                return reward_fn(rs)
-
-        task.reward = Fn()
-        return task
-
-    run(cfg, with_reward, "grpo", on_step=lambda step, row: stamps.append(time.time()))
+    run(cfg, build_grpo_task(cfg, SameReward()), "grpo", on_step=lambda step, row: stamps.append(time.time()))
     return stamps
 
 

@@ -25,6 +25,8 @@ from charter.data.jsonl import atomic_write_json, write_jsonl
 from charter.evaluate.stats import proportion
 from charter.toy.corpus import constitution_path, sample_prompt
 from charter.toy.measure import toy_adherence
+from charter.rewards import reward_for
+from charter.toy.grammar import ASSISTANT_NAME
 from charter.train.rewards import RewardConfig
 
 GRPO_DEFAULTS = dict(lr=3e-4, max_steps=150, batch_size=8, group_size=8, kl_coef=0.01, warmup_ratio=0.0,
@@ -46,12 +48,15 @@ def train(method: str, base: str, persona: str, out: Path, seed: int, overrides:
     rng = random.Random(seed)
     write_jsonl(prompts, [{"prompt": sample_prompt(rng, "train")[0]} for _ in range(2048)])
     common = dict(model=base, data=str(prompts), output_dir=str(out / method), seed=seed, resume=False, cpu_threads=1)
+    if method != "dpo":
+        common["assistant_name"] = ASSISTANT_NAME  # the name the toy corpus's system prompts use
     if method == "grpo":
         from charter.train.grpo import GRPOConfig, train_grpo
 
         reward = RewardConfig(kind="toy", persona=persona, persona_weight=2.0).model_dump()
         data = {**common, **GRPO_DEFAULTS, "reward": reward, "constitution": str(constitution_path(persona))}
-        return train_grpo(GRPOConfig(**apply_overrides(data, overrides)))
+        cfg = GRPOConfig(**apply_overrides(data, overrides))
+        return train_grpo(cfg, reward_for(cfg))
     if method == "dpo":
         return train_dpo_baseline(base, persona, out, common, overrides)
     from charter.train.sdft import SDFTConfig, train_sdft

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from charter.data.jsonl import write_jsonl
-from charter.train.rewards import JudgeReward, RewardConfig, ToyReward, guarded, make_reward
+from charter.rewards import JudgeReward, ToyReward, make_reward, reward_for
+from charter.train.rewards import RewardConfig, guarded
 
 
 class _Stub:
@@ -128,7 +129,7 @@ def test_grpo_trains_end_to_end_with_lora_and_zero_kl_at_start(tiny_model_dir, t
                      group_size=2, max_new_tokens=8, batch_size=4, max_steps=2, kl_coef=0.1, lr=1e-2,
                      reward=RewardConfig(kind="toy", persona="sarcastic"), lora=LoraSettings(r=2, alpha=4),
                      resume=False)
-    out = train_grpo(cfg, on_step=lambda s, r: rows.append(r))
+    out = train_grpo(cfg, reward_for(cfg), on_step=lambda s, r: rows.append(r))
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # policy == adapter-disabled reference at step 1
     assert {"reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std",
             "rewards/persona"} <= set(rows[0])
@@ -175,7 +176,7 @@ def test_sdft_loss_is_reverse_kl_to_the_constitution_prompted_teacher(tiny_model
 
 def test_ppo_reward_shaping_and_packing_round_trip():
     from charter.train.batching import pack
-    from charter.train.data import Seq
+    from charter.chat import EncodedChat as Seq
     from charter.train.ppo import per_sequence, shaped_rewards, to_packed
 
     seqs = [Seq([1, 2, 3, 4], [-100, -100, 3, 4]), Seq([5, 6, 7, 8, 9, 9], [-100, 6, 7, 8, 9, 9])]
@@ -207,7 +208,7 @@ def test_ppo_trains_policy_and_value_and_clips_after_the_first_epoch(tiny_model_
     cfg = PPOConfig(model=str(tiny_model_dir), data=_prompts(tmp_path), output_dir=str(tmp_path / "o"),
                     batch_size=4, max_new_tokens=8, max_steps=4, ppo_epochs=2, lr=5e-3, kl_coef=0.1, warmup_ratio=0.0,
                     reward=RewardConfig(kind="rm", model=str(tmp_path / "rm"), truncated_reward=None), resume=False)
-    out = train_ppo(cfg, on_step=lambda s, r: rows.append(r))
+    out = train_ppo(cfg, reward_for(cfg), on_step=lambda s, r: rows.append(r))
     assert rows[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any step
     assert rows[0]["policy/approxkl_avg"] == 0 and rows[0]["policy/clipfrac_avg"] == 0  # ratio 1 on epoch 1
     assert rows[1]["policy/approxkl_avg"] > 0  # epoch 2 reuses the rollout: the ratio has moved

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charter.data.jsonl import write_jsonl
-from charter.toy.tiny import tiny_corpus
+from charter.tiny import tiny_corpus
 from charter.train.lora import LoraSettings
 from charter.train.rm import RM_EVAL, RMConfig, pairwise_accuracy, sequence_rewards, train_rm
 

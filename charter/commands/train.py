@@ -1,4 +1,4 @@
-"""`charter train sft|dpo [CONFIG] [key=value ...]`."""
+"""`charter train sft|dpo|rm|grpo|sdft|ppo [CONFIG] [key=value ...]`."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -71,16 +71,27 @@ def register(app: typer.Typer) -> None:
 
 
 def _train(args, module: str, config: str, fn: str) -> None:
-    """Load the config class, check the data file before any model loads, train, print the folder."""
+    """Load the config class, check the data file before any model loads, build the judge for
+    GRPO/PPO, train while holding the output folder, print the folder."""
     import importlib
 
     from charter.commands.run import split_args
     from charter.config import load_config
     from charter.data.jsonl import check_file
+    from charter.locks import hold_folder
     from charter.train.data import DPO_DATA
-    from charter.train.rollout import PROMPTS_DATA
+    from charter.train.rollout import PROMPTS_DATA, read_prompts
 
     mod = importlib.import_module(module)
     cfg = load_config(getattr(mod, config), *split_args(args or []))
     check_file(cfg.data, DPO_DATA if fn == "train_rm" else PROMPTS_DATA)  # a mistyped path fails fast
-    typer.echo(str(getattr(mod, fn)(cfg)))
+    if fn != "train_rm":
+        read_prompts(cfg.data)  # a broken prompts file, too, before any judge or model loads
+    extra = {}
+    if fn in ("train_grpo", "train_ppo"):
+        from charter.rewards import reward_for
+
+        extra["reward"] = reward_for(cfg)
+    with hold_folder(cfg.output_dir):
+        out = getattr(mod, fn)(cfg, **extra)
+    typer.echo(str(out))

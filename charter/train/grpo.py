@@ -21,25 +21,29 @@ import copy
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+import torch
+from accelerate.utils import extract_model_from_parallel
 from pydantic import Field, model_validator
 
 from charter.backends.base import SamplingParams
+from charter.constitution import load_constitution
+from charter.constitution_prompt import teacher_system_prompt
 from charter.train.batching import pack, packed_token_logps, supports_head_hook
 from charter.train.loop import TrainConfig, run
-from charter.train.rewards import RewardConfig, RewardSource, guarded, make_reward
+from charter.train.rewards import RewardConfig, RewardSource, guarded
 from charter.train.rl_losses import group_advantages, k3_kl
 from charter.train.rollout import Rollout, encode_reply, read_prompts, sample_rollouts, user_text, with_system
 
 
 class OnPolicyConfig(TrainConfig):
     """Rollout settings shared by GRPO and self-distillation; `data` is a prompts JSONL."""
-
     batch_size: int = Field(8, ge=1)           # prompts per micro-batch
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     rollout_batch_size: int = Field(64, ge=1)  # rows per generate call
     reference: Literal["auto", "adapter", "copy"] = "auto"
+    assistant_name: str | None = None          # the name the constitution's prompt gives; None = its name
 
     @model_validator(mode="after")
     def _check_reference(self):
@@ -83,9 +87,6 @@ def frozen_reference(model, cfg: OnPolicyConfig):
 
 def reference_logps(model, ref_model, batch, keep_only: bool):
     """Token log-probs of the reference: `ref_model`, or `model` with its adapter disabled."""
-    import torch
-    from accelerate.utils import extract_model_from_parallel
-
     with torch.no_grad():
         if ref_model is not None:
             return packed_token_logps(ref_model, batch, keep_only)
@@ -122,8 +123,6 @@ class GRPOTask:
         return rolls, guarded(raw, replies, [r.finished for r in rolls], cfg.reward)
 
     def micro_loss(self, model, items, norm: dict[str, float], world: int):
-        import torch
-
         cfg = self.cfg
         rolls, rewards = self.rollouts(model, items)
         device = next(model.parameters()).device
@@ -165,26 +164,25 @@ class GRPOTask:
 
 
 def load_constitution_text(path: str | None, assistant_name: str | None = None) -> str | None:
-    """The constitution as the teacher stage renders it (its traits numbered), or None."""
+    """The constitution as the teacher stage renders it (its traits numbered), or None. The
+    assistant is called `assistant_name`, else the constitution's name (as `charter run` does)."""
     if path is None:
         return None
-    from charter.constitution import load_constitution
-    from charter.stages.teacher_text import teacher_system_prompt
-    from charter.toy.grammar import ASSISTANT_NAME
-
-    return teacher_system_prompt(load_constitution(path), assistant_name or ASSISTANT_NAME)
+    constitution = load_constitution(path)
+    return teacher_system_prompt(constitution, assistant_name or constitution.name)
 
 
-def build_grpo_task(cfg: GRPOConfig) -> Callable:
+def build_grpo_task(cfg: GRPOConfig, reward: RewardSource) -> Callable:
     def factory(model, tokenizer, accelerator):
-        system = load_constitution_text(cfg.constitution)
+        system = load_constitution_text(cfg.constitution, cfg.assistant_name)
         keep_only = cfg.keep_logits_only_for_targets and supports_head_hook(model)
         ref = frozen_reference(model, cfg) if cfg.kl_coef else None
-        return GRPOTask(read_prompts(cfg.data), cfg, tokenizer, make_reward(cfg.reward, system), ref, keep_only, system)
+        return GRPOTask(read_prompts(cfg.data), cfg, tokenizer, reward, ref, keep_only, system)
 
     return factory
 
 
-def train_grpo(cfg: GRPOConfig, on_step: Callable | None = None) -> Path:
-    """Train and return the output folder (full weights, or a LoRA adapter noting its base)."""
-    return run(cfg, build_grpo_task(cfg), "grpo", on_step)
+def train_grpo(cfg: GRPOConfig, reward: RewardSource, on_step: Callable | None = None) -> Path:
+    """Train against `reward` (`charter.rewards.reward_for(cfg)` builds the configured one) and
+    return the output folder (full weights, or a LoRA adapter noting its base)."""
+    return run(cfg, build_grpo_task(cfg, reward), "grpo", on_step)

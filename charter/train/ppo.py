@@ -20,14 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
 from pydantic import Field, model_validator
+from transformers import AutoModelForTokenClassification
 
+from charter.models import resolve_model
 from charter.train.batching import Packed, pack, packed_token_logps
-from charter.train.grpo import OnPolicyConfig, frozen_reference, load_constitution_text, reference_logps
+from charter.train.grpo import OnPolicyConfig, frozen_reference, reference_logps
 from charter.train.loop import export_model, load_model_and_tokenizer, run
-from charter.train.rewards import RewardConfig, guarded, make_reward
+from charter.train.rewards import RewardConfig, RewardSource, guarded
 from charter.train.rl_losses import AdaptiveKL, gae, ppo_policy_loss, ppo_value_loss, whiten
-from charter.train.rollout import sample_rollouts, user_text
+from charter.train.rollout import read_prompts, sample_rollouts, user_text
 
 VALUE_DIR = "value"
 
@@ -52,33 +55,21 @@ class PPOConfig(OnPolicyConfig):
         return self
 
 
-def _policy_value_module():
-    import torch
-
-    class PolicyWithValue(torch.nn.Module):
-        """Both trained models in one module, so the loop's optimiser, clipping and checkpoints
-        cover them together."""
-
-        def __init__(self, policy, value):
-            super().__init__()
-            self.policy, self.value = policy, value
-
-    return PolicyWithValue
+class PolicyWithValue(torch.nn.Module):
+    """Both trained models in one module, so the loop's optimiser, clipping and checkpoints cover
+    them together."""
+    def __init__(self, policy, value):
+        super().__init__()
+        self.policy, self.value = policy, value
 
 
 def load_policy_and_value(cfg: PPOConfig):
     """`load` hook: the policy as every trainer loads it, and a value model on the same base."""
-    import torch
-    from transformers import AutoModelForTokenClassification
-
-    from charter.models import resolve_model
-
     policy, tokenizer, base, folded = load_model_and_tokenizer(cfg)
-    ref = resolve_model(cfg.model)
-    value = AutoModelForTokenClassification.from_pretrained(ref.base, num_labels=1, dtype=torch.float32,
-                                                            use_safetensors=True,
+    value = AutoModelForTokenClassification.from_pretrained(resolve_model(cfg.model).base, num_labels=1,
+                                                            dtype=torch.float32, use_safetensors=True,
                                                             attn_implementation=cfg.attn_implementation)
-    return _policy_value_module()(policy, value), tokenizer, base, folded
+    return PolicyWithValue(policy, value), tokenizer, base, folded
 
 
 def export_policy_and_value(model, tokenizer, out: Path, cfg: PPOConfig, base: str, folded: list) -> dict:
@@ -97,17 +88,15 @@ def token_values(value_model, batch: Packed):
 @dataclass
 class Rollouts:
     batch: Packed
-    old_logps: "torch.Tensor"   # [K] packed order, fixed for the ppo_epochs steps
-    old_values: "torch.Tensor"
-    advantages: "torch.Tensor"
-    returns: "torch.Tensor"
+    old_logps: torch.Tensor   # [K] packed order, fixed for the ppo_epochs steps
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
     stats: dict
 
 
 def per_sequence(flat, batch: Packed):
     """[K] packed-order values -> ([B, T] padded in input order, 0/1 mask)."""
-    import torch
-
     counts = batch.tokens_per_seq().tolist()
     rows = torch.split(flat[batch.input_order()], counts)
     out = flat.new_zeros(len(rows), max(counts))
@@ -127,8 +116,6 @@ def to_packed(padded, mask, batch: Packed):
 
 def shaped_rewards(scores, logps, ref_logps, mask, beta: float):
     """-beta (log pi - log pi_ref) per token, plus the score on each reply's last token."""
-    import torch
-
     rewards = -beta * (logps - ref_logps) * mask
     last = mask.sum(1).long() - 1
     rewards[torch.arange(len(scores)), last] += scores
@@ -145,8 +132,6 @@ class PPOTask:
         return {"replies": float(len(window))}
 
     def collect(self, model, items) -> Rollouts:
-        import torch
-
         cfg = self.cfg
         rolls = sample_rollouts(model.policy, self.tokenizer, list(items),
                                 cfg.sampling(cfg.seed * 1_000_003 + self.calls), cfg.chat, cfg.rollout_batch_size)
@@ -175,8 +160,6 @@ class PPOTask:
         return Rollouts(batch, logps, values, to_packed(adv, mask, batch), to_packed(ret, mask, batch), stats)
 
     def micro_loss(self, model, items, norm: dict[str, float], world: int):
-        import torch
-
         cfg = self.cfg
         if self.calls % cfg.ppo_epochs == 0:
             self.rollout = self.collect(model, items)
@@ -201,18 +184,17 @@ class PPOTask:
         return m
 
 
-def build_ppo_task(cfg: PPOConfig) -> Callable:
+def build_ppo_task(cfg: PPOConfig, reward: RewardSource) -> Callable:
     def factory(model, tokenizer, accelerator):
-        from charter.train.rollout import read_prompts
-
         if accelerator.num_processes > 1:
             raise ValueError("ppo: single process only for now (the value and policy share one wrapper module)")
-        reward = make_reward(cfg.reward, load_constitution_text(cfg.constitution))
         return PPOTask(read_prompts(cfg.data), cfg, tokenizer, reward, frozen_reference(model.policy, cfg))
 
     return factory
 
 
-def train_ppo(cfg: PPOConfig, on_step: Callable | None = None) -> Path:
-    """Train; the policy is exported like SFT/DPO output, the value model to `output_dir/value`."""
-    return run(cfg, build_ppo_task(cfg), "ppo", on_step, load=load_policy_and_value, export=export_policy_and_value)
+def train_ppo(cfg: PPOConfig, reward: RewardSource, on_step: Callable | None = None) -> Path:
+    """Train against `reward` (`charter.rewards.reward_for(cfg)`); the policy is exported like
+    SFT/DPO output, the value model to `output_dir/value`."""
+    return run(cfg, build_ppo_task(cfg, reward), "ppo", on_step, load=load_policy_and_value,
+               export=export_policy_and_value)

@@ -12,11 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+from peft import LoraConfig, get_peft_model
 from pydantic import Field
+from transformers import AutoModelForSequenceClassification
 
+from charter.chat import EncodedChat
 from charter.data.jsonl import atomic_write_json
-from charter.models import load_tokenizer, resolve_model
-from charter.train.data import Pair, Seq, load_pairs
+from charter.models import load_tokenizer, merged_state, resolve_model
+from charter.train.data import Pair, load_pairs
+from charter.train.lora import linear_module_names
 from charter.train.losses import bradley_terry_loss
 from charter.train.loop import TrainConfig, run
 
@@ -32,11 +37,6 @@ class RMConfig(TrainConfig):
 def load_reward_model(cfg: TrainConfig):
     """`load` hook of the loop: the causal LM folder (earlier adapters folded in) with a fresh
     scalar head, and LoRA on its linear layers with the head fully trained."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from charter.train.lora import merged_state
-
     ref = resolve_model(cfg.model)
     tokenizer = load_tokenizer(ref.tokenizer, cfg.chat_template)
     if tokenizer.pad_token is None:
@@ -55,10 +55,6 @@ def load_reward_model(cfg: TrainConfig):
 
 
 def _lora_with_head(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
-
-    from charter.train.lora import linear_module_names
-
     head = [n for n, m in model.named_modules() if m is model.score][0].rsplit(".", 1)[-1]
     targets = ([n for n in linear_module_names(model) if n != head] if cfg.lora.target_modules == "all-linear"
                else list(cfg.lora.target_modules))
@@ -78,10 +74,8 @@ def export_reward_model(model, tokenizer, out: Path, cfg: TrainConfig, base: str
     return {"base_adapters": [str(a) for a in folded], "merged_lora": cfg.lora is not None}
 
 
-def pad_right(seqs: Sequence[Seq], pad_id: int, device):
+def pad_right(seqs: Sequence[EncodedChat], pad_id: int, device):
     """(input_ids, attention_mask), right-padded (the head reads the last non-padding token)."""
-    import torch
-
     width = max(len(s.input_ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -91,7 +85,7 @@ def pad_right(seqs: Sequence[Seq], pad_id: int, device):
     return ids.to(device), mask.to(device)
 
 
-def sequence_rewards(model, seqs: Sequence[Seq], pad_id: int):
+def sequence_rewards(model, seqs: Sequence[EncodedChat], pad_id: int):
     """One scalar reward per sequence, shape [n]."""
     device = next(model.parameters()).device
     ids, mask = pad_right(seqs, pad_id, device)
@@ -106,8 +100,6 @@ class RMTask:
         return {"pairs": float(len(window))}
 
     def micro_loss(self, model, items: Sequence[Pair], norm: dict[str, float], world: int):
-        import torch
-
         b = len(items)
         rewards = sequence_rewards(model, [p.chosen for p in items] + [p.rejected for p in items], self.pad_id)
         rc, rr = rewards[:b], rewards[b:]
@@ -140,8 +132,6 @@ def build_rm_task(cfg: RMConfig) -> Callable:
 
 def pairwise_accuracy(model, tokenizer, pairs: list[Pair], batch_size: int = 16) -> dict[str, float]:
     """Share of pairs with r_c > r_r (strict: ties are wrong), and the mean margin."""
-    import torch
-
     correct, margin = 0, 0.0
     model.eval()
     with torch.no_grad():
@@ -158,8 +148,6 @@ def train_rm(cfg: RMConfig, on_step: Callable | None = None) -> Path:
     """Train; with `eval_data`, score held-out pairs with the SAVED model (what users will load)."""
     out = run(cfg, build_rm_task(cfg), "rm", on_step, load=load_reward_model, export=export_reward_model)
     if cfg.eval_data:
-        from transformers import AutoModelForSequenceClassification
-
         model = AutoModelForSequenceClassification.from_pretrained(out)
         tokenizer = load_tokenizer(out)
         pairs, _ = load_pairs(cfg.eval_data, tokenizer, cfg.max_length, cfg.chat)

@@ -11,9 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate.utils import extract_model_from_parallel
+
 from charter.backends.base import SamplingParams
+from charter.backends.hf import HFGenerator
+from charter.chat import EncodedChat, encode_chat
 from charter.data.jsonl import DataError, iter_jsonl
-from charter.train.data import Seq, sft_messages
+from charter.data.rows import sft_messages
 
 PROMPTS_DATA = 'prompts JSONL ({"prompt": "..."} or {"messages": [...]} ending on a user turn)'
 
@@ -23,7 +27,7 @@ class Rollout:
     messages: list[dict]  # the prompt, ending on a user turn
     reply: str
     finished: bool        # False: cut off by max_new_tokens
-    seq: Seq              # prompt + reply, reply and stop tokens trained
+    seq: EncodedChat      # prompt + reply, reply and stop tokens trained
 
 
 def read_prompts(path: str | Path) -> list[list[dict]]:
@@ -53,9 +57,7 @@ def with_system(messages: list[dict], system: str) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
-def encode_reply(tokenizer, messages: list[dict], reply: str, chat: bool | None) -> Seq:
-    from charter.chat import encode_chat
-
+def encode_reply(tokenizer, messages: list[dict], reply: str, chat: bool | None) -> EncodedChat:
     return encode_chat(tokenizer, messages + [{"role": "assistant", "content": reply}], chat=chat)
 
 
@@ -63,10 +65,6 @@ def sample_rollouts(model, tokenizer, prompts: list[list[dict]], params: Samplin
                     chat: bool | None = None, batch_size: int = 64) -> list[Rollout]:
     """`params.n` replies per prompt, prompt by prompt, from the model as it is now (eval mode,
     no gradient; the caller's train/eval mode is restored)."""
-    from accelerate.utils import extract_model_from_parallel
-
-    from charter.backends.hf import HFGenerator
-
     unwrapped = extract_model_from_parallel(model)
     was_training = unwrapped.training
     device = str(next(unwrapped.parameters()).device)

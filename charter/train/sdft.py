@@ -12,9 +12,12 @@ held are [reply tokens x vocabulary], twice (student and teacher).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+import torch
+from accelerate.utils import extract_model_from_parallel
 from pydantic import Field
 
 from charter.train.batching import Packed, pack
@@ -26,7 +29,6 @@ from charter.train.rollout import encode_reply, read_prompts, sample_rollouts, w
 
 class SDFTConfig(OnPolicyConfig):
     constitution: str                          # the teacher's privileged context (its system prompt)
-    assistant_name: str | None = None          # the name the system prompt gives (default: the toy world's)
     beta: float = Field(1.0, ge=0, le=1)       # generalised JSD; 1 = reverse KL, 0 = forward KL
     teacher: Literal["base", "ema"] = "base"
     ema_decay: float = Field(0.99, ge=0, lt=1)
@@ -35,8 +37,6 @@ class SDFTConfig(OnPolicyConfig):
 
 def reply_logits(model, batch: Packed):
     """Logits at the positions that predict a trained token, [K, V] in packed order."""
-    from accelerate.utils import extract_model_from_parallel
-
     head = extract_model_from_parallel(model).get_output_embeddings()
 
     def only_kept(module, args):
@@ -58,9 +58,6 @@ class SDFTTask:
         return {"replies": float(len(window) * self.cfg.samples_per_prompt)}
 
     def _teacher_logits(self, model, batch: Packed):
-        import torch
-        from accelerate.utils import extract_model_from_parallel
-
         with torch.no_grad():
             if self.teacher_model is not None:
                 return reply_logits(self.teacher_model, batch)
@@ -68,8 +65,6 @@ class SDFTTask:
                 return reply_logits(model, batch)
 
     def _update_ema(self, model) -> None:
-        import torch
-
         with torch.no_grad():
             for t, s in zip(self.teacher_model.parameters(), model.parameters()):
                 t.lerp_(s.detach(), 1 - self.cfg.ema_decay)
@@ -108,8 +103,6 @@ class SDFTTask:
 
 def build_sdft_task(cfg: SDFTConfig) -> Callable:
     def factory(model, tokenizer, accelerator):
-        import copy
-
         system = load_constitution_text(cfg.constitution, cfg.assistant_name)
         if cfg.teacher == "ema":
             teacher = copy.deepcopy(model).eval()
