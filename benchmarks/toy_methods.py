@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-eval", type=int, default=180)  # the held-out partition has 185 prompts
     ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args()
+    a = ap.parse_intermixed_args()  # overrides may follow the options
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     base_eval = a.out / "base_eval.json"
