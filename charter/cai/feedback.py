@@ -27,7 +27,7 @@ from charter.backends import BackendConfig, make_generator
 from charter.backends.base import SamplingParams
 from charter.backends.hf import HFGenerator
 from charter.backends.openai import api_key
-from charter.cai.principles import Principle, PrincipleSet, load_principles
+from charter.cai.principles import Principle, PrincipleSet, load_fewshot_text, load_principles
 from charter.cai.revise import load_prompts
 from charter.chat import drop_first_exchange, fallback_render, has_chat_template, render_prompt
 from charter.config import Config
@@ -284,6 +284,7 @@ class LabelConfig(Config):
     policy_sampling: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=64)
     limit: int | None = None
     principles: str | None = None
+    fewshot: str | None = None  # worked examples put before every question (text file, or JSON list of strings)
     ensemble: int = Field(1, ge=1)  # principles per label
     combine: Literal["logit", "prob"] = "logit"
     clamp: tuple[float, float] | None = None  # e.g. [0.4, 0.6] for chain-of-thought labels
@@ -358,10 +359,11 @@ def run_label(cfg: LabelConfig, scorer: ChoiceScorer | None = None, tokenizer=No
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
     principles = load_principles(cfg.principles)
+    examples = load_fewshot_text(cfg.fewshot) + "\n\n" if cfg.fewshot else ""
     items = load_items(cfg)
     if scorer is None:
         scorer, tokenizer = make_scorer(cfg.labeler, cfg.batch_size)
-    render = lambda q: labeler_text(q, tokenizer, cfg.style)  # noqa: E731
+    render = lambda q: labeler_text(examples + q, tokenizer, cfg.style)  # noqa: E731
     with RecordStore(out / "labels.jsonl") as store:
         keyed = [(stable_id(c, a, b), (c, a, b)) for c, a, b in items]
         todo = [kv for kv in keyed if kv[0] not in store]
