@@ -23,6 +23,7 @@ from charter.backends import BackendConfig, make_generator
 from charter.config import Config, ConfigError
 from charter.data.jsonl import atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.models import CONFIG_FILES, check_model, load_tokenizer, local_folder
+from charter.cards import write_run_cards
 from charter.report import build_report
 from charter.run.config import DPOSettings, MergeSection, SFTSettings, TrainerSection
 from charter.integrity import dir_hash
@@ -303,6 +304,7 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
 
 def stage_report(ctx: StageContext) -> dict[str, Any]:
     summary = build_report(ctx.run_dir, ctx.out_dir)
+    write_run_cards(ctx.run_dir, summary, {p.key: p.constitution for p in ctx.settings.personas})  # model cards
     for name in ("summary.json", "report.html"):  # also at the top of the run dir, where users look
         shutil.copyfile(ctx.out_dir / name, ctx.run_dir / name)
     return {s: summary["adherence"][s]["mean"] for s in summary["systems"]}
@@ -352,7 +354,7 @@ def build_pipeline() -> Pipeline:
             personas=r.personas, eval=r.config.eval, judge=r.config.judge, student=r.config.student,
             judge_backend=(r.config.judge.backend or r.config.teacher_backend()) if r.config.judge.kind == "llm" else None,
             assistant_name=r.config.assistant_name, toy=r.config.is_toy)),
-        Stage("report", stage_report, ["dpo", "sft", "filter", "eval"]),
+        Stage("report", stage_report, ["dpo", "sft", "filter", "eval"], lambda r: PersonaStage(personas=r.personas)),
     ])
 
 
