@@ -26,7 +26,8 @@ from charter.data.jsonl import atomic_write_json, file_hash, stable_id
 
 # Fields that change how a run is logged, saved or carried out, not what it computes: they may
 # differ on resume (gradient checkpointing recomputes activations; the gradients are the same).
-OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads", "gradient_checkpointing")
+OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads", "gradient_checkpointing",
+                      "report_to")
 
 
 def resume_key(cfg) -> str:
