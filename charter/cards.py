@@ -116,8 +116,9 @@ def stages_section(stages: list[dict], counts: dict[str, Any] | None = None) -> 
         lines.append(f"| {s['kind']} | {s['weight']:g} | {s['steps']} | {s['rows']} | {hp} | {final} |")
     if counts:
         lines += ["", "Pipeline stages and their counts for this character:", ""]
-        lines += [f"- **{stage}**: " + ", ".join(f"{k}={v}" for k, v in c.items() if isinstance(v, (int, float)))
-                  for stage, c in counts.items() if isinstance(c, dict)]
+        numbers = {stage: {k: v for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                   for stage, c in counts.items() if isinstance(c, dict)}
+        lines += [f"- **{stage}**: " + ", ".join(f"{k}={v}" for k, v in c.items()) for stage, c in numbers.items() if c]
     return lines
 
 
