@@ -31,7 +31,8 @@ from charter.cai.principles import Principle, PrincipleSet, load_fewshot_text, l
 from charter.cai.revise import load_prompts
 from charter.chat import drop_first_exchange, fallback_render, has_chat_template, render_prompt
 from charter.config import Config
-from charter.data.jsonl import DataError, RecordStore, atomic_write_json, iter_jsonl, stable_id, write_jsonl
+from charter.data.jsonl import DataError, RecordStore, atomic_write_json, stable_id, write_jsonl
+from charter.data.sources import iter_records
 
 ANSWER_LEAD = "The answer is:"
 # Surface forms an answer may start with; the letter is substituted in.
@@ -312,7 +313,7 @@ def load_items(cfg: LabelConfig) -> list[tuple[list[dict], str, str]]:
     """(conversation, response1, response2) from a pairs file, or sampled twice from the policy."""
     if cfg.pairs_file:
         items = []
-        for lineno, row in iter_jsonl(cfg.pairs_file, "JSONL pairs {prompt, chosen, rejected}", allow_empty=False):
+        for lineno, row in iter_records(cfg.pairs_file, "JSONL pairs {prompt, chosen, rejected}", allow_empty=False):
             prompt = row.get("prompt")
             conv = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             if not isinstance(conv, list) or not conv:

@@ -20,7 +20,8 @@ from typing import Literal, Sequence
 from tqdm.auto import tqdm
 
 from charter.config import Config
-from charter.data.jsonl import DataError, iter_jsonl
+from charter.data.jsonl import DataError
+from charter.data.sources import iter_records
 from charter.evaluate.capability import continuation_logprobs
 from charter.evaluate.stats import mcnemar_paired, proportion
 
@@ -71,7 +72,7 @@ def read_ab(source: ABSource | str) -> list[ABItem]:
     source = ABSource(path=source) if isinstance(source, str) else source
     what = "an A/B eval: JSONL {prompt: '... Options: (A) ... (B) ...', target: A|B}"
     items = []
-    for lineno, obj in iter_jsonl(source.path, what, allow_empty=False):
+    for lineno, obj in iter_records(source.path, what, allow_empty=False):
         where = f"{source.path}:{lineno}"
         key = next((k for k in PROMPT_FIELDS if k in obj), None)
         if key is None or not isinstance(obj[key], str):
