@@ -113,7 +113,8 @@ def stages_section(stages: list[dict], counts: dict[str, Any] | None = None) -> 
             hp += ", LoRA " + ", ".join(f"{k}={v}" for k, v in s["lora"].items())
         final = ", ".join(f"{k}={v:.4g}" for k, v in s["final"].items()
                           if k in ("loss", "rewards/accuracies", "rewards/margins") and isinstance(v, (int, float)))
-        lines.append(f"| {s['kind']} | {s['weight']:g} | {s['steps']} | {s['rows']} | {hp} | {final} |")
+        steps, rows = ("-" if s[k] is None else s[k] for k in ("steps", "rows"))
+        lines.append(f"| {s['kind']} | {s['weight']:g} | {steps} | {rows} | {hp} | {final} |")
     if counts:
         lines += ["", "Pipeline stages and their counts for this character:", ""]
         numbers = {stage: {k: v for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
