@@ -112,3 +112,19 @@ def test_data_export_writes_a_dataset_card(tmp_path):
     res = CliRunner().invoke(app, ["data", "export", str(tmp_path / "pairs.jsonl"), "-f", "together-dpo", "-o", str(out)])
     assert res.exit_code == 0 and (out.parent / "README.md").read_text() == "# my notes\n"
     assert "not a Charter card" in res.output
+
+
+def test_hub_base_license_comes_from_the_cached_card(tmp_path, monkeypatch):
+    """A Hub-id base: `base_model` is the id, `license` is read from its card in the HF cache (offline)."""
+    import huggingface_hub.constants as hub_constants
+
+    from charter.cards import base_metadata
+
+    snapshot = tmp_path / "models--org--base" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "README.md").write_text("---\nlicense: mit\n---\n# base\n")
+    (tmp_path / "models--org--base" / "refs").mkdir()
+    (tmp_path / "models--org--base" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    assert base_metadata("org/base") == {"base_model": "org/base", "license": "mit"}
+    assert base_metadata("org/not-cached") == {"base_model": "org/not-cached", "license": None}
