@@ -95,7 +95,8 @@ def constitution_section(constitution, stages: list[dict]) -> list[str]:
     if constitution is not None:
         lines = ["## Constitution", "", f"**{constitution.name}** (hash `{constitution.hash()}`)"]
         lines += ["", constitution.description] if constitution.description else []
-        return lines + ["", "Traits, as trained:", ""] + [f"{i}. {t.text}" for i, t in enumerate(constitution.traits, 1)]
+        traits = [f"{i}. {t.text}" for i, t in enumerate(constitution.traits, 1)]
+        return lines + ["", "Traits, as trained:", ""] + traits
     named = [s["constitution"] for s in stages if s["constitution"]]
     if not named:
         return []
@@ -177,18 +178,18 @@ def write_merge_card(folder: Path, record: dict, constitution=None, summary: dic
     return folder / CARD
 
 
-def write_run_cards(run_dir: str | Path, summary: dict, constitutions: dict[str, Any]) -> list[Path]:
-    """`charter run`: rewrite each persona's merged model card with the run's counts and figures."""
-    run_dir = Path(run_dir)
-    manifest = _json(run_dir / "manifest.json") or {}
+def write_run_cards(run_dir: str | Path, summary: dict, models: dict[str, tuple[Any, str | Path]]) -> list[Path]:
+    """`charter run`: rewrite each persona's merged model card with the run's counts and figures.
+    `models`: persona -> (its constitution, its merged model folder)."""
+    manifest = _json(Path(run_dir) / "manifest.json") or {}
     out = []
-    for persona, constitution in constitutions.items():
-        model = Path((_json(run_dir / "merge" / persona / "done.json") or {}).get("model", ""))
+    for persona, (constitution, model) in models.items():
+        model = Path(model)
         record = _json(model / "charter_merge.json")
         if record is None:
             continue
-        counts = {s: c.get(persona) for s, c in ((k, v.get("counts") or {}) for k, v in manifest.get("stages", {}).items())
-                  if isinstance(c.get(persona), dict)}
+        stage_counts = {name: rec.get("counts") or {} for name, rec in manifest.get("stages", {}).items()}
+        counts = {name: c[persona] for name, c in stage_counts.items() if isinstance(c.get(persona), dict)}
         out.append(write_merge_card(model, record, constitution, summary, persona, counts))
     return out
 
@@ -206,7 +207,8 @@ def write_dataset_card(out_file: Path, fmt: str, rows: int, source: str | Path, 
                            configs=[{"config_name": "default", "data_files": out_file.name}])
     body = [f"# {out_file.stem}", "", f"{rows} rows in the `{fmt}` format, exported by `charter data export` "
             f"from `{Path(source).name}`" + (f" ({skipped} rows skipped as invalid)." if skipped else "."), ""]
-    provenance = {k: meta[k] for k in ("constitution", "constitution_hash", "teacher", "student", "source") if k in meta}
+    keys = ("constitution", "constitution_hash", "teacher", "student", "source")
+    provenance = {k: meta[k] for k in keys if k in meta}
     if provenance:
         body += ["Provenance of the first row:", ""] + [f"- {k}: `{v}`" for k, v in provenance.items()]
     card = DatasetCard.from_template(data, template_str=TEMPLATE, body="\n".join(body).rstrip())

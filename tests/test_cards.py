@@ -61,8 +61,7 @@ def test_run_card_carries_the_run_figures(merged, tmp_path):
 
     _, model = merged
     run = tmp_path / "run"
-    (run / "merge" / "warm").mkdir(parents=True)
-    (run / "merge" / "warm" / "done.json").write_text(json.dumps({"model": str(model)}))
+    run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"stages": {"pairs": {"counts": {"warm": {"pairs": 40, "dropped": 3}}}}}))
     prop = lambda k, n, lo, hi: {"k": k, "n": n, "rate": k / n, "ci": [lo, hi]}  # noqa: E731
     summary = {"systems": ["base", "dpo+sft"], "heldout": {"overlap": 0},
@@ -71,7 +70,7 @@ def test_run_card_carries_the_run_figures(merged, tmp_path):
                "well_formed": {"base": prop(49, 50, 0.89, 1.0), "dpo+sft": prop(44, 50, 0.76, 0.94)},
                "relevant": {"base": prop(40, 50, 0.67, 0.89), "dpo+sft": prop(39, 50, 0.65, 0.87)}}
     constitution = load_constitution("sarcasm")
-    [path] = write_run_cards(run, summary, {"warm": constitution})
+    [path] = write_run_cards(run, summary, {"warm": (constitution, model)})
     card = ModelCard.load(path)
     result = card.data.eval_results[0]
     assert (result.metric_type, result.metric_value) == ("adherence", 0.9)
@@ -82,7 +81,7 @@ def test_run_card_carries_the_run_figures(merged, tmp_path):
 
 
 def test_dir_hash_ignores_the_card(tmp_path):
-    from charter.pipeline import dir_hash
+    from charter.run.engine import dir_hash
 
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     before = dir_hash(tmp_path)

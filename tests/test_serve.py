@@ -18,12 +18,13 @@ from serve_fixture import free_port
 MESSAGES = [{"role": "user", "content": "hello hello"}]
 
 
-def _run_dir(tmp_path, base, merged):
+def _run_dir(tmp_path, base):
+    """A finished run's layout: the base's record, and the merge stage's persona folder (its model built by the caller)."""
     run = tmp_path / "run"
     (run / "base").mkdir(parents=True)
     (run / "base" / "model.json").write_text(json.dumps({"path": str(base)}))
     (run / "merge" / "warm").mkdir(parents=True)
-    (run / "merge" / "warm" / "done.json").write_text(json.dumps({"model": str(merged)}))
+    (run / "merge" / "warm" / "done.json").write_text("{}")
     (run / "manifest.json").write_text(json.dumps({"stages": {"base": {"status": "done"}, "merge": {"status": "done"}}}))
     return run
 
@@ -33,8 +34,8 @@ def test_serve_answers_with_the_runs_merged_model(tiny_model_dir, tmp_path):
 
     from charter.toy.tiny import build_tiny_model_dir
 
-    merged = build_tiny_model_dir(tmp_path / "merged", seed=1)
-    run, port = _run_dir(tmp_path, tiny_model_dir, merged), free_port()
+    run, port = _run_dir(tmp_path, tiny_model_dir), free_port()
+    merged = build_tiny_model_dir(run / "merge" / "warm" / "model", seed=1)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen([sys.executable, "-m", "charter.cli", "serve", str(run), "--port", str(port),
                              "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -93,21 +92,25 @@ def test_missing_integration_fails_before_training(monkeypatch):
         build_config(SFTConfig, {"model": "m", "data": "d", "output_dir": "o", "report_to": ["mlflow"]})
 
 
-def test_charter_run_passes_report_to_every_trainer(monkeypatch, tmp_path):
-    import charter.run_stages as rs
-    import charter.train.dpo as dpo
-    import charter.train.sft as sft
-    from charter.run_config import load_run_config
+def test_charter_run_passes_report_to_every_trainer_outside_the_cache_key(monkeypatch, tmp_path):
+    import charter.run.stages as rs
+    from charter.config import ConfigError
+    from charter.run.config import load_run_config
+    from charter.run.personas import Run
 
     pytest.importorskip("tensorboard")
     seen = {}
-    monkeypatch.setattr(dpo, "train_dpo", lambda cfg: seen.setdefault("dpo", cfg).output_dir)
-    monkeypatch.setattr(sft, "train_sft", lambda cfg: seen.setdefault("sft", cfg).output_dir)
-    cfg = load_run_config(preset="toy", overrides=["report_to=[tensorboard]", "trainer.launcher=local"])
-    assert load_run_config(preset="toy").report_to == []  # none by default
-    ctx = SimpleNamespace(cfg=cfg, seed=0)
+    monkeypatch.setattr(rs, "train_dpo", lambda cfg: seen.setdefault("dpo", cfg))
+    monkeypatch.setattr(rs, "train_sft", lambda cfg: seen.setdefault("sft", cfg))
+    run = Run.of(load_run_config(preset="toy", overrides=["report_to=[tensorboard]"]))
+    quiet = Run.of(load_run_config(preset="toy"))
+    assert quiet.config.report_to == []  # none by default
+    stages = {s.name: s for s in rs.build_pipeline().stages}
     for kind in ("dpo", "sft"):
-        rs.train(ctx, kind, getattr(cfg, kind), "m", tmp_path / "data.jsonl", tmp_path / kind / "warm" / "model")
+        settings = stages[kind].settings(run)
+        assert settings.report_to == ["tensorboard"]
+        assert settings.to_dict() == stages[kind].settings(quiet).to_dict()  # tracking never re-runs a stage
+        rs.train(settings, kind, getattr(settings, kind), "m", tmp_path / "d.jsonl", tmp_path / kind / "model", 0)
         assert seen[kind].report_to == ["tensorboard"]
-    rs.train(ctx, "dpo", {**cfg.dpo, "report_to": []}, "m", tmp_path / "d.jsonl", tmp_path / "x")  # a stage may opt out
-    assert seen["dpo"].report_to == ["tensorboard"] and len(seen) == 2
+    with pytest.raises(ConfigError, match="dpo.report_to"):  # the run fills it in, from the top level
+        load_run_config(preset="toy", overrides=["dpo.report_to=[tensorboard]"])

@@ -27,7 +27,7 @@ from charter.backends import BackendConfig, make_generator
 from charter.backends.base import SamplingParams
 from charter.backends.hf import HFGenerator
 from charter.backends.openai import api_key
-from charter.cai.principles import Principle, PrincipleSet, load_fewshot_text, load_principles
+from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.cai.revise import load_prompts
 from charter.chat import drop_first_exchange, fallback_render, has_chat_template, render_prompt
 from charter.config import Config
@@ -359,12 +359,11 @@ def run_label(cfg: LabelConfig, scorer: ChoiceScorer | None = None, tokenizer=No
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
-    principles = load_principles(cfg.principles)
-    examples = load_fewshot_text(cfg.fewshot) + "\n\n" if cfg.fewshot else ""
+    principles = load_principles(cfg.principles, cfg.fewshot)
     items = load_items(cfg)
     if scorer is None:
         scorer, tokenizer = make_scorer(cfg.labeler, cfg.batch_size)
-    render = lambda q: labeler_text(examples + q, tokenizer, cfg.style)  # noqa: E731
+    render = lambda q: labeler_text(principles.examples + q, tokenizer, cfg.style)  # noqa: E731
     with RecordStore(out / "labels.jsonl") as store:
         keyed = [(stable_id(c, a, b), (c, a, b)) for c, a, b in items]
         todo = [kv for kv in keyed if kv[0] not in store]

@@ -47,6 +47,7 @@ class PrincipleSet:
     source: str = "<memory>"
     format: str = "charter"  # which on-disk shape it was read from
     meta: dict = field(default_factory=dict)  # top-level fields such as version and date
+    examples: str = ""  # worked AI-feedback examples put before every labeler question (a few-shot file)
 
     def __len__(self) -> int:
         return len(self.principles)
@@ -249,8 +250,9 @@ def read_principles_data(path: Path) -> Any:
     return parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
 
 
-def load_principles(path: str | Path | None = None) -> PrincipleSet:
-    """Load any of the five formats, detected by content. None -> our default set."""
+def load_principles(path: str | Path | None = None, fewshot: str | Path | None = None) -> PrincipleSet:
+    """Load any of the five formats, detected by content (None -> our default set), plus an optional
+    few-shot file of worked AI-feedback examples (`load_fewshot_text`)."""
     path = Path(path) if path is not None else DEFAULT_PRINCIPLES
     data = read_principles_data(path)
     parser = parser_for(data)
@@ -258,7 +260,9 @@ def load_principles(path: str | Path | None = None) -> PrincipleSet:
         raise DataError(f"{path}: unknown principles format: expected 'principles' (Charter YAML or a list of "
                         "{id, text}), 'constitutions' (llm-swarm), {id: {prompt, edit_request}} (Anthropic) "
                         "or a JSON list of comparison-instruction strings")
-    return parser(data, path)
+    principle_set = parser(data, path)
+    principle_set.examples = load_fewshot_text(fewshot) + "\n\n" if fewshot is not None else ""
+    return principle_set
 
 
 def describe(ps: PrincipleSet) -> list[str]:

@@ -308,7 +308,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
 
 def stage_report(ctx: StageContext) -> dict[str, Any]:
     summary = build_report(ctx.run_dir, ctx.out_dir)
-    write_run_cards(ctx.run_dir, summary, {p.key: p.constitution for p in ctx.settings.personas})  # model cards
+    lay = RunLayout.of_stage(ctx)  # each persona's merged model gets a card with these figures
+    write_run_cards(ctx.run_dir, summary, {p.key: (p.constitution, lay.model("merge", p.key))
+                                           for p in ctx.settings.personas})
     for name in ("summary.json", "report.html"):  # also at the top of the run dir, where users look
         shutil.copyfile(ctx.out_dir / name, ctx.run_dir / name)
     return {s: summary["adherence"][s]["mean"] for s in summary["systems"]}
@@ -360,7 +362,8 @@ def build_pipeline() -> Pipeline:
             personas=r.personas, eval=r.config.eval, judge=r.config.judge, student=r.config.student,
             judge_backend=(r.config.judge.backend or r.config.teacher_backend()) if r.config.judge.kind == "llm" else None,
             assistant_name=r.config.assistant_name, toy=r.config.is_toy)),
-        Stage("report", stage_report, ["dpo", "sft", "filter", "eval"], lambda r: PersonaStage(personas=r.personas)),
+        Stage("report", stage_report, ["dpo", "sft", "filter", "eval", "merge"],
+              lambda r: PersonaStage(personas=r.personas)),
     ])
 
 
