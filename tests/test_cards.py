@@ -80,15 +80,16 @@ def test_run_card_carries_the_run_figures(merged, tmp_path):
     assert "Eval prompts also seen in training: 0." in card.text
 
 
-def test_dir_hash_ignores_the_card(tmp_path):
-    from charter.run.engine import dir_hash
+def test_stage_output_checks_ignore_the_card(tmp_path):
+    from charter.integrity import dir_hash, output_record, outputs_intact
 
     (tmp_path / "model.safetensors").write_bytes(b"weights")
-    before = dir_hash(tmp_path)
+    before, rec = dir_hash(tmp_path), output_record(tmp_path)
     (tmp_path / "README.md").write_text("---\ntags: [charter]\n---\n")
     assert dir_hash(tmp_path) == before  # the report rewrites cards; the merge stage stays cached
+    assert outputs_intact(tmp_path, rec) and "README.md" not in output_record(tmp_path)["files"]
     (tmp_path / "model.safetensors").write_bytes(b"other")
-    assert dir_hash(tmp_path) != before
+    assert dir_hash(tmp_path) != before and not outputs_intact(tmp_path, rec)
 
 
 def test_data_export_writes_a_dataset_card(tmp_path):

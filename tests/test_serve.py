@@ -32,7 +32,7 @@ def _run_dir(tmp_path, base):
 def test_serve_answers_with_the_runs_merged_model(tiny_model_dir, tmp_path):
     from openai import OpenAI
 
-    from charter.toy.tiny import build_tiny_model_dir
+    from charter.tiny import build_tiny_model_dir
 
     run, port = _run_dir(tmp_path, tiny_model_dir), free_port()
     merged = build_tiny_model_dir(run / "merge" / "warm" / "model", seed=1)
