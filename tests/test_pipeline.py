@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -362,7 +361,7 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     assert (tmp_path / "run" / "report.html").exists()
     from huggingface_hub import ModelCard  # the shipped model's card carries the run's figures
 
-    model = Path(json.loads((tmp_path / "run" / "merge" / "sarcastic" / "done.json").read_text())["model"])
+    model = tmp_path / "run" / "merge" / "sarcastic" / "model"
     card = ModelCard.load(model / "README.md")
     rate = summary["adherence"]["dpo+sft"]["per_persona"]["sarcastic"]["rate"]
     assert card.data.eval_results[0].metric_value == rate and "## Evaluation" in card.text
