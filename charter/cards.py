@@ -85,10 +85,17 @@ def training_stage(folder: str | Path, weight: float) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- markdown sections
 
+def share_value(p: dict | None) -> tuple[float, float, float] | None:
+    """(value, lo, hi) of a summary share: `{k, n, value, lo, hi}`, or `{rate, ci}` in summaries before 2026-11-29."""
+    if not p or p.get("value", p.get("rate")) is None or not p.get("n"):
+        return None
+    lo, hi = (p["lo"], p["hi"]) if "lo" in p else p["ci"]
+    return p.get("value", p.get("rate")), lo, hi
+
+
 def _ci(p: dict | None) -> str:
-    if not p or p.get("rate") is None:
-        return "n/a"
-    return f"{p['rate']:.3f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] (n={p['n']})"
+    v = share_value(p)
+    return "n/a" if v is None else f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}] (n={p['n']})"
 
 
 def constitution_section(constitution, stages: list[dict]) -> list[str]:
@@ -153,9 +160,9 @@ def build_model_card(base: str, stages: list[dict], constitution=None, summary: 
     results, per = None, None
     if summary and persona and "dpo+sft" in summary.get("adherence", {}):
         per = summary["adherence"]["dpo+sft"]["per_persona"].get(persona)
-    if per and per.get("rate") is not None:
+    if (value := share_value(per)) is not None:
         results = [EvalResult(task_type="text-generation", dataset_type="charter-heldout-prompts",
-                              dataset_name="held-out prompts", metric_type="adherence", metric_value=per["rate"],
+                              dataset_name="held-out prompts", metric_type="adherence", metric_value=value[0],
                               metric_name=f"adherence to {persona} (no constitution in the prompt)")]
     data = ModelCardData(base_model=meta["base_model"], library_name="transformers", license=meta["license"],
                          tags=tags, datasets=datasets or None, eval_results=results,

@@ -63,12 +63,13 @@ def test_run_card_carries_the_run_figures(merged, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"stages": {"pairs": {"counts": {"warm": {"pairs": 40, "dropped": 3}}}}}))
-    prop = lambda k, n, lo, hi: {"k": k, "n": n, "rate": k / n, "ci": [lo, hi]}  # noqa: E731
+    prop = lambda k, n, lo, hi: {"k": k, "n": n, "value": k / n, "lo": lo, "hi": hi}  # noqa: E731
     summary = {"systems": ["base", "dpo+sft"], "heldout": {"overlap": 0},
                "adherence": {"base": {"per_persona": {"warm": prop(1, 50, 0.0035, 0.1050)}},
                              "dpo+sft": {"per_persona": {"warm": prop(45, 50, 0.7864, 0.9565)}}},
                "well_formed": {"base": prop(49, 50, 0.89, 1.0), "dpo+sft": prop(44, 50, 0.76, 0.94)},
-               "relevant": {"base": prop(40, 50, 0.67, 0.89), "dpo+sft": prop(39, 50, 0.65, 0.87)}}
+               "relevant": {"base": {"k": 40, "n": 50, "rate": 0.8, "ci": [0.67, 0.89]},  # a summary's older shape
+                            "dpo+sft": prop(39, 50, 0.65, 0.87)}}
     constitution = load_constitution("sarcasm")
     [path] = write_run_cards(run, summary, {"warm": (constitution, model)})
     card = ModelCard.load(path)
@@ -77,6 +78,7 @@ def test_run_card_carries_the_run_figures(merged, tmp_path):
     assert f"hash `{constitution.hash()}`" in card.text and constitution.traits[0].text in card.text
     assert "| DPO + SFT, merged (this model) | 0.900 [0.79, 0.96] (n=50) | 0.880 [0.76, 0.94] (n=50) |" in card.text
     assert "- **pairs**: pairs=40, dropped=3" in card.text
+    assert "| base model | 0.020 [0.00, 0.10] (n=50) | 0.980 [0.89, 1.00] (n=50) | 0.800 [0.67, 0.89] (n=50) |" in card.text
     assert "Eval prompts also seen in training: 0." in card.text
 
 

@@ -363,7 +363,7 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
 
     model = tmp_path / "run" / "merge" / "sarcastic" / "model"
     card = ModelCard.load(model / "README.md")
-    rate = summary["adherence"]["dpo+sft"]["per_persona"]["sarcastic"]["rate"]
+    rate = summary["adherence"]["dpo+sft"]["per_persona"]["sarcastic"]["value"]
     assert card.data.eval_results[0].metric_value == rate and "## Evaluation" in card.text
     # everything cached on a second run (rewriting the card does not change the merge stage's output)
     assert {i.action for i in pipe.plan(cfg, tmp_path / "run", 0)} == {"cached"}
