@@ -15,7 +15,7 @@ from charter.faults import (RunError, command_line, disk_full, end_progress_bars
 
 COMMAND_MODULES = [
     "run", "toy", "train", "constitution", "distill", "data", "introspect",
-    "eval", "chat", "cai", "bootstrap", "merge", "fetch",
+    "eval", "chat", "serve", "cai", "bootstrap", "merge", "fetch",
 ]
 # bad input the user can fix (a model's chat template counts); anything else is a bug and keeps its traceback
 INPUT_ERRORS = (ConfigError, DataError, TemplateError)

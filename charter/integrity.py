@@ -5,7 +5,8 @@ and a content fingerprint each (files over 64 MiB, model shards, are fingerprint
 head and tail rather than read whole). On a later run a file whose size and mtime match the
 table is trusted without being read; one whose mtime changed is hashed again; a missing,
 extra or resized file (a truncated `model.safetensors`) fails the check at once, and the
-stage re-runs instead of a later stage crashing on it. Hidden files (`.name`) are not outputs.
+stage re-runs instead of a later stage crashing on it. Hidden files (`.name`) are not outputs,
+and neither are model cards (`README.md`): they describe an output, and the report rewrites them.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ _EDGE = 1 << 20
 
 def _files(path: Path) -> dict[str, Path]:
     return {str(p.relative_to(path)): p for p in sorted(path.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+            if p.is_file() and not p.name.startswith(".") and p.name != "README.md"}
 
 
 def fingerprint(p: Path, size: int) -> bytes:

@@ -359,7 +359,13 @@ def test_real_stages_end_to_end_cached_and_resumed(tmp_path, tiny_model_dir, mon
     assert summary["adherence"]["base+constitution"]["mean"] == 1.0  # the fake teacher is always in style
     assert summary["adherence"]["base"]["mean"] == 0.0
     assert (tmp_path / "run" / "report.html").exists()
-    # everything cached on a second run
+    from huggingface_hub import ModelCard  # the shipped model's card carries the run's figures
+
+    model = tmp_path / "run" / "merge" / "sarcastic" / "model"
+    card = ModelCard.load(model / "README.md")
+    rate = summary["adherence"]["dpo+sft"]["per_persona"]["sarcastic"]["value"]
+    assert card.data.eval_results[0].metric_value == rate and "## Evaluation" in card.text
+    # everything cached on a second run (rewriting the card does not change the merge stage's output)
     assert {i.action for i in pipe.plan(cfg, tmp_path / "run", 0)} == {"cached"}
     # an interrupted eval resumes and gives the same summary
     before = (tmp_path / "run" / "summary.json").read_text()

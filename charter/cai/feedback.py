@@ -31,7 +31,8 @@ from charter.cai.principles import Principle, PrincipleSet, load_principles
 from charter.cai.revise import load_prompts
 from charter.chat import drop_first_exchange, fallback_render, has_chat_template, render_prompt
 from charter.config import Config
-from charter.data.jsonl import DataError, RecordStore, atomic_write_json, iter_jsonl, stable_id, write_jsonl
+from charter.data.jsonl import DataError, RecordStore, atomic_write_json, stable_id, write_jsonl
+from charter.data.sources import iter_records
 
 ANSWER_LEAD = "The answer is:"
 # Surface forms an answer may start with; the letter is substituted in.
@@ -284,6 +285,7 @@ class LabelConfig(Config):
     policy_sampling: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=64)
     limit: int | None = None
     principles: str | None = None
+    fewshot: str | None = None  # worked examples put before every question (text file, or JSON list of strings)
     ensemble: int = Field(1, ge=1)  # principles per label
     combine: Literal["logit", "prob"] = "logit"
     clamp: tuple[float, float] | None = None  # e.g. [0.4, 0.6] for chain-of-thought labels
@@ -311,7 +313,7 @@ def load_items(cfg: LabelConfig) -> list[tuple[list[dict], str, str]]:
     """(conversation, response1, response2) from a pairs file, or sampled twice from the policy."""
     if cfg.pairs_file:
         items = []
-        for lineno, row in iter_jsonl(cfg.pairs_file, "JSONL pairs {prompt, chosen, rejected}", allow_empty=False):
+        for lineno, row in iter_records(cfg.pairs_file, "JSONL pairs {prompt, chosen, rejected}", allow_empty=False):
             prompt = row.get("prompt")
             conv = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             if not isinstance(conv, list) or not conv:
@@ -357,11 +359,11 @@ def run_label(cfg: LabelConfig, scorer: ChoiceScorer | None = None, tokenizer=No
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
-    principles = load_principles(cfg.principles)
+    principles = load_principles(cfg.principles, cfg.fewshot)
     items = load_items(cfg)
     if scorer is None:
         scorer, tokenizer = make_scorer(cfg.labeler, cfg.batch_size)
-    render = lambda q: labeler_text(q, tokenizer, cfg.style)  # noqa: E731
+    render = lambda q: labeler_text(principles.examples + q, tokenizer, cfg.style)  # noqa: E731
     with RecordStore(out / "labels.jsonl") as store:
         keyed = [(stable_id(c, a, b), (c, a, b)) for c, a, b in items]
         todo = [kv for kv in keyed if kv[0] not in store]

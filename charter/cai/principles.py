@@ -10,6 +10,11 @@ Formats (SPEC §2):
 - Anthropic paper (JSON): `{id: {"prompt": ["\\n\\nCritiqueRequest: ...\\n\\nCritique:"],
   "edit_request": "\\n\\nRevisionRequest: ...\\n\\nRevision:"}}`
 - HF llm-swarm (JSON): `{"constitutions": [{"critic": str, "revision": str}], "system_chat": [[msg...]...]}`
+- comparison instructions (JSON): a list of strings, as the RL-CAI lists of the Constitutional AI
+  paper's repository ("Please choose the response that ... Options:"); critique and revision are
+  derived from each instruction in our own words. Few-shot examples come from a separate file.
+- principle lists (YAML): `principles: [{id, text, category?, ...}]` with top-level `version`/`date`,
+  as bootstrap projects keep them; critique, revision and comparison are derived from `text`.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class Principle:
     revision: str  # asks the model to rewrite the response to fix it
     comparison: str  # multiple-choice question for AI feedback: which response is better?
     category: str = "other"
+    meta: dict = field(default_factory=dict, hash=False)  # extra fields the file gave, kept for `show`
 
 
 @dataclass
@@ -39,6 +45,9 @@ class PrincipleSet:
     principles: list[Principle]
     fewshot: list[list[dict]] = field(default_factory=list)  # example chat transcripts, if the file had any
     source: str = "<memory>"
+    format: str = "charter"  # which on-disk shape it was read from
+    meta: dict = field(default_factory=dict)  # top-level fields such as version and date
+    examples: str = ""  # worked AI-feedback examples put before every labeler question (a few-shot file)
 
     def __len__(self) -> int:
         return len(self.principles)
@@ -54,6 +63,25 @@ def comparison_from_critique(critique: str) -> str:
     """A comparison question for principles that ship none (the external formats)."""
     return ("Which response is better, judged by this request: " + critique.strip()
             + " Choose the response that would need the least change.")
+
+
+def requests_from_text(text: str) -> tuple[str, str, str]:
+    """(critique, revision, comparison) in our words, for files that state a principle as one sentence."""
+    return (f"Point out every way the response falls short of this principle: {text}",
+            f"Rewrite the response so that it fully follows this principle: {text}",
+            f"Which response better follows this principle: {text}")
+
+
+_OPTIONS_TAIL = re.compile(r"\s*Options\s*:?\s*$", re.I)
+
+
+def requests_from_comparison(instruction: str) -> tuple[str, str, str]:
+    """(critique, revision, comparison) from a comparison instruction. Its trailing 'Options:' goes,
+    because `comparison_question` adds the options block itself."""
+    comparison = _OPTIONS_TAIL.sub("", instruction).strip()
+    return (f"A reviewer will be asked: \"{comparison}\" Point out every way this response would lose.",
+            f"Rewrite the response so that it is the one chosen when asked: \"{comparison}\"",
+            comparison)
 
 
 def _err(path: Any, where: str, msg: str) -> DataError:
@@ -115,7 +143,7 @@ def parse_ours(data: dict, path: Any = "<ours>") -> PrincipleSet:
                              _text(path, where, obj, "comparison", required=False)
                              or comparison_from_critique(critique), category))
     fewshot = [_check_messages(path, f"fewshot[{i}]", t) for i, t in enumerate(data.get("fewshot") or [])]
-    return PrincipleSet(out, fewshot, str(path))
+    return PrincipleSet(out, fewshot, str(path), "charter")
 
 
 def parse_anthropic(data: dict, path: Any = "<anthropic>") -> PrincipleSet:
@@ -134,7 +162,7 @@ def parse_anthropic(data: dict, path: Any = "<anthropic>") -> PrincipleSet:
         revision = _text(path, where, obj, "edit_request")
         critique = unwrap_anthropic(prompts[0])
         out.append(Principle(str(pid), critique, unwrap_anthropic(revision), comparison_from_critique(critique)))
-    return PrincipleSet(out, [], str(path))
+    return PrincipleSet(out, [], str(path), "anthropic")
 
 
 def parse_llm_swarm(data: dict, path: Any = "<llm-swarm>") -> PrincipleSet:
@@ -153,21 +181,97 @@ def parse_llm_swarm(data: dict, path: Any = "<llm-swarm>") -> PrincipleSet:
     if not isinstance(chats, list):
         raise _err(path, "system_chat", "expected a list of conversations")
     fewshot = [_check_messages(path, f"system_chat[{i}]", c) for i, c in enumerate(chats)]
-    return PrincipleSet(out, fewshot, str(path))
+    return PrincipleSet(out, fewshot, str(path), "llm-swarm")
 
 
-def load_principles(path: str | Path | None = None) -> PrincipleSet:
-    """Load any of the three formats, detected by content. None -> our default set."""
-    path = Path(path) if path is not None else DEFAULT_PRINCIPLES
-    text = read_text_file(path, "a principles file (Charter YAML, llm-swarm JSON or Anthropic JSON)")
-    data = parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected an object at the top level, got {type(data).__name__}")
+def parse_comparisons(data: list, path: Any = "<comparisons>") -> PrincipleSet:
+    """A JSON list of comparison-instruction strings."""
+    if not data:
+        raise _err(path, "<root>", "the list has no comparison instructions")
+    out = []
+    for i, instruction in enumerate(data):
+        if not isinstance(instruction, str) or not _OPTIONS_TAIL.sub("", instruction).strip():
+            raise _err(path, f"[{i}]", f"expected a non-empty comparison-instruction string, got {instruction!r}")
+        out.append(Principle(f"comparison-{i}", *requests_from_comparison(instruction)))
+    return PrincipleSet(out, [], str(path), "comparisons")
+
+
+def parse_text_list(data: dict, path: Any = "<principle list>") -> PrincipleSet:
+    """`principles: [{id, text, category?, ...}]`: every field besides id, text and category is kept as metadata."""
+    out, seen = [], set()
+    for i, obj in enumerate(data["principles"]):
+        where = f"principles[{i}]"
+        if not isinstance(obj, dict):
+            raise _err(path, where, f"expected a mapping with 'id' and 'text', got {type(obj).__name__}")
+        pid = str(obj["id"]) if obj.get("id") is not None else f"p{i}"
+        if pid in seen:
+            raise _err(path, where, f"duplicate id {pid!r}")
+        seen.add(pid)
+        category = _text(path, where, obj, "category", required=False) or "other"
+        meta = {k: v for k, v in obj.items() if k not in ("id", "text", "category")}
+        out.append(Principle(pid, *requests_from_text(_text(path, where, obj, "text")), category, meta))
+    top = {k: v for k, v in data.items() if k != "principles"}
+    return PrincipleSet(out, [], str(path), "principle list", top)
+
+
+def load_fewshot_text(path: str | Path) -> str:
+    """Few-shot examples for AI-feedback prompts: a text file, or a JSON string or list of strings."""
+    path = Path(path)
+    text = read_text_file(path, "a few-shot file (plain text, or a JSON string or list of strings)")
+    if path.suffix != ".json":
+        return text.strip()
+    data = parse_json_or_yaml(path, text, "json")
+    items = [data] if isinstance(data, str) else data
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) and x.strip() for x in items):
+        raise DataError(f"{path}: expected a JSON string or a non-empty list of strings (worked examples)")
+    return "\n\n".join(x.strip() for x in items)
+
+
+def parser_for(data: Any):
+    """The parser for a file's parsed content, by its shape; None when it is no principles file."""
+    if isinstance(data, list):
+        return parse_comparisons if any(isinstance(x, str) for x in data) else None  # OCT lists hold objects
+    if not isinstance(data, dict) or not data:
+        return None
     if "principles" in data:
-        return parse_ours(data, path)
+        items = data["principles"]
+        text_list = isinstance(items, list) and items and all(isinstance(x, dict) and "text" in x for x in items)
+        return parse_text_list if text_list else parse_ours
     if "constitutions" in data:
-        return parse_llm_swarm(data, path)
-    if all(isinstance(v, dict) and ("prompt" in v or "edit_request" in v) for v in data.values()) and data:
-        return parse_anthropic(data, path)
-    raise DataError(f"{path}: unknown principles format: expected 'principles' (Charter YAML), "
-                    "'constitutions' (llm-swarm) or {id: {prompt, edit_request}} (Anthropic)")
+        return parse_llm_swarm
+    if all(isinstance(v, dict) and ("prompt" in v or "edit_request" in v) for v in data.values()):
+        return parse_anthropic
+    return None
+
+
+def read_principles_data(path: Path) -> Any:
+    text = read_text_file(path, "a principles file (Charter YAML, principle-list YAML, llm-swarm JSON, "
+                                "Anthropic JSON or a JSON list of comparison instructions)")
+    return parse_json_or_yaml(path, text, "json" if path.suffix == ".json" else "yaml")
+
+
+def load_principles(path: str | Path | None = None, fewshot: str | Path | None = None) -> PrincipleSet:
+    """Load any of the five formats, detected by content (None -> our default set), plus an optional
+    few-shot file of worked AI-feedback examples (`load_fewshot_text`)."""
+    path = Path(path) if path is not None else DEFAULT_PRINCIPLES
+    data = read_principles_data(path)
+    parser = parser_for(data)
+    if parser is None:
+        raise DataError(f"{path}: unknown principles format: expected 'principles' (Charter YAML or a list of "
+                        "{id, text}), 'constitutions' (llm-swarm), {id: {prompt, edit_request}} (Anthropic) "
+                        "or a JSON list of comparison-instruction strings")
+    principle_set = parser(data, path)
+    principle_set.examples = load_fewshot_text(fewshot) + "\n\n" if fewshot is not None else ""
+    return principle_set
+
+
+def describe(ps: PrincipleSet) -> list[str]:
+    """Lines for `charter constitution show`: what each principle asks at each step."""
+    head = [f"principles: {len(ps)} ({ps.format} format)   source: {ps.source}"]
+    head += [f"{k}: {v}" for k, v in ps.meta.items()]
+    if ps.fewshot:
+        head.append(f"few-shot transcripts: {len(ps.fewshot)}")
+    for p in ps.principles:
+        head.append(f"- {p.id} [{p.category}]" + "".join(f" {k}={v}" for k, v in p.meta.items()))
+        head += [f"    critique:   {p.critique}", f"    revision:   {p.revision}", f"    comparison: {p.comparison}"]
+    return head

@@ -6,6 +6,21 @@ from pathlib import Path
 import typer
 
 
+def principles_in(file: str):
+    """The PrincipleSet a file holds when its content has a principles shape, else None (a constitution)."""
+    from charter.cai.principles import load_principles, parser_for, read_principles_data
+    from charter.data.jsonl import DataError
+
+    path = Path(file)
+    if not path.is_file():
+        return None
+    try:
+        data = read_principles_data(path)
+    except DataError:  # e.g. OCT JSONL: not one JSON document, so a constitution
+        return None
+    return load_principles(path) if parser_for(data) else None
+
+
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(no_args_is_help=True, help="Write and inspect constitutions.")
     app.add_typer(sub, name="constitution")
@@ -25,10 +40,16 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {path}")
 
     @sub.command("show")
-    def show(file: str = typer.Argument(..., help="Constitution file (YAML, OCT JSON/.txt, OCT JSONL) or library name.")) -> None:
-        """Print the constitution as Charter understood it."""
+    def show(file: str = typer.Argument(..., help="Constitution file (YAML, OCT JSON/.txt, OCT JSONL), library name, "
+                                                  "or CAI principles file (any format `cai` reads).")) -> None:
+        """Print the constitution or principles file as Charter understood it."""
+        from charter.cai.principles import describe
         from charter.constitution import load_constitution
 
+        principle_set = principles_in(file)
+        if principle_set is not None:
+            typer.echo("\n".join(describe(principle_set)))
+            return
         c = load_constitution(file)
         typer.echo(f"name: {c.name}   hash: {c.hash()}")
         if c.description:

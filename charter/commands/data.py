@@ -18,12 +18,15 @@ def register(app: typer.Typer) -> None:
                out: Path = typer.Option(..., "--out", "-o", help="Output JSONL."),
                skip_bad: bool = typer.Option(False, help="Skip (and list) bad rows instead of failing.")) -> None:
         """Convert a dataset, e.g. DPO pairs to Together's DPO format."""
+        from charter.cards import write_dataset_card
         from charter.data.formats import export_file
 
         n, errors = export_file(src, out, fmt, skip_bad)
         for e in errors[:20]:
             typer.secho(f"skipped {e}", fg="yellow", err=True)
         typer.echo(f"wrote {n} rows to {out}" + (f" ({len(errors)} skipped)" if errors else ""))
+        card = write_dataset_card(out, fmt, n, src, len(errors))
+        typer.echo(f"dataset card: {card}" if card else f"kept {out.parent / 'README.md'} (not a Charter card)")
 
     @sub.command("validate")
     def validate(file: Path = typer.Argument(..., help="JSONL file to check."),

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from charter.chat import check_messages
-from charter.data.jsonl import DataError, atomic_write_text, iter_jsonl
+from charter.data.jsonl import DataError, atomic_write_text
+from charter.data.sources import iter_records
 from charter.data.rows import pair_messages, sft_messages
 
 EXPORT_FORMATS = ["together-dpo", "together-sft", "pairs", "sft"]
@@ -128,7 +129,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]
     """(line, row, parse error) in line order: a line that does not parse is reported and skipped, so
     one run lists every problem. A missing, non-UTF-8 or record-less file fails at once."""
     bad: list[str] = []
-    for lineno, row in iter_jsonl(path, allow_empty=False, bad_lines=bad):
+    for lineno, row in iter_records(path, allow_empty=False, bad_lines=bad):
         yield from ((0, None, e) for e in bad)
         bad.clear()
         yield lineno, row, None

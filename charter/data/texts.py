@@ -5,6 +5,7 @@
   list), else LIMA `conversations` (the first turn), chat `messages`, `prompt`, `instruction`
   or `text`, in that order. A message list is kept up to its last user turn.
 - `.json` / `.yaml` / `.yml`: a list whose entries are strings or objects read as JSONL rows are.
+- a `datasets` source (a Hub name, a parquet/arrow/json folder, `charter.data.sources`): rows as JSONL rows.
 
 Text is stripped, and a prompt that repeats an earlier one exactly is dropped (it would count
 twice in an evaluation, or be trained on twice). A bad entry is one `DataError` naming the file,
@@ -15,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from charter.data.jsonl import DataError, iter_jsonl, parse_json_or_yaml, read_text_file
+from charter.data.jsonl import DataError, parse_json_or_yaml, read_text_file
+from charter.data.sources import is_dataset, iter_records
 
 FALLBACK_FIELDS = ("conversations", "messages", "prompt", "instruction", "text")
 STRUCTURED = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
@@ -56,8 +58,8 @@ def _row_conversation(row: dict, field: str, where: str) -> list[dict]:
 def _entries(path: Path, field: str) -> Iterator[tuple[str, list[dict]]]:
     """(location, conversation) for every entry of the file, in order."""
     what = f"{field}s: one per line, JSONL {{\"{field}\"}}, or a JSON/YAML list"
-    if path.suffix == ".jsonl":
-        for lineno, row in iter_jsonl(path, what, allow_empty=False):
+    if path.suffix == ".jsonl" or is_dataset(path):  # JSONL, or a `datasets` source (`charter.data.sources`)
+        for lineno, row in iter_records(path, what, allow_empty=False):
             yield f"{path}:{lineno}", _row_conversation(row, field, f"{path}:{lineno}")
     elif path.suffix in STRUCTURED:
         data = parse_json_or_yaml(path, read_text_file(path, what), STRUCTURED[path.suffix])

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from charter.backends.hf import HFGenerator
-from charter.data.jsonl import DataError, iter_jsonl
+from charter.data.jsonl import DataError
+from charter.data.sources import iter_records
 from charter.evaluate.stats import mcnemar_paired, paired_bootstrap, proportion
 
 MC_METRICS = ("acc", "acc_norm_tokens", "acc_norm_chars")
@@ -37,7 +38,7 @@ class MCItem:
 
 def read_mc(path: str | Path) -> list[MCItem]:
     items = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_records(path):
         q, ch, ans = obj.get("question"), obj.get("choices"), obj.get("answer")
         where = f"{path}:{lineno}"
         if not isinstance(q, str):

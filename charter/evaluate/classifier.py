@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from charter.data.jsonl import DataError, atomic_write_json, iter_jsonl, read_jsonl
+from charter.data.jsonl import DataError, atomic_write_json, read_jsonl
+from charter.data.sources import iter_records
 from charter.evaluate.base import NEUTRAL, ReplyScore
 from charter.evaluate.stats import accuracy_macro_f1
 from charter.tiny import build_tokenizer
@@ -37,7 +38,7 @@ class Labelled:
 def read_labelled(path: str | Path) -> list[Labelled]:
     """JSONL of `{"text"|"reply": str, "label"|"persona": str}`."""
     out = []
-    for lineno, obj in iter_jsonl(path, "JSONL {\"text\", \"label\"}", allow_empty=False):
+    for lineno, obj in iter_records(path, "JSONL {\"text\", \"label\"}", allow_empty=False):
         text = obj.get("text", obj.get("reply"))
         label = obj.get("label", obj.get("persona"))
         if not isinstance(text, str):
@@ -54,7 +55,7 @@ def labelled_from_pairs(path: str | Path, persona: str) -> list[Labelled]:
         return side if isinstance(side, str) else side[-1]["content"]
 
     out = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_records(path):
         for field, label in (("chosen", persona), ("rejected", NEUTRAL)):
             if field not in obj:
                 raise DataError(f"{path}:{lineno}: pair has no {field!r} field")

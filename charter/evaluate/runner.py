@@ -19,6 +19,7 @@ from charter.constitution_prompt import teacher_system_prompt
 from charter.data.jsonl import atomic_write_json
 from charter.data.texts import read_texts
 from charter.evaluate import plots
+from charter.evaluate.ab import ABSource, ab_lines, ab_logodds, compare_ab, load_sources
 from charter.evaluate.adherence import adherence_report, run_adherence
 from charter.evaluate.base import World
 from charter.evaluate.capability import compare, evaluate_model, load_lm, read_mc
@@ -84,6 +85,7 @@ class CapabilityConfig(Config):
     texts: str | None = None  # held-out texts for perplexity: JSONL {"text"} or a .txt (one per line)
     max_texts: int = 200
     mc: dict[str, str] = {}  # name -> JSONL {question, choices, answer}
+    ab: dict[str, str | ABSource] = {}  # name -> JSONL "... Options: (A) ... (B) ..." (see evaluate/ab.py)
 
 
 class EvalConfig(Config):
@@ -250,19 +252,21 @@ def eval_coherence(run: EvalRun) -> dict:
 
 def eval_capability(run: EvalRun) -> dict:
     cfg, cc = run.cfg, run.cfg.capability
-    if not cc.texts and not cc.mc:
-        raise ConfigError("capability: give capability.texts and/or capability.mc")
+    if not cc.texts and not cc.mc and not cc.ab:
+        raise ConfigError("capability: give capability.texts, capability.mc and/or capability.ab")
     texts = read_texts(cc.texts, "text", cc.max_texts) if cc.texts else []
-    mc = {name: read_mc(path) for name, path in cc.mc.items()}
+    mc, ab = {name: read_mc(path) for name, path in cc.mc.items()}, load_sources(cc.ab)
     pair = (run.systems.cfg(cc.before, 0), run.systems.cfg(cc.after, -1))
     raw = []
     for sc in pair:
         if sc.backend.kind != "hf":
             raise ConfigError(f"capability: system {sc.name!r} must use an hf backend (log-probs are local)")
         model, tok = load_lm(sc.backend.model, sc.backend.adapter, sc.backend.device)
-        raw.append(evaluate_model(model, tok, texts, mc, cfg.progress))
+        raw.append({**evaluate_model(model, tok, texts, mc, cfg.progress),
+                    "ab": {k: ab_logodds(model, tok, v, cfg.progress) for k, v in ab.items()}})
         del model
-    return {"before_system": pair[0].name, "after_system": pair[1].name, **compare(raw[0], raw[1], cfg.seed)}
+    return {"before_system": pair[0].name, "after_system": pair[1].name, **compare(raw[0], raw[1], cfg.seed),
+            "ab": compare_ab(ab, raw[0]["ab"], raw[1]["ab"])}
 
 
 # name -> (evaluation, (its plot, file name) or None); the chosen ones run in this order
@@ -352,6 +356,7 @@ def summary_lines(result: dict) -> list[str]:
         a = sec["acc"]
         lines.append(f"mc {name}: acc {a['before']['value']:.3f} -> {a['after']['value']:.3f} "
                      f"(McNemar exact p={a['mcnemar']['p_exact']:.3g})")
+    lines += ab_lines((cap or {}).get("ab", {}))
     if "judge" in result:
         j = result["judge"]
         lines.append(f"judge {j['model']}: {j['queries']} answers, {j['unparseable']} unparseable, {j['cached']} cached")

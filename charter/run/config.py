@@ -24,12 +24,13 @@ from charter.stages.introspect import FilterSettings, InteractionConfig, Reflect
 from charter.toy.model import ToyBuildConfig
 from charter.train.dpo import DPOConfig
 from charter.train.sft import SFTConfig
+from charter.train.tracking import ReportTo
 
 PRESET_DIR = Path(__file__).parent.parent / "configs"
 TOY_MODEL = "toy"  # student.model value meaning "the toy world's base model, built and cached locally"
 
 
-RUN_FILLED = ("model", "data", "output_dir", "seed", "chat", "chat_template")  # a stage's arguments, not settings
+RUN_FILLED = ("model", "data", "output_dir", "seed", "chat", "chat_template", "report_to")  # a stage's arguments
 
 
 def hyperparameters(cls: type[Config]) -> type[Config]:
@@ -102,6 +103,7 @@ class RunConfig(Config):
     teacher: BackendConfig | None = None  # chosen answers; None = the student + constitution
     judge: JudgeSection = JudgeSection()
     trainer: TrainerSection = TrainerSection()
+    report_to: ReportTo = []  # trackers for the DPO and SFT stages: tensorboard, wandb, trackio
     toy: ToySection = ToySection()
 
     prompts: PromptSettings = PromptSettings()

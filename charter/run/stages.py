@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from pydantic import Field
+
 from charter.backends import BackendConfig, make_generator
+from charter.cards import write_run_cards
 from charter.config import Config, ConfigError
 from charter.data.jsonl import atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.models import CONFIG_FILES, check_model, load_tokenizer, local_folder
@@ -38,6 +41,7 @@ from charter.toy.model import ToyBuildConfig, build_toy_model, toy_model_dir
 from charter.train.dpo import DPOConfig, train_dpo
 from charter.train.sft import SFTConfig, train_sft
 from charter.train.stage_merge import merge_stages
+from charter.train.tracking import ReportTo
 
 
 def for_each_persona(ctx: StageContext, work: Callable[[Persona, Path], dict[str, Any]]) -> dict[str, Any]:
@@ -177,6 +181,7 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
 class TrainStage(PersonaStage):
     student: BackendConfig  # its chat format is the trainer's
     trainer: TrainerSection
+    report_to: ReportTo = Field([], exclude=True)  # trackers: passed to the trainer, not part of the cache key
 
 
 class DPOStage(TrainStage):
@@ -191,7 +196,7 @@ def train(s: TrainStage, kind: str, hyper: Config, model: str, data: Path, out: 
     """Train in this process, or under `accelerate launch` (trainer.launcher) for multi-GPU."""
     cls, fn = (DPOConfig, train_dpo) if kind == "dpo" else (SFTConfig, train_sft)
     tcfg = cls(**hyper.model_dump(), chat=s.student.chat, chat_template=s.student.chat_template, model=model,
-               data=str(data), output_dir=str(out), seed=seed)
+               data=str(data), output_dir=str(out), seed=seed, report_to=s.report_to)
     if s.trainer.launcher == "local":
         fn(tcfg)
         return
@@ -303,6 +308,9 @@ def stage_filter(ctx: StageContext) -> dict[str, Any]:
 
 def stage_report(ctx: StageContext) -> dict[str, Any]:
     summary = build_report(ctx.run_dir, ctx.out_dir)
+    lay = RunLayout.of_stage(ctx)  # each persona's merged model gets a card with these figures
+    write_run_cards(ctx.run_dir, summary, {p.key: (p.constitution, lay.model("merge", p.key))
+                                           for p in ctx.settings.personas})
     for name in ("summary.json", "report.html"):  # also at the top of the run dir, where users look
         shutil.copyfile(ctx.out_dir / name, ctx.run_dir / name)
     return {s: summary["adherence"][s]["mean"] for s in summary["systems"]}
@@ -335,7 +343,8 @@ def build_pipeline() -> Pipeline:
             personas=r.personas, answers=r.config.distill, pairs=r.config.pairs, assistant_name=r.config.assistant_name,
             chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
         Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
-            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.dpo)),
+            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.dpo,
+            report_to=r.config.report_to)),
         Stage("reflection", stage_introspection, ["dpo"], lambda r: ReflectionStage(
             personas=r.personas, student=r.config.student, assistant_name=r.config.assistant_name,
             reflection=r.config.reflection)),
@@ -345,14 +354,16 @@ def build_pipeline() -> Pipeline:
         Stage("filter", stage_filter, ["dpo", "reflection", "interaction"], lambda r: FilterStage(
             personas=r.personas, filter=r.config.filter, interaction=r.config.interaction)),
         Stage("sft", stage_sft, ["dpo", "filter"], lambda r: SFTStage(
-            personas=r.personas, student=r.config.student, trainer=r.config.trainer, sft=r.config.sft)),
+            personas=r.personas, student=r.config.student, trainer=r.config.trainer, sft=r.config.sft,
+            report_to=r.config.report_to)),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda r: MergeStage(
             personas=r.personas, merge=r.config.merge)),
         Stage("eval", stage_eval, ["base", "prompts", "teacher", "student", "dpo", "merge"], lambda r: EvalStage(
             personas=r.personas, eval=r.config.eval, judge=r.config.judge, student=r.config.student,
             judge_backend=(r.config.judge.backend or r.config.teacher_backend()) if r.config.judge.kind == "llm" else None,
             assistant_name=r.config.assistant_name, toy=r.config.is_toy)),
-        Stage("report", stage_report, ["dpo", "sft", "filter", "eval"]),
+        Stage("report", stage_report, ["dpo", "sft", "filter", "eval", "merge"],
+              lambda r: PersonaStage(personas=r.personas)),
     ])
 
 

@@ -22,17 +22,19 @@ from typing import Any
 import torch
 
 from charter.config import ConfigError
-from charter.data.jsonl import atomic_write_json, file_hash, stable_id
+from charter.data.jsonl import atomic_write_json, stable_id
+from charter.data.sources import data_hash
 
 # Fields that change how a run is logged, saved or carried out, not what it computes: they may
 # differ on resume (gradient checkpointing recomputes activations; the gradients are the same).
-OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads", "gradient_checkpointing")
+OPERATIONAL_FIELDS = ("resume", "save_steps", "save_total_limit", "logging_steps", "cpu_threads", "gradient_checkpointing",
+                      "report_to")
 
 
 def resume_key(cfg) -> str:
     """What a checkpoint must have been trained with: every computing config field and the data."""
     fields = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL_FIELDS}
-    return stable_id(fields, file_hash(cfg.data))
+    return stable_id(fields, data_hash(cfg.data))
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:

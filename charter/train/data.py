@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charter.chat import IGNORE_INDEX, EncodedChat, EncodeStats, encode_chat, encode_dataset, render_text
-from charter.data.jsonl import DataError, iter_jsonl
+from charter.data.jsonl import DataError
+from charter.data.sources import iter_records
 from charter.data.rows import pair_messages, sft_messages
 
 
@@ -59,7 +60,7 @@ def encode_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: lis
 def read_sft(path: str | Path, tokenizer, max_length: int | None,
              chat: bool | None = None) -> tuple[list[EncodedChat], EncodeStats]:
     """(sequences, `encode_dataset`'s stats: rows dropped with no trainable token, rows truncated, turns cut)."""
-    rows = list(iter_jsonl(path, SFT_DATA, allow_empty=False))
+    rows = list(iter_records(path, SFT_DATA, allow_empty=False))
     messages = []
     for lineno, row in rows:
         try:
@@ -77,7 +78,7 @@ def read_sft(path: str | Path, tokenizer, max_length: int | None,
 
 def load_pairs(path: str | Path, tokenizer, max_length: int | None, chat: bool | None = None) -> tuple[list[Pair], int]:
     out, dropped = [], 0
-    for lineno, row in iter_jsonl(path, DPO_DATA, allow_empty=False):
+    for lineno, row in iter_records(path, DPO_DATA, allow_empty=False):
         try:
             prompt, chosen, rejected = pair_messages(row)
             pair = encode_pair(tokenizer, prompt, chosen, rejected, max_length, chat)

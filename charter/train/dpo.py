@@ -19,6 +19,7 @@ from typing import Callable, Literal, Sequence
 from pydantic import Field, model_validator
 
 from charter.data.jsonl import file_hash, stable_id
+from charter.data.sources import data_hash
 from charter.models import resolve_model
 from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_head_hook
 from charter.train.data import Pair, load_pairs
@@ -54,7 +55,7 @@ class DPOConfig(TrainConfig):
 def _ref_cache_key(cfg: DPOConfig, tokenizer) -> str:
     ref = resolve_model(cfg.model)
     weights = sorted(p for d in [ref.base, *ref.adapters] for p in d.glob("*.safetensors"))
-    return stable_id(file_hash(cfg.data), [file_hash(w) for w in weights], cfg.max_length, cfg.precision,
+    return stable_id(data_hash(cfg.data), [file_hash(w) for w in weights], cfg.max_length, cfg.precision,
                      cfg.kl_coef > 0, tokenizer.chat_template, cfg.chat, len(tokenizer))
 
 

@@ -36,6 +36,7 @@ from charter.models import (ADAPTER_CONFIG, TRAIN_RECORD, ChatTemplateFile, load
                             read_adapter_config, resolve_model)
 from charter.train.checkpoint import checkpoint_dirs, load_checkpoint, resume_key, save_checkpoint
 from charter.train.lora import LoraSettings, apply_lora, merge_adapters, save_combined_adapter
+from charter.train.tracking import ReportTo, start_tracking
 
 METRICS = "metrics.jsonl"  # one JSON row per logged step, in the output folder
 
@@ -74,6 +75,7 @@ class TrainConfig(Config):
     keep_logits_only_for_targets: bool = True   # run the LM head only where a token is trained
     gradient_checkpointing: bool = False        # recompute layers in backward: less memory, ~1/3 more compute
     cpu_threads: int | None = Field(None, ge=1)  # torch.set_num_threads; 1 is ~10x faster on a busy shared CPU
+    report_to: ReportTo = []                    # tensorboard, wandb, trackio (optional extras; see train/tracking.py)
 
     @model_validator(mode="after")
     def _check(self):
@@ -275,6 +277,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
     s = start_session(cfg, task_factory, load)
     start = resume_and_open_metrics(s, cfg, out, kind)
     acc = s.accelerator
+    tracker = start_tracking(cfg.report_to, out, cfg.model_dump(mode="json"), kind, acc.is_main_process)
     s.model.train()
     bar = tqdm(total=s.total, initial=start, desc=kind, disable=not acc.is_local_main_process, dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
@@ -287,6 +290,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
         if acc.is_main_process and ((step + 1) % cfg.logging_steps == 0 or step + 1 == s.total):
             with (out / METRICS).open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            tracker.log(row, step + 1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         bar.update(1)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < s.total:
@@ -295,6 +299,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
         if on_step is not None:
             on_step(step + 1, row)
     bar.close()
+    tracker.finish()
     finish(s, cfg, out, kind, export)
     return out
 

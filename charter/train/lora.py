@@ -29,6 +29,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from charter.cards import write_merge_card
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json, file_hash
 from charter.models import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_RECORD, TRAIN_RECORD, adapter_scale, check_supported,
@@ -145,7 +146,6 @@ def save_merged(model, tok_src: Path, out_dir: Path, record: dict) -> None:
     `charter_merge.json`) to a temp folder renamed into place, so a crash never leaves half a model."""
     from transformers import AutoTokenizer
 
-
     tokenizer = AutoTokenizer.from_pretrained(tok_src) if has_tokenizer(tok_src) else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -154,6 +154,7 @@ def save_merged(model, tok_src: Path, out_dir: Path, record: dict) -> None:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / MERGE_RECORD, record)
+        write_merge_card(tmp, record)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
