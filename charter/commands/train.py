@@ -78,14 +78,17 @@ def _train(args, module: str, config: str, fn: str) -> None:
     from charter.commands.run import split_args
     from charter.config import load_config
     from charter.data.jsonl import check_file
+    from charter.data.sources import check_input
     from charter.locks import hold_folder
     from charter.train.data import DPO_DATA
     from charter.train.rollout import PROMPTS_DATA, read_prompts
 
     mod = importlib.import_module(module)
     cfg = load_config(getattr(mod, config), *split_args(args or []))
-    check_file(cfg.data, DPO_DATA if fn == "train_rm" else PROMPTS_DATA)  # a mistyped path fails fast
-    if fn != "train_rm":
+    if fn == "train_rm":
+        check_input(cfg.data, DPO_DATA)  # a mistyped path or dataset name fails before the model loads
+    else:
+        check_file(cfg.data, PROMPTS_DATA)
         read_prompts(cfg.data)  # a broken prompts file, too, before any judge or model loads
     extra = {}
     if fn in ("train_grpo", "train_ppo"):
