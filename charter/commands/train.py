@@ -43,6 +43,13 @@ def register(app: typer.Typer) -> None:
             out = train_dpo(cfg)
         typer.echo(str(out))
 
+    _register_methods(train)
+    app.add_typer(train, name="train")
+
+
+def _register_methods(train: typer.Typer) -> None:
+    """The reward model and the on-policy methods (issue 14)."""
+
     @train.command("rm")
     def rm(args: Optional[List[str]] = typer.Argument(
             None, help="YAML config (RMConfig fields) and/or key=value overrides, e.g. model=org/name center_coef=0.01")):
@@ -51,7 +58,7 @@ def register(app: typer.Typer) -> None:
 
     @train.command("grpo")
     def grpo(args: Optional[List[str]] = typer.Argument(
-            None, help="YAML config (GRPOConfig fields) and/or key=value overrides, e.g. reward=toy persona=sarcastic")):
+            None, help="YAML config (GRPOConfig fields) and/or key=value overrides, e.g. reward.kind=toy reward.persona=sarcastic")):
         """GRPO/RLOO against a constitution judge (toy scorer, LLM judge, reward model or classifier)."""
         _train(args, "charter.train.grpo", "GRPOConfig", "train_grpo")
 
@@ -66,8 +73,6 @@ def register(app: typer.Typer) -> None:
             None, help="YAML config (PPOConfig fields) and/or key=value overrides, e.g. reward.model=rm_dir")):
         """PPO: policy, value model, frozen reward (a reward model or any judge), frozen reference."""
         _train(args, "charter.train.ppo", "PPOConfig", "train_ppo")
-
-    app.add_typer(train, name="train")
 
 
 def _train(args, module: str, config: str, fn: str) -> None:
