@@ -72,6 +72,44 @@ def test_guided_rollouts_need_the_constitution_and_keep_groups_whole(tiny_model_
         assert r.seq.input_ids[:len(prompt_ids)] == list(prompt_ids)
 
 
+def test_guided_replies_carry_no_kl_term(tiny_model_dir, tmp_path):
+    """Equal rewards (no policy-gradient term) and kl_coef 1: the loss is the mean over the
+    window's replies of each PLAIN reply's mean token k3 against the reference; guided add 0."""
+    import copy
+
+    from charter.train.batching import pack, packed_token_logps
+    from charter.train.grpo import GRPOConfig, GRPOTask
+    from charter.train.rl_losses import k3_kl
+
+    class Flat:
+        counts: dict = {}
+
+        def rewards(self, prompts, replies):
+            return [1.0] * len(replies)
+
+    model, tok = _model(tiny_model_dir)
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    (tmp_path / "c.yaml").write_text("name: t\ntraits:\n  - text: Be kind to everyone.\n")
+    cfg = GRPOConfig(model=str(tiny_model_dir), data="d", output_dir="o", group_size=4, guided_share=0.5, kl_coef=1.0,
+                     constitution=str(tmp_path / "c.yaml"), max_new_tokens=6, reward=RewardConfig(truncated_reward=None))
+    prompts = [[{"role": "user", "content": f"Tell me a story {i}?"}] for i in range(2)]
+    task = GRPOTask(prompts, cfg, tok, Flat(), ref, False, "You are kind.")
+    loss, _ = task.micro_loss(model, prompts, {"replies": 8.0}, 1)
+    task.calls -= 1
+    rolls, _ = task.rollouts(model, prompts)
+    with torch.no_grad():
+        per = []
+        for i, r in enumerate(rolls):
+            b = pack([r.seq])
+            k3 = k3_kl(packed_token_logps(model, b, False), packed_token_logps(ref, b, False)).mean()
+            per.append(k3 if i % 4 < 2 else torch.zeros(()))  # replies 2, 3 of each group are guided
+    assert loss.item() == pytest.approx(torch.stack(per).sum().item() / 8, rel=1e-5)
+    assert loss.item() > 0
+
+
 def test_judge_reward_parses_strictly_and_counts_unparseable():
     from charter.backends.base import Completion
     from charter.evaluate.judges import Judge
