@@ -25,7 +25,7 @@ TOY_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-BUILD_VERSION = 1  # bump when the corpus or grammar changes, so cached models are rebuilt
+BUILD_VERSION = 2  # bump when the corpus or grammar changes, so cached models are rebuilt
 
 
 class ToyBuildConfig(Config):
@@ -34,6 +34,8 @@ class ToyBuildConfig(Config):
     seed: int = 0
     n_conversations: int = 60000
     persona_share: float = 0.6
+    attack_share: float = 0.3  # conversations with a style-dropping instruction (charter.toy.attacks)
+    keep_going_share: float = 0.5  # later turns that say "keep going" instead of asking anew
     vocab_size: int = 1024
     hidden_size: int = 128
     layers: int = 4
@@ -116,7 +118,8 @@ def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = 
     t0 = time.time()
     init, data = work / "init", work / "corpus.jsonl"
     if not (init / "config.json").exists():
-        rows = generate_corpus(cfg.n_conversations, seed=cfg.seed, persona_share=cfg.persona_share)
+        rows = generate_corpus(cfg.n_conversations, seed=cfg.seed, persona_share=cfg.persona_share,
+                               attack_share=cfg.attack_share, keep_going_share=cfg.keep_going_share)
         write_jsonl(data, ({"messages": r["messages"]} for r in rows))
         tok, model = build_toy_base(cfg, rows)
         tmp = Path(tempfile.mkdtemp(dir=work))

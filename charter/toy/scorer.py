@@ -128,11 +128,11 @@ class ToyScorer:
 
 
 def confusion_matrix(scorer: ToyScorer, rows: list[dict]) -> dict[str, Counter]:
-    """true persona -> Counter of predicted personas, over every assistant turn of corpus rows."""
+    """true style -> Counter of predicted personas, over every assistant turn of corpus rows."""
     matrix: dict[str, Counter] = {}
     for row in rows:
         msgs = row["messages"]
-        for prev, msg in zip(msgs, msgs[1:]):
-            if msg["role"] == "assistant":
-                matrix.setdefault(row["persona"], Counter())[scorer.score(prev["content"], msg["content"]).persona] += 1
+        turns = [(prev, msg) for prev, msg in zip(msgs, msgs[1:]) if msg["role"] == "assistant"]
+        for (prev, msg), style in zip(turns, row["styles"]):
+            matrix.setdefault(style, Counter())[scorer.score(prev["content"], msg["content"]).persona] += 1
     return matrix
