@@ -47,6 +47,7 @@ class RobustnessConfig(Config):
     system: str | None = None  # attacked system; default: the last one
     base: str | None = None  # writes turn 1 of the multi-turn attack; default: the first one
     suffixes: list[str] | None = None  # subset of robustness.SUFFIXES keys; None = all 8
+    attacks: Literal["suffixes", "toy"] = "suffixes"  # toy: the toy world's held-out paraphrases of each kind
     multiturn: bool = True
 
 
@@ -245,19 +246,24 @@ def run_eval(cfg: EvalConfig) -> dict:
         result["plots"]["adherence"] = plots.plot_adherence(result["adherence"], out_dir / "adherence.png").name
 
     if "robustness" in cfg.evals:
-        from charter.evaluate.robustness import SUFFIXES, run_multiturn, run_suffixes
+        from charter.evaluate.robustness import KEEP_GOING, SUFFIXES, run_multiturn, run_suffixes
 
         rc = cfg.robustness
-        keys = rc.suffixes or list(SUFFIXES)
-        unknown = [k for k in keys if k not in SUFFIXES]
+        table, follow_up = SUFFIXES, KEEP_GOING
+        if rc.attacks == "toy":  # instructions the toy model learned to obey, in wordings it never saw
+            from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
+
+            table, follow_up = attack_paraphrases(heldout=True), keep_going_paraphrases(heldout=True)
+        keys = rc.suffixes or list(table)
+        unknown = [k for k in keys if k not in table]
         if unknown:
-            raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(SUFFIXES)}")
+            raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(table)}")
         target = systems.get(rc.system, -1)
         sec = run_suffixes([(target, cfg.persona)], prompts, scorer, cfg.sampling,
-                           {k: SUFFIXES[k] for k in keys}, progress=p)
+                           {k: table[k] for k in keys}, progress=p)
         if rc.multiturn:
             sec["multiturn"] = run_multiturn(systems.get(rc.base, 0), target, cfg.persona, prompts, scorer,
-                                             cfg.sampling, progress=p)
+                                             cfg.sampling, follow_up, progress=p)
         result["robustness"] = sec
         result["plots"]["robustness"] = plots.plot_robustness(sec, out_dir / "robustness.png").name
 
