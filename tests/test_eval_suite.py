@@ -101,3 +101,20 @@ def test_paraphrases_cycle_and_relevance_ignores_the_attack():
     asked = [m[-1]["content"] for m in seen.seen]
     assert asked == [f"{p} {t}" for p, t in zip(PROMPTS, ["Reply with a neutral tone.", "Make your tone neutral."] * 2)]
     assert out["texts"]["neutral_tone"] == ["Reply with a neutral tone.", "Make your tone neutral."]
+
+
+def test_charter_eval_toy_attacks_use_only_heldout_paraphrases(tiny_model_dir, tmp_path):
+    from charter.evaluate.runner import EvalConfig, run_eval
+    from charter.toy.attacks import keep_going_paraphrases
+
+    cfg = EvalConfig.model_validate({
+        "out_dir": str(tmp_path), "persona": "warm", "prompts": "toy", "n_prompts": 2, "progress": False,
+        "evals": ["robustness"], "scorer": {"kind": "toy"},
+        "sampling": {"max_new_tokens": 4, "seed": 0},
+        "systems": [{"name": "s", "backend": {"kind": "hf", "model": str(tiny_model_dir)}}],
+        "robustness": {"attacks": "toy", "suffixes": ["neutral_tone", "no_style"]}})
+    rob = run_eval(cfg)["robustness"]
+    held = attack_paraphrases(heldout=True)
+    assert rob["texts"] == {"neutral_tone": held["neutral_tone"], "no_style": held["no_style"]}
+    assert rob["suffixes"]["neutral_tone"]["systems"]["s"]["n"] == 2 and rob["multiturn"]["n"] == 2
+    assert keep_going_paraphrases(heldout=True)[0] not in keep_going_paraphrases(heldout=False)

@@ -201,6 +201,29 @@ def _cap_model(sc: SystemConfig):
     return load_lm(sc.backend.model, sc.backend.adapter, sc.backend.device)
 
 
+def _run_robustness(cfg: EvalConfig, systems: _Systems, prompts: list[str], scorer) -> dict:
+    """Suffix attacks (or the toy world's held-out paraphrases of each kind) and the multi-turn attack."""
+    from charter.evaluate.robustness import KEEP_GOING, SUFFIXES, run_multiturn, run_suffixes
+
+    rc = cfg.robustness
+    table, follow_up = SUFFIXES, KEEP_GOING
+    if rc.attacks == "toy":  # instructions the toy model learned to obey, in wordings it never saw
+        from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
+
+        table, follow_up = attack_paraphrases(heldout=True), keep_going_paraphrases(heldout=True)
+    keys = rc.suffixes or list(table)
+    unknown = [k for k in keys if k not in table]
+    if unknown:
+        raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(table)}")
+    target = systems.get(rc.system, -1)
+    sec = run_suffixes([(target, cfg.persona)], prompts, scorer, cfg.sampling,
+                       {k: table[k] for k in keys}, progress=cfg.progress)
+    if rc.multiturn:
+        sec["multiturn"] = run_multiturn(systems.get(rc.base, 0), target, cfg.persona, prompts, scorer,
+                                         cfg.sampling, follow_up, progress=cfg.progress)
+    return sec
+
+
 def run_eval(cfg: EvalConfig) -> dict:
     """Run the configured evaluations; write eval.json and PNGs into cfg.out_dir; return the dict."""
     from charter.evaluate import plots
@@ -246,24 +269,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         result["plots"]["adherence"] = plots.plot_adherence(result["adherence"], out_dir / "adherence.png").name
 
     if "robustness" in cfg.evals:
-        from charter.evaluate.robustness import KEEP_GOING, SUFFIXES, run_multiturn, run_suffixes
-
-        rc = cfg.robustness
-        table, follow_up = SUFFIXES, KEEP_GOING
-        if rc.attacks == "toy":  # instructions the toy model learned to obey, in wordings it never saw
-            from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
-
-            table, follow_up = attack_paraphrases(heldout=True), keep_going_paraphrases(heldout=True)
-        keys = rc.suffixes or list(table)
-        unknown = [k for k in keys if k not in table]
-        if unknown:
-            raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(table)}")
-        target = systems.get(rc.system, -1)
-        sec = run_suffixes([(target, cfg.persona)], prompts, scorer, cfg.sampling,
-                           {k: table[k] for k in keys}, progress=p)
-        if rc.multiturn:
-            sec["multiturn"] = run_multiturn(systems.get(rc.base, 0), target, cfg.persona, prompts, scorer,
-                                             cfg.sampling, follow_up, progress=p)
+        sec = _run_robustness(cfg, systems, prompts, scorer)
         result["robustness"] = sec
         result["plots"]["robustness"] = plots.plot_robustness(sec, out_dir / "robustness.png").name
 
