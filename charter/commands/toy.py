@@ -15,19 +15,26 @@ def register(app: typer.Typer) -> None:
               overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. steps=200."),
               out: Path = typer.Option(None, "--out", "-o", help="Model folder (default: cache, keyed by settings hash)."),
               ) -> None:
-        """Generate the corpus, train the tokenizer and pretrain the toy base model (cached)."""
+        """Generate the corpus, train the tokenizer and pretrain the toy base model (cached), from
+        scratch; then say whether its weights match the model shipped in the package."""
         from charter.config import load_config
-        from charter.toy.model import ToyBuildConfig, build_toy_model, is_built, toy_model_dir
+        from charter.toy.model import (ToyBuildConfig, build_toy_model, is_built, packaged_model, toy_model_dir,
+                                       weights_sha256)
 
         if config is not None and "=" in str(config):  # only overrides were given
             overrides, config = [str(config)] + list(overrides or []), None
         cfg = load_config(ToyBuildConfig, config, overrides or [])
         target = out or toy_model_dir(cfg)
         if is_built(target):
-            typer.echo(f"cached: {target}")
-            return
-        typer.echo(f"building toy base model ({cfg.n_conversations} conversations, {cfg.steps} steps) -> {target}")
-        typer.echo(str(build_toy_model(cfg, out)))
+            typer.echo(f"cached: {target} (--out DIR rebuilds elsewhere)")
+        else:
+            typer.echo(f"building toy base model ({cfg.n_conversations} conversations, {cfg.steps} steps) -> {target}")
+            build_toy_model(cfg, target, packaged=False)
+        sha, shipped = weights_sha256(target), packaged_model(cfg)
+        typer.echo(f"{target}\nweights sha256 {sha}")
+        if shipped is not None:
+            same = sha == weights_sha256(shipped)
+            typer.echo(f"shipped model {'reproduced byte for byte' if same else 'NOT reproduced'}: {shipped}")
 
     @sub.command("eval")
     def evaluate(model: str = typer.Argument(..., help="Model folder (e.g. from `charter toy build`)."),
