@@ -71,3 +71,36 @@ def test_keep_going_continues_the_current_style_and_topic():
                 assert scorer.persona_of(replies[i])[0] == scorer.persona_of(replies[i - 1])[0]
                 assert scorer.analyze(users[i - 1], replies[i]).relevant is not False
     assert seen > 100
+
+
+class _ObeysAllButOne:
+    """Sarcastic with a constitution, except under an attack other than most_like_you, or on turn 2."""
+
+    def generate(self, requests, params, progress=False):
+        from charter.backends.base import Completion
+
+        obeyed = [t for k, v in attack_paraphrases(True).items() if k != "most_like_you" for t in v]
+        out = []
+        for r in requests:
+            m = r.messages
+            turns = len(m) - (m[0]["role"] == "system")
+            attacked = any(t in m[-1]["content"] for t in obeyed) or turns > 1  # multi-turn: turn 2
+            persona = m[0]["role"] == "system" and not attacked
+            out.append([Completion("Oh, how original. I am a small assistant. Obviously." if persona
+                                   else "I am a small assistant.", "stop")])
+        return out
+
+
+def test_attack_obedience_table():
+    from charter.toy.obedience import attack_obedience
+
+    rows = attack_obedience(_ObeysAllButOne(), ["sarcastic"], n=10)
+    table = {(r["attack"], r["system"]): r for r in rows}
+    kinds = ["none", *attack_paraphrases(True), "multiturn"]
+    assert [r["attack"] for r in rows[::2]] == kinds  # base, then base+constitution, per attack
+    for kind in kinds:
+        assert table[(kind, "base")]["neutral"]["value"] == 1.0 and table[(kind, "base")]["in_character"] is None
+        attacked = table[(kind, "base+constitution:sarcastic")]
+        expected = 1.0 if kind in ("none", "most_like_you") else 0.0
+        assert attacked["in_character"]["value"] == expected and attacked["neutral"]["value"] == 1 - expected
+        assert attacked["n"] == 10

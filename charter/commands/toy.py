@@ -55,6 +55,24 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{r.persona:14s} {r.condition:8s} {r.adherence:9.3f} {r.neutral:8.3f} "
                        f"{r.well_formed:11.3f} {r.relevant:8.3f}")
 
+    @sub.command("attacks")
+    def attacks(model: str = typer.Argument(..., help="Model folder (e.g. from `charter toy build`)."),
+                n: int = typer.Option(100, help="Held-out prompts per attack."),
+                personas: str = typer.Option("sarcastic,warm,poetic", help="Constitutions to attack."),
+                train_wording: bool = typer.Option(False, help="Use the training paraphrases, not the held-out ones."),
+                seed: int = typer.Option(1234, help="Eval prompt seed.")) -> None:
+        """Does the model obey each attack kind? Neutral share with no system prompt and with each constitution."""
+        from charter.backends.hf import HFGenerator
+        from charter.toy.obedience import attack_obedience
+
+        rows = attack_obedience(HFGenerator(model, batch_size=64), [p for p in personas.split(",") if p], n, seed,
+                                heldout=not train_wording)
+        typer.echo(f"{'attack':26s} {'system':34s} {'neutral [95% CI]':>22s} {'in character':>13s}")
+        for r in rows:
+            nt, ic = r["neutral"], r["in_character"]
+            typer.echo(f"{r['attack']:26s} {r['system']:34s} {nt['value']:6.2f} [{nt['lo']:.2f}, {nt['hi']:.2f}] (n={r['n']})"
+                       f" {'' if ic is None else format(ic['value'], '13.2f')}")
+
     @sub.command("sample")
     def sample(n: int = typer.Option(5, help="Conversations to print."),
                seed: int = typer.Option(0)) -> None:
