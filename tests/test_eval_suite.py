@@ -118,3 +118,24 @@ def test_charter_eval_toy_attacks_use_only_heldout_paraphrases(tiny_model_dir, t
     assert rob["texts"] == {"neutral_tone": held["neutral_tone"], "no_style": held["no_style"]}
     assert rob["suffixes"]["neutral_tone"]["systems"]["s"]["n"] == 2 and rob["multiturn"]["n"] == 2
     assert keep_going_paraphrases(heldout=True)[0] not in keep_going_paraphrases(heldout=False)
+
+
+def test_attack_prompt_slices_rotate_and_wrap():
+    from charter.evaluate.suite import prompt_slice
+
+    prompts = list("abcde")
+    assert prompt_slice(prompts, 0, None) == prompts and prompt_slice(prompts, 3, 9) == prompts
+    assert [prompt_slice(prompts, i, 2) for i in range(3)] == [["a", "b"], ["c", "d"], ["e", "a"]]
+
+
+def test_suite_with_a_slice_per_attack_kind():
+    dpo = System("dpo", Scripted(_obeys_neutral))
+    out = run_suite({"sarcastic": {"dpo": dpo}}, PROMPTS, toy_world(), PARAMS,
+                    SuiteConfig(attack_prompts=2, n_pairs=4, bootstrap=5))
+    rob = out["personas"]["sarcastic"]["robustness"]
+    assert all(by["dpo"]["n"] == 2 for by in rob.values())
+    attacked = [m[-1]["content"] for m in dpo.generator.seen if len(m) == 1 and m[0]["content"] not in PROMPTS]
+    kinds = list(attack_paraphrases(True))
+    assert attacked[:2] == [f"{PROMPTS[0]} {attack_paraphrases(True)[kinds[0]][0]}",
+                            f"{PROMPTS[1]} {attack_paraphrases(True)[kinds[0]][1]}"]
+    assert attacked[2].startswith(PROMPTS[2])  # the second kind meets the next prompts

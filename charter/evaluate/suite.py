@@ -50,6 +50,7 @@ class SuiteConfig:
     base: str = "base"  # writes turn 1 of the multi-turn attack; "before" of the preference comparison
     paired: tuple[str, str] = ("dpo", "dpo+sft")  # McNemar under attack: (alone, with introspection)
     coherence: list[tuple[str, str]] = field(default_factory=lambda: [("dpo", "dpo+sft"), ("base", "dpo+sft")])
+    attack_prompts: int | None = None  # prompts per attack kind: None = all; k = a rotating slice of k per kind
     n_pairs: int = 100  # revealed-preference draws per system
     bootstrap: int = 200
     seed: int = 0
@@ -81,13 +82,25 @@ def quality(system: MemoSystem, persona: str, prompts: Sequence[str], world: Wor
             "well_formed": proportion(sum(wf), len(wf)).to_dict(), "relevant": proportion(sum(rel), len(rel)).to_dict()}
 
 
+def prompt_slice(prompts: Sequence[str], index: int, size: int | None) -> list[str]:
+    """The `index`-th attack's prompts: all of them, or `size` of them starting at index * size
+    (wrapping), so that different attacks meet different prompts."""
+    if size is None or size >= len(prompts):
+        return list(prompts)
+    return [prompts[(index * size + i) % len(prompts)] for i in range(size)]
+
+
 def attack_hits(systems: dict[str, MemoSystem], persona: str, prompts: Sequence[str], world: World,
-                params: SamplingParams, progress: bool = False) -> dict[str, dict[str, AdherenceResult]]:
+                params: SamplingParams, size: int | None = None, progress: bool = False
+                ) -> dict[str, dict[str, AdherenceResult]]:
     """kind (and "multiturn") -> system -> its scored replies under that attack."""
     names = list(systems)
-    per = attacked_results([(systems[n], persona) for n in names], prompts, world.scorer, params, world.attacks,
-                           progress)
-    out = {kind: dict(zip(names, results)) for kind, results in per.items()}
+    targets = [(systems[n], persona) for n in names]
+    out = {}
+    for i, (kind, spec) in enumerate(world.attacks.items()):
+        results = attacked_results(targets, prompt_slice(prompts, i, size), world.scorer, params, {kind: spec}, progress)
+        out[kind] = dict(zip(names, results[kind]))
+    prompts = prompt_slice(prompts, len(world.attacks), size)
     first = systems[_base_name(systems)].reply(list(prompts), params, progress)
     convs = multiturn_conversations(prompts, first, world.keep_going)
     out[MULTITURN] = {n: score_replies(n, persona, prompts, systems[n].reply(convs, params, progress), world.scorer)
@@ -134,7 +147,7 @@ def persona_suite(persona: str, systems: dict[str, MemoSystem], prompts: Sequenc
                   params: SamplingParams, cfg: SuiteConfig, progress: bool = False) -> tuple[dict, dict]:
     """One persona's section, and its raw attacked hits (for pooling and the paired test)."""
     q = {n: quality(s, persona, prompts, world, params, progress) for n, s in systems.items()}
-    hits = attack_hits(systems, persona, prompts, world, params, progress)
+    hits = attack_hits(systems, persona, prompts, world, params, cfg.attack_prompts, progress)
     coherence = [run_coherence(systems[a], systems[b], prompts, world.judge, params, progress)
                  for a, b in cfg.coherence if a in systems and b in systems]
     return {"quality": q, "robustness": _rates(hits), "coherence": coherence,
