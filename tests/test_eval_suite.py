@@ -112,7 +112,7 @@ def test_charter_eval_toy_attacks_use_only_heldout_paraphrases(tiny_model_dir, t
         "evals": ["robustness"], "scorer": {"kind": "toy"},
         "sampling": {"max_new_tokens": 4, "seed": 0},
         "systems": [{"name": "s", "backend": {"kind": "hf", "model": str(tiny_model_dir)}}],
-        "robustness": {"attacks": "toy", "suffixes": ["neutral_tone", "no_style"]}})
+        "robustness": {"suffixes": ["neutral_tone", "no_style"]}})  # toy prompts: toy attacks by default
     rob = run_eval(cfg)["robustness"]
     held = attack_paraphrases(heldout=True)
     assert rob["texts"] == {"neutral_tone": held["neutral_tone"], "no_style": held["no_style"]}

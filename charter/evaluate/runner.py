@@ -47,7 +47,8 @@ class RobustnessConfig(Config):
     system: str | None = None  # attacked system; default: the last one
     base: str | None = None  # writes turn 1 of the multi-turn attack; default: the first one
     suffixes: list[str] | None = None  # subset of robustness.SUFFIXES keys; None = all 8
-    attacks: Literal["suffixes", "toy"] = "suffixes"  # toy: the toy world's held-out paraphrases of each kind
+    attacks: Literal["suffixes", "toy"] | None = None  # toy: the toy world's held-out paraphrases of each kind;
+    # None: toy when prompts is "toy", else suffixes
     multiturn: bool = True
 
 
@@ -207,7 +208,8 @@ def _run_robustness(cfg: EvalConfig, systems: _Systems, prompts: list[str], scor
 
     rc = cfg.robustness
     table, follow_up = SUFFIXES, KEEP_GOING
-    if rc.attacks == "toy":  # instructions the toy model learned to obey, in wordings it never saw
+    if (rc.attacks or ("toy" if cfg.prompts == "toy" else "suffixes")) == "toy":  # instructions the toy
+        # model learned to obey, in wordings it never saw
         from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
 
         table, follow_up = attack_paraphrases(heldout=True), keep_going_paraphrases(heldout=True)
