@@ -139,3 +139,14 @@ def test_suite_with_a_slice_per_attack_kind():
     assert attacked[:2] == [f"{PROMPTS[0]} {attack_paraphrases(True)[kinds[0]][0]}",
                             f"{PROMPTS[1]} {attack_paraphrases(True)[kinds[0]][1]}"]
     assert attacked[2].startswith(PROMPTS[2])  # the second kind meets the next prompts
+
+
+def test_prefilled_replies_are_not_generated_again():
+    from charter.evaluate.suite import MemoSystem
+
+    gen = Scripted(lambda m: SARCASTIC)
+    memo = MemoSystem(System("dpo+sft", gen)).prefill(PROMPTS, [FACT] * len(PROMPTS))
+    out = run_suite({"sarcastic": {"dpo+sft": memo}}, PROMPTS, toy_world(), PARAMS,
+                    SuiteConfig(attack_prompts=1, n_pairs=2, bootstrap=5))
+    assert out["personas"]["sarcastic"]["quality"]["dpo+sft"]["adherence"]["k"] == 0  # the prefilled replies
+    assert not any(len(m) == 1 and m[0]["content"] in PROMPTS for m in gen.seen)

@@ -64,6 +64,11 @@ class MemoSystem:
         self.system, self.name, self.system_prompt = system, system.name, system.system_prompt
         self.cache: dict[str, str] = {}
 
+    def prefill(self, conversations: Sequence, replies: Sequence[str]) -> "MemoSystem":
+        """Replies generated elsewhere (the pipeline's eval stage), so the suite does not repeat them."""
+        self.cache.update((json.dumps(c, sort_keys=True), r) for c, r in zip(conversations, replies))
+        return self
+
     def reply(self, conversations: Sequence, params: SamplingParams, progress: bool = False) -> list[str]:
         keys = [json.dumps(c, sort_keys=True) for c in conversations]
         todo = [k for k in dict.fromkeys(keys) if k not in self.cache]
@@ -179,12 +184,14 @@ def _concat(hits: dict[str, dict], names: Sequence[str]) -> dict[str, dict[str, 
 def run_suite(personas: dict[str, dict[str, System]], prompts: Sequence[str], world: World,
               params: SamplingParams, cfg: SuiteConfig | None = None, progress: bool = False) -> dict:
     """persona -> {system name -> System} (pass the *same* System object where personas share one,
-    e.g. the base model) -> the summary dict (see the module docstring)."""
+    e.g. the base model; a `MemoSystem` may come prefilled with replies) -> the summary dict
+    (see the module docstring)."""
     cfg = cfg or SuiteConfig()
     memo: dict[int, MemoSystem] = {}
     sections, hits, owners = {}, {}, {}
     for persona, systems in personas.items():
-        wrapped = {n: memo.setdefault(id(s), MemoSystem(s)) for n, s in systems.items()}
+        wrapped = {n: memo.setdefault(id(s), s if isinstance(s, MemoSystem) else MemoSystem(s))
+                   for n, s in systems.items()}
         for n, s in systems.items():
             owners.setdefault(n, []).append(id(s))
         sections[persona], hits[persona] = persona_suite(persona, wrapped, prompts, world, params, cfg, progress)

@@ -1,0 +1,67 @@
+"""The full evaluation suite on a finished toy run: what `charter run` will report once the suite
+is hooked into its eval stage, and the reproduction of docs/toy_world.md's robustness figures.
+
+    python benchmarks/toy_full_eval.py RUN_DIR OUT_DIR [attack_prompts] [n_pairs]
+
+Systems per persona: base (shared), base+constitution, dpo, dpo+sft (the merged model). The eval
+stage's replies (`RUN_DIR/eval/replies.jsonl`) prefill the no-attack answers, so they are not
+generated twice. Writes OUT_DIR/suite.json and OUT_DIR/robustness.png; prints the pooled
+robustness table, the paired test and the CPU seconds spent.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from charter.backends.base import SamplingParams
+from charter.backends.hf import HFGenerator
+from charter.data.jsonl import atomic_write_json, read_jsonl
+from charter.evaluate.plots import plot_robustness_matrix
+from charter.evaluate.suite import MemoSystem, SuiteConfig, run_suite
+from charter.evaluate.systems import System
+from charter.toy.corpus import eval_prompts
+from charter.toy.measure import system_prompt_for
+from charter.toy.world import toy_world
+
+PARAMS = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=96, seed=0)  # the toy preset's eval sampling
+
+
+def systems_of(run: Path, personas: list[str], replies: list[dict]) -> dict[str, dict[str, MemoSystem]]:
+    base_path = json.loads((run / "base" / "model.json").read_text())["path"]
+    base_gen = HFGenerator(base_path, batch_size=64)
+
+    def memo(name: str, gen, persona: str, system_prompt: str | None = None) -> MemoSystem:
+        mine = [r for r in replies if r["system"] == name and r["persona"] == persona]
+        return MemoSystem(System(name, gen, system_prompt)).prefill([r["prompt"] for r in mine],
+                                                                   [r["reply"] for r in mine])
+
+    base = memo("base", base_gen, personas[0])
+    return {p: {"base": base, "base+constitution": memo("base+constitution", base_gen, p, system_prompt_for(p, "train")),
+                "dpo": memo("dpo", HFGenerator(str(run / "dpo" / p / "model"), batch_size=64), p),
+                "dpo+sft": memo("dpo+sft", HFGenerator(str(run / "merge" / p / "model"), batch_size=64), p)}
+            for p in personas}
+
+
+def main() -> None:
+    run, out = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg = SuiteConfig(attack_prompts=int(sys.argv[3]) if len(sys.argv) > 3 else None,
+                      n_pairs=int(sys.argv[4]) if len(sys.argv) > 4 else 100)
+    replies = read_jsonl(run / "eval" / "replies.jsonl")
+    personas = sorted({r["persona"] for r in replies})
+    prompts = eval_prompts(len({r["prompt"] for r in replies}), seed=1234)
+    t0 = time.process_time()
+    result = run_suite(systems_of(run, personas, replies), prompts, toy_world(), PARAMS, cfg)
+    result["cpu_seconds"] = round(time.process_time() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "suite.json", result)
+    plot_robustness_matrix(result["pooled"]["robustness"], out / "robustness.png")
+    for kind, by in result["pooled"]["robustness"].items():
+        print(f"{kind:26s} " + "  ".join(f"{n} {p['value']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]" for n, p in by.items()))
+    print("paired", json.dumps(result["paired"]["pooled"]))
+    print("cpu seconds", result["cpu_seconds"])
+
+
+if __name__ == "__main__":
+    main()
