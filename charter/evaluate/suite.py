@@ -96,9 +96,10 @@ def prompt_slice(prompts: Sequence[str], index: int, size: int | None) -> list[s
 
 
 def attack_hits(systems: dict[str, MemoSystem], persona: str, prompts: Sequence[str], world: World,
-                params: SamplingParams, size: int | None = None, progress: bool = False
+                params: SamplingParams, size: int | None = None, base: str = "base", progress: bool = False
                 ) -> dict[str, dict[str, AdherenceResult]]:
-    """kind (and "multiturn") -> system -> its scored replies under that attack."""
+    """kind (and "multiturn") -> system -> its scored replies under that attack; `base` writes
+    turn 1 of the multi-turn attack."""
     names = list(systems)
     targets = [(systems[n], persona) for n in names]
     out = {}
@@ -106,7 +107,7 @@ def attack_hits(systems: dict[str, MemoSystem], persona: str, prompts: Sequence[
         results = attacked_results(targets, prompt_slice(prompts, i, size), world.scorer, params, {kind: spec}, progress)
         out[kind] = dict(zip(names, results[kind]))
     prompts = prompt_slice(prompts, len(world.attacks), size)
-    first = systems[_base_name(systems)].reply(list(prompts), params, progress)
+    first = systems[_base_name(systems, base)].reply(list(prompts), params, progress)
     convs = multiturn_conversations(prompts, first, world.keep_going)
     out[MULTITURN] = {n: score_replies(n, persona, prompts, systems[n].reply(convs, params, progress), world.scorer)
                       for n in names}
@@ -152,7 +153,7 @@ def persona_suite(persona: str, systems: dict[str, MemoSystem], prompts: Sequenc
                   params: SamplingParams, cfg: SuiteConfig, progress: bool = False) -> tuple[dict, dict]:
     """One persona's section, and its raw attacked hits (for pooling and the paired test)."""
     q = {n: quality(s, persona, prompts, world, params, progress) for n, s in systems.items()}
-    hits = attack_hits(systems, persona, prompts, world, params, cfg.attack_prompts, progress)
+    hits = attack_hits(systems, persona, prompts, world, params, cfg.attack_prompts, cfg.base, progress)
     coherence = [run_coherence(systems[a], systems[b], prompts, world.judge, params, progress)
                  for a, b in cfg.coherence if a in systems and b in systems]
     return {"quality": q, "robustness": _rates(hits), "coherence": coherence,
