@@ -68,7 +68,7 @@ def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title:
     plt = _plt()
     kinds = list(rates)
     systems = list(dict.fromkeys(s for k in kinds for s in rates[k]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(kinds) * max(1, len(systems))), 3.8))
+    fig, ax = plt.subplots(figsize=(min(12, max(6, 0.3 * len(kinds) * max(1, len(systems)))), 3.8))
     w = 0.8 / max(1, len(systems))
     for j, s in enumerate(systems):
         props = [rates[k].get(s, {"value": 0.0, "lo": 0.0, "hi": 0.0, "n": 0}) for k in kinds]
