@@ -8,9 +8,9 @@ time would. Prints each pipeline stage's cumulative CPU seconds, then the top fu
 """
 from __future__ import annotations
 
+import argparse
 import cProfile
 import pstats
-import sys
 import time
 
 
@@ -24,7 +24,11 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 
 def main() -> None:
-    out, args = sys.argv[1], sys.argv[2:]
+    parser = argparse.ArgumentParser(description="CPU-time profile of a `charter` command (see the module docstring).")
+    parser.add_argument("out", help="where to write the cProfile stats")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the charter command and its arguments")
+    opts = parser.parse_args()
+    out, args = opts.out, opts.command
     from charter.cli import app
 
     profiler = cProfile.Profile(time.process_time)

@@ -10,8 +10,8 @@ robustness table, the paired test and the CPU seconds spent.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -45,9 +45,15 @@ def systems_of(run: Path, personas: list[str], replies: list[dict]) -> dict[str,
 
 
 def main() -> None:
-    run, out = Path(sys.argv[1]), Path(sys.argv[2])
-    cfg = SuiteConfig(attack_prompts=int(sys.argv[3]) if len(sys.argv) > 3 else None,
-                      n_pairs=int(sys.argv[4]) if len(sys.argv) > 4 else 100)
+    parser = argparse.ArgumentParser(description="The full evaluation suite on a finished toy run.")
+    parser.add_argument("run", type=Path, help="the run directory of `charter run --preset toy`")
+    parser.add_argument("out", type=Path, help="where suite.json and robustness.png go")
+    parser.add_argument("attack_prompts", type=int, nargs="?", default=None,
+                        help="prompts per attack kind and persona (default: all)")
+    parser.add_argument("n_pairs", type=int, nargs="?", default=100, help="revealed-preference draws per system")
+    opts = parser.parse_args()
+    run, out = opts.run, opts.out
+    cfg = SuiteConfig(attack_prompts=opts.attack_prompts, n_pairs=opts.n_pairs)
     replies = read_jsonl(run / "eval" / "replies.jsonl")
     personas = sorted({r["persona"] for r in replies})
     prompts = eval_prompts(len({r["prompt"] for r in replies}), seed=1234)
