@@ -19,8 +19,7 @@ from charter.backends.base import SamplingParams
 from charter.backends.hf import HFGenerator
 from charter.data.jsonl import atomic_write_json, read_jsonl
 from charter.evaluate.plots import plot_robustness_matrix
-from charter.evaluate.suite import MemoSystem, SuiteConfig, run_suite
-from charter.evaluate.systems import System
+from charter.evaluate.suite import SuiteConfig, run_suite, systems_from_models
 from charter.toy.corpus import eval_prompts
 from charter.toy.measure import system_prompt_for
 from charter.toy.world import toy_world
@@ -28,19 +27,10 @@ from charter.toy.world import toy_world
 PARAMS = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=96, seed=0)  # the toy preset's eval sampling
 
 
-def systems_of(run: Path, personas: list[str], replies: list[dict]) -> dict[str, dict[str, MemoSystem]]:
-    base_path = json.loads((run / "base" / "model.json").read_text())["path"]
-    base_gen = HFGenerator(base_path, batch_size=64)
-
-    def memo(name: str, gen, persona: str, system_prompt: str | None = None) -> MemoSystem:
-        mine = [r for r in replies if r["system"] == name and r["persona"] == persona]
-        return MemoSystem(System(name, gen, system_prompt)).prefill([r["prompt"] for r in mine],
-                                                                   [r["reply"] for r in mine])
-
-    base = memo("base", base_gen, personas[0])
-    return {p: {"base": base, "base+constitution": memo("base+constitution", base_gen, p, system_prompt_for(p, "train")),
-                "dpo": memo("dpo", HFGenerator(str(run / "dpo" / p / "model"), batch_size=64), p),
-                "dpo+sft": memo("dpo+sft", HFGenerator(str(run / "merge" / p / "model"), batch_size=64), p)}
+def models_of(run: Path, personas: list[str]) -> dict[str, dict[str, tuple[str, str | None]]]:
+    base = json.loads((run / "base" / "model.json").read_text())["path"]
+    return {p: {"base": (base, None), "base+constitution": (base, system_prompt_for(p, "train")),
+                "dpo": (str(run / "dpo" / p / "model"), None), "dpo+sft": (str(run / "merge" / p / "model"), None)}
             for p in personas}
 
 
@@ -58,7 +48,8 @@ def main() -> None:
     personas = sorted({r["persona"] for r in replies})
     prompts = eval_prompts(len({r["prompt"] for r in replies}), seed=1234)
     t0 = time.process_time()
-    result = run_suite(systems_of(run, personas, replies), prompts, toy_world(), PARAMS, cfg)
+    systems = systems_from_models(models_of(run, personas), lambda m: HFGenerator(m, batch_size=64), replies)
+    result = run_suite(systems, prompts, toy_world(), PARAMS, cfg)
     result["cpu_seconds"] = round(time.process_time() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "suite.json", result)

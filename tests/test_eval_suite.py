@@ -150,3 +150,25 @@ def test_prefilled_replies_are_not_generated_again():
                     SuiteConfig(attack_prompts=1, n_pairs=2, bootstrap=5))
     assert out["personas"]["sarcastic"]["quality"]["dpo+sft"]["adherence"]["k"] == 0  # the prefilled replies
     assert not any(len(m) == 1 and m[0]["content"] in PROMPTS for m in gen.seen)
+
+
+def test_systems_from_models_share_the_base_and_load_lazily():
+    from charter.evaluate.suite import systems_from_models
+
+    made = []
+
+    def make(model):
+        made.append(model)
+        return Scripted(lambda m: FACT)
+
+    models = {p: {"base": ("B", None), "base+constitution": ("B", f"be {p}"), "dpo": (f"D-{p}", None)}
+              for p in ("sarcastic", "warm")}
+    rows = [{"persona": "warm", "system": "dpo", "prompt": PROMPTS[0], "reply": SARCASTIC}]
+    systems = systems_from_models(models, make, rows)
+    assert made == []  # nothing loaded until a reply is asked for
+    assert systems["sarcastic"]["base"] is systems["warm"]["base"]
+    assert systems["sarcastic"]["base+constitution"] is not systems["warm"]["base+constitution"]
+    assert systems["warm"]["dpo"].reply([PROMPTS[0]], PARAMS) == [SARCASTIC] and made == []  # prefilled
+    systems["sarcastic"]["base"].reply(PROMPTS, PARAMS)
+    systems["warm"]["base+constitution"].reply(PROMPTS, PARAMS)
+    assert made == ["B"]  # one generator per model, shared by base and base+constitution

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from charter.backends.base import SamplingParams
+from charter.backends.base import Generator, SamplingParams
 from charter.evaluate.adherence import AdherenceResult, score_replies
 from charter.evaluate.base import PersonaScorer, score_all
 from charter.evaluate.coherence import run_coherence
@@ -75,6 +75,42 @@ class MemoSystem:
         if todo:
             self.cache.update(zip(todo, self.system.reply([json.loads(k) for k in todo], params, progress)))
         return [self.cache[k] for k in keys]
+
+
+ModelSpec = tuple[str, "str | None"]  # (model folder or id, system prompt or None)
+
+
+class LazyGenerator:
+    """A generator made on first use, so listing a run's systems loads no model yet."""
+
+    def __init__(self, make: Callable[[str], Generator], model: str):
+        self.make, self.model, self.generator = make, model, None
+
+    def generate(self, requests, params, progress: bool = False):
+        if self.generator is None:
+            self.generator = self.make(self.model)
+        return self.generator.generate(requests, params, progress=progress)
+
+
+def systems_from_models(models: dict[str, dict[str, ModelSpec]], make_generator: Callable[[str], Generator],
+                        replies: Sequence[dict] = ()) -> dict[str, dict[str, MemoSystem]]:
+    """persona -> system name -> (model, system prompt) -> the `run_suite` input: one generator per
+    model, one `MemoSystem` per distinct (name, model, system prompt), so the base model is shared
+    by the personas, prefilled with `replies` rows `{persona, system, prompt, reply}` (the
+    pipeline's eval stage) so the no-attack answers are not generated twice."""
+    gens: dict[str, LazyGenerator] = {}
+    made: dict[tuple, MemoSystem] = {}
+    out: dict[str, dict[str, MemoSystem]] = {}
+    for persona, systems in models.items():
+        for name, (model, system_prompt) in systems.items():
+            key = (name, model, system_prompt)
+            if key not in made:
+                gen = gens.setdefault(model, LazyGenerator(make_generator, model))
+                made[key] = MemoSystem(System(name, gen, system_prompt))
+            mine = [r for r in replies if r["persona"] == persona and r["system"] == name]
+            out.setdefault(persona, {})[name] = made[key].prefill([r["prompt"] for r in mine],
+                                                                 [r["reply"] for r in mine])
+    return out
 
 
 def quality(system: MemoSystem, persona: str, prompts: Sequence[str], world: World, params: SamplingParams,
