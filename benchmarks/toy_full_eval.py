@@ -46,7 +46,10 @@ def main() -> None:
     cfg = SuiteConfig(attack_prompts=opts.attack_prompts, n_pairs=opts.n_pairs)
     replies = read_jsonl(run / "eval" / "replies.jsonl")
     personas = sorted({r["persona"] for r in replies})
-    prompts = eval_prompts(len({r["prompt"] for r in replies}), seed=1234)
+    seed = json.loads((run / "manifest.json").read_text())["seed"]  # the run's eval prompts: load_prompts("toy")
+    prompts = eval_prompts(len({r["prompt"] for r in replies}), seed=1234 + seed)
+    if set(prompts) != {r["prompt"] for r in replies}:
+        raise SystemExit(f"{run / 'eval' / 'replies.jsonl'}: not the toy world's eval prompts for seed {seed}")
     t0 = time.process_time()
     systems = systems_from_models(models_of(run, personas), lambda m: HFGenerator(m, batch_size=64), replies)
     result = run_suite(systems, prompts, toy_world(), PARAMS, cfg)
