@@ -27,7 +27,7 @@ from charter.evaluate.base import PersonaScorer, World, score_all
 from charter.evaluate.coherence import run_coherence
 from charter.evaluate.preferences import AskChoice, choice_prompt, compare_rankings, draw_pairs, run_preferences
 from charter.evaluate.robustness import Attack, attacked_results, multiturn_conversations
-from charter.evaluate.stats import mcnemar_paired, proportion, proportion_of_unique
+from charter.evaluate.stats import mcnemar_paired, paired_bootstrap, proportion, proportion_of_unique
 from charter.evaluate.systems import System
 
 MULTITURN = "multiturn"
@@ -39,7 +39,8 @@ class Judging:
     cover every verdict), plus how attacks are worded and how a trait choice is offered."""
 
     scorer: PersonaScorer
-    judge: Any  # `which_trait`, `compare` and `counts`: an LLM `Judge` or the toy world's `ToyJudge`
+    judge: Any  # `which_trait`, `compare` and `counts`: an LLM `Judge`, the toy world's `ToyJudge`, or None
+    # (None: coherence and preferences are skipped and the summary says so)
     attacks: Mapping[str, Attack]  # kind -> held-out paraphrases
     keep_going: Attack
     traits: list[str]
@@ -97,6 +98,10 @@ class LazyGenerator:
         if self.generator is None:
             self.generator = self.make(self.model)
         return self.generator.generate(requests, params, progress=progress)
+
+    def release(self) -> None:
+        """Drop the loaded model (made again on next use), so a run holds one persona's models at a time."""
+        self.generator = None
 
 
 def systems_from_models(models: dict[str, dict[str, ModelSpec]], make_generator: Callable[[str], Generator],
@@ -166,7 +171,8 @@ def _rates(hits: dict[str, dict[str, AdherenceResult]]) -> dict:
 
 
 def paired_under_attack(hits: dict[str, dict[str, AdherenceResult]], pair: tuple[str, str]) -> dict | None:
-    """McNemar of `pair[1]` against `pair[0]` over every attacked prompt (all kinds, multi-turn too)."""
+    """McNemar of `pair[1]` against `pair[0]` over every attacked prompt (all kinds, multi-turn too),
+    with a paired bootstrap 95% CI of the difference in rates (`difference`: lo, hi)."""
     a, b = pair
     kinds = [k for k, by in hits.items() if a in by and b in by]
     if not kinds:
@@ -174,7 +180,8 @@ def paired_under_attack(hits: dict[str, dict[str, AdherenceResult]], pair: tuple
     before = [h for k in kinds for h in hits[k][a].hits]
     after = [h for k in kinds for h in hits[k][b].hits]
     return {"before": a, "after": b, "n": len(before), "rate_before": sum(before) / len(before),
-            "rate_after": sum(after) / len(after), **mcnemar_paired(before, after).to_dict()}
+            "rate_after": sum(after) / len(after), **mcnemar_paired(before, after).to_dict(),
+            "difference": paired_bootstrap(before, after).to_dict()}
 
 
 def preferences(systems: dict[str, MemoSystem], prompts: Sequence[str], world: Judging, params: SamplingParams,
@@ -197,10 +204,11 @@ def persona_suite(persona: str, systems: dict[str, MemoSystem], prompts: Sequenc
     """One persona's section, and its raw attacked hits (for pooling and the paired test)."""
     q = {n: quality(s, persona, prompts, world, params, progress) for n, s in systems.items()}
     hits = attack_hits(systems, persona, prompts, world, params, cfg.attack_prompts, cfg.base, progress)
+    judged = world.judge is not None
     coherence = [run_coherence(systems[a], systems[b], prompts, world.judge, params, progress)
-                 for a, b in cfg.coherence if a in systems and b in systems]
-    return {"quality": q, "robustness": _rates(hits), "coherence": coherence,
-            "preferences": preferences(systems, prompts, world, params, cfg, progress),
+                 for a, b in cfg.coherence if a in systems and b in systems] if judged else None
+    prefs = preferences(systems, prompts, world, params, cfg, progress) if judged else None
+    return {"quality": q, "robustness": _rates(hits), "coherence": coherence, "preferences": prefs,
             "paired": paired_under_attack(hits, cfg.paired)}, hits
 
 
@@ -217,12 +225,32 @@ def pool_robustness(hits: dict[str, dict], shared: dict[str, int]) -> dict:
             for kind, by in out.items()}
 
 
+def pool_kinds(robustness: dict[str, dict[str, dict]], kinds: Sequence[str]) -> dict[str, dict]:
+    """system -> one share over `kinds` (the attack kinds, multi-turn apart) from the pooled
+    per-kind shares, its interval over the distinct replies."""
+    out: dict[str, list[int]] = {}
+    for kind in kinds:
+        for n, p in robustness.get(kind, {}).items():
+            t = out.setdefault(n, [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + p["k"], t[1] + p["n"], t[2] + p["n_unique"]
+    return {n: proportion_of_unique(k, m, u) for n, (k, m, u) in out.items()}
+
+
 def _concat(hits: dict[str, dict], names: Sequence[str]) -> dict[str, dict[str, AdherenceResult]]:
     """kind -> system -> hits of every persona that has all of `names` (distinct models per persona)."""
     having = [h for h in hits.values() if all(n in by for by in h.values() for n in names)]
     kinds = list(having[0]) if having else []
     return {k: {n: AdherenceResult(n, "*", [x for h in having for x in h[k][n].hits], []) for n in names}
             for k in kinds}
+
+
+def release_unused(done: dict[str, MemoSystem], later: Sequence[dict]) -> None:
+    """Free the models of a finished persona that no later persona uses (the shared base stays)."""
+    needed = {id(getattr(s, "system", s).generator) for systems in later for s in systems.values()}
+    for s in done.values():
+        gen = s.system.generator
+        if id(gen) not in needed and hasattr(gen, "release"):
+            gen.release()
 
 
 def run_suite(personas: dict[str, dict[str, System]], prompts: Sequence[str], world: World | Judging,
@@ -234,15 +262,17 @@ def run_suite(personas: dict[str, dict[str, System]], prompts: Sequence[str], wo
     world = Judging.of(world) if isinstance(world, World) else world
     memo: dict[int, MemoSystem] = {}
     sections, hits, owners = {}, {}, {}
-    for persona, systems in personas.items():
+    for i, (persona, systems) in enumerate(personas.items()):
         wrapped = {n: memo.setdefault(id(s), s if isinstance(s, MemoSystem) else MemoSystem(s))
                    for n, s in systems.items()}
         for n, s in systems.items():
             owners.setdefault(n, []).append(id(s))
         sections[persona], hits[persona] = persona_suite(persona, wrapped, prompts, world, params, cfg, progress)
+        release_unused(wrapped, list(personas.values())[i + 1:])
     shared = {n: len(ids) // len(set(ids)) for n, ids in owners.items()}
+    robustness = pool_robustness(hits, shared)
     return {"personas": sections, "attack_kinds": list(world.attacks) + [MULTITURN],
-            "pooled": {"robustness": pool_robustness(hits, shared)},
+            "pooled": {"robustness": robustness, "attacks": pool_kinds(robustness, list(world.attacks))},
             "paired": {"per_persona": {p: paired_under_attack(h, cfg.paired) for p, h in hits.items()},
                        "pooled": paired_under_attack(_concat(hits, cfg.paired), cfg.paired)},
-            "judge": {"name": world.judge.name, **world.judge.counts.to_dict()}}
+            "judge": {"name": world.judge.name, **world.judge.counts.to_dict()} if world.judge is not None else None}
