@@ -1,5 +1,5 @@
-"""The full evaluation suite on a finished toy run: what `charter run` will report once the suite
-is hooked into its eval stage, and the reproduction of docs/toy_world.md's robustness figures.
+"""The full evaluation suite on a finished toy run made before `charter run`'s eval stage ran the
+suite itself (it now does: `eval/suite.json`, settings `eval.suite`), with its own slice sizes.
 
     python benchmarks/toy_full_eval.py RUN_DIR OUT_DIR [attack_prompts] [n_pairs]
 
