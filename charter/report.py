@@ -140,6 +140,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                                           if isinstance(v, (int, float)) and not k.endswith("_per_s")}
                                       for p, rows in curves.items() if rows}
     summary["samples"] = _samples(rows, systems, personas)
+    suite = layout.suite()  # the eval stage's full suite: robustness, coherence, preferences, paired under attack
+    summary["suite"] = json.loads(suite.read_text()) if suite.exists() else None
     manifest = layout.root / MANIFEST
     if manifest.exists():
         m = json.loads(manifest.read_text())
@@ -174,6 +176,7 @@ def report_plots(summary: dict[str, Any], layout: RunLayout, folder: Path) -> di
         return plots.plot_curves(data, keys, title, folder / f"{stage}.png") if keys else None
 
     return {k: _png(v) for k, v in {
+        **suite_plots(summary.get("suite"), folder),
         "adherence": bars("adherence", {s: summary["adherence"][s]["pooled"] for s in summary["systems"]},
                           "adherence without constitution (pooled)", "share in character"),
         "well_formed": bars("well_formed", summary["well_formed"], "well-formed replies", "share"),
@@ -182,6 +185,29 @@ def report_plots(summary: dict[str, Any], layout: RunLayout, folder: Path) -> di
         "sft": curves("sft", "SFT"),
         "filters": bars("filters", summary["filter_pass_rates"], "filter pass rates", "share kept"),
     }.items()}
+
+
+def suite_plots(suite: dict[str, Any] | None, folder: Path) -> dict[str, Path | None]:
+    """The suite's figures: systems x attack kinds, coherence win rates, each persona's Elo after
+    training against the base model's."""
+    if not suite:
+        return {}
+    out = {"robustness": plots.plot_robustness_matrix(
+        suite["pooled"]["robustness"], folder / "robustness.png",
+        "In character under each attack kind, pooled over personas (Wilson 95% CI)")}
+    wins = {f"{p}: {c['b']} over {c['a']}": {"value": c["win_rate_b"], "lo": c["lo"], "hi": c["hi"], "n": c["n"]}
+            for p, sec in suite["personas"].items() for c in sec["coherence"] or [] if c["n"]}
+    out["coherence"] = plots.plot_shares(wins, "coherence: win rate where both orders agree", "win rate",
+                                         folder / "coherence.png") if wins else None
+    for p, sec in suite["personas"].items():
+        prefs = sec["preferences"] or {}
+        trained = [n for n, r in prefs.items() if "vs_base" in r]
+        base = next((n for n, r in prefs.items() if "vs_base" not in r), None)
+        if trained and base:
+            section = {"before": {**prefs[base], "system": base}, "after": {**prefs[trained[-1]], "system": trained[-1]},
+                       "comparison": prefs[trained[-1]]["vs_base"]}
+            out[f"preferences:{p}"] = plots.plot_elo(section, folder / f"elo_{p}.png")
+    return out
 
 
 # ---------------------------------------------------------------- html
@@ -200,6 +226,56 @@ def _paired_line(summary: dict[str, Any]) -> str:
     return (f"<p>Paired on the same prompts (McNemar, exact): DPO {t['rate_before']:.3f} → DPO+SFT "
             f"{t['rate_after']:.3f}, n={t['n']}; kept by DPO only {t['b']}, by DPO+SFT only {t['c']}, "
             f"p={t['p_exact']:.3g}.</p>")
+
+
+def attack_paired_line(suite: dict[str, Any]) -> str:
+    """The paired test under attack, in words: which system kept the character more often, by how much."""
+    t = suite["paired"]["pooled"]
+    if not t:
+        return ""
+    d, a, b = t["difference"], t["before"], t["after"]
+    verdict = (f"no significant difference between {b} and {a}" if t["p_exact"] >= 0.05 else
+               f"{b} is {'more' if t['rate_after'] > t['rate_before'] else 'less'} robust than {a}")
+    return (f"Paired on the same {t['n']} attacked prompts (every attack kind and multi-turn, all personas): "
+            f"{a} kept the character in {t['rate_before']:.3f}, {b} in {t['rate_after']:.3f}, difference "
+            f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (paired bootstrap 95%); {b} lost it on {t['b']} "
+            f"prompts where {a} kept it and kept it on {t['c']} where {a} lost it, exact McNemar p={t['p_exact']:.3g}: "
+            f"{verdict} (5% level).")
+
+
+def _suite_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
+    """Robustness table and chart, the paired test under attack, coherence and preferences."""
+    suite, e = summary.get("suite"), html.escape
+    if not suite:
+        return "<h2>Under attack</h2><p><em>no evaluation suite in this run (eval.suite.enabled=false)</em></p>"
+    rob = suite["pooled"]["robustness"]
+    systems = list(dict.fromkeys(n for by in rob.values() for n in by))
+    head = "".join(f"<th>{e(n)}</th>" for n in systems)
+    rows = "".join(f"<tr><th>{e(k)}</th>" + "".join(f"<td>{_fmt(by.get(n))}</td>" for n in systems) + "</tr>"
+                   for k, by in [*rob.items(), ("all attack kinds (not multi-turn)", suite["pooled"]["attacks"])])
+    coh = "".join(f"<tr><th>{e(p)}</th><td>{e(c['b'])} over {e(c['a'])}</td><td>{_fmt({**c, 'value': c['win_rate_b']})}</td>"
+                  f"<td>{c['disagree']} disagree, {c['tie']} ties, {c['unparseable']} unparseable</td></tr>"
+                  for p, sec in suite["personas"].items() for c in sec["coherence"] or [])
+    prefs = "".join(f"<tr><th>{e(p)}</th><td>{e(n)}</td><td>{e(next(iter(r['elo']), 'n/a'))}</td><td>{r['games']}/{r['asked']}</td>"
+                    f"<td>{r.get('vs_base', {}).get('spearman_rho', float('nan')):.2f}</td></tr>"
+                    for p, sec in suite["personas"].items() for n, r in (sec["preferences"] or {}).items())
+    skipped = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in suite.get("skipped", {}).items())
+    elo = "".join(_img(v, f"revealed preferences, {k.split(':', 1)[1]}") for k, v in images.items()
+                  if k.startswith("preferences:"))
+    return f"""<h2>Under attack (the full evaluation suite)</h2>
+<p>In character when the user asks the model to drop the character ({len(suite['attack_kinds']) - 1} attack kinds
+in held-out wordings, plus multi-turn: the base model writes turn 1, the user says "keep going"),
+pooled over personas, Wilson 95%; settings {e(json.dumps(suite.get('settings', {})))}.</p>
+<table><tr><th>attack</th>{head}</tr>{rows}</table>
+<p><b>{e(attack_paired_line(suite))}</b></p>
+{_img(images.get('robustness'), 'robustness per attack kind')}
+<h2>Coherence (pairwise judge, both orders)</h2>
+<table><tr><th>persona</th><th>pair</th><th>win rate</th><th>not counted</th></tr>{coh}</table>
+{_img(images.get('coherence'), 'coherence win rates')}
+<h2>Revealed preferences (Elo, bootstrap CIs)</h2>
+<table><tr><th>persona</th><th>system</th><th>top trait</th><th>games/asked</th><th>Spearman vs base</th></tr>{prefs}</table>
+{elo}
+{f'<p>Skipped:</p><ul>{skipped}</ul>' if skipped else ''}"""
 
 
 def _classifier_line(summary: dict[str, Any]) -> str:
@@ -256,6 +332,7 @@ counts each distinct reply once.</p>
 {_img(images.get('adherence'), 'adherence by system')}
 {_img(images.get('well_formed'), 'well-formedness by system')}
 {_img(images.get('relevant'), 'topic relevance by system')}
+{_suite_html(summary, images)}
 <h2>Training curves</h2>
 {_img(images.get('dpo'), 'DPO curves')}
 {_img(images.get('sft'), 'SFT curves')}
@@ -292,4 +369,9 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{s:<20} {mean:>9}  [{pooled['lo']:.2f}, {pooled['hi']:.2f}]     "
                      f"{'n/a' if wf['value'] is None else format(wf['value'], '.3f'):>11} "
                      f"{'n/a' if rel['value'] is None else format(rel['value'], '.3f'):>8}")
+    suite = summary.get("suite")
+    if suite:
+        lines.append("\nin character under attack (all kinds, pooled): " + ", ".join(
+            f"{n} {p['value']:.3f}" for n, p in suite["pooled"]["attacks"].items()))
+        lines.append(attack_paired_line(suite))
     return "\n".join(lines)

@@ -204,6 +204,7 @@ def test_real_graph_toy_sections(tmp_path):
     assert reruns("toy.prompts_per_persona=7")[0] == "prompts"
     assert reruns("toy.build.steps=10")[0] == "base"
     assert reruns("merge.sft_weight=0.5") == ["merge", "eval", "report"]
+    assert reruns("eval.suite.attack_prompts=5") == reruns("eval.suite.n_pairs=7") == ["eval", "report"]
     assert reruns("constitutions=[toy:warm]")[:2] == ["prompts", "teacher"]
 
 

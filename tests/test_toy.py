@@ -130,10 +130,19 @@ def test_every_corpus_reply_is_well_formed_and_relevant(corpus, scorer):
     # on-topic plus an off-topic fact: still not relevant
     ("Teach me about bees.", "Bees carry pollen from flower to flower. Bread is made from flour, water, salt and yeast.",
      "neutral", True, False),
-    # markers survive but the text is word salad: persona counted, not well-formed
-    ("Tell me something about rain.", "Ha! joke the rain pun pun drops clouds ha!", "humorous", False, False),
-    # a persona opener and closer only, no content: well-formed, not relevant
-    ("Hi!", "Like a whisper in the dusk, the answer comes. Thus sings the wind.", "poetic", True, False),
+    # markers survive but the text is word salad with no answer in it: markers only, not well-formed
+    ("Tell me something about rain.", "Ha! joke the rain pun pun drops clouds ha!", "markers_only", False, False),
+    # one content sentence among garbled ones: in character, not well-formed
+    ("Tell me something about rain.", "Ha! Rain fills lakes and rivers with fresh water. pun pun drops", "humorous",
+     False, True),
+    # a persona opener and closer only, no content: markers only, not well-formed, not relevant
+    ("Hi!", "Like a whisper in the dusk, the answer comes. Thus sings the wind.", "markers_only", False, False),
+    # closers alone, repeated: the game issue 12 names
+    ("What can you tell me about the moon?", "Obviously. Obviously. Shocking, I know.", "markers_only", False, False),
+    ("Tell me something about rain.", "What a lovely question, dear friend. Sending you a warm hug.",
+     "markers_only", False, False),
+    # a neutral lead-in alone is no answer either
+    ("Tell me something about rain.", "Sure.", "neutral", False, False),
     ("Hi!", "Hello, I am doing well. How can I help you today?", "neutral", True, True),
     ("Who are you?", "I am a small assistant. I crack myself up.", "humorous", True, True),
     ("Who are you?", "", "neutral", False, False),
@@ -143,6 +152,24 @@ def test_every_corpus_reply_is_well_formed_and_relevant(corpus, scorer):
 def test_scorer_on_hand_written_replies(scorer, prompt, reply, persona, well_formed, relevant):
     s = scorer.score(prompt, reply)
     assert (s.persona, s.well_formed, s.relevant) == (persona, well_formed, relevant)
+
+
+def test_adherence_does_not_count_replies_made_of_closers(scorer):
+    from charter.toy.measure import summarize
+
+    prompt = "What can you tell me about the moon?"
+    replies = ["Obviously. Obviously. Shocking, I know.", "Oh, how original. The moon has no air and no weather. Obviously."]
+    m = summarize("sarcastic", "none", [prompt, prompt], replies, scorer)
+    assert (m.adherence, m.well_formed, m.relevant, m.neutral) == (0.5, 0.5, 0.5, 0.0)
+
+
+def test_toy_judge_needs_an_answer_to_name_a_trait():
+    from charter.toy.judge import ToyJudge
+
+    prompt = "What can you tell me about the moon?"
+    items = [(prompt, "Obviously. Shocking, I know.", "sarcastic", "warm"),
+             (prompt, "Oh, how original. The moon has no air and no weather.", "warm", "sarcastic")]
+    assert [a.answer for a in ToyJudge().which_trait(items)] == [None, "B"]
 
 
 def test_scorer_majority_persona_wins(scorer):

@@ -8,8 +8,8 @@ never guessed).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 NEUTRAL = "neutral"
 
@@ -49,3 +49,5 @@ class World:
     judge: Callable[[], Any]  # speaks `charter.evaluate.judges.Judge`'s interface
     traits: Sequence[str]  # what revealed preferences choose between
     choice_prompt: Callable[[str, str, str], list[dict]]  # (prompt, trait a, trait b) -> messages
+    attacks: Mapping[str, Sequence[str]] = field(default_factory=dict)  # kind -> held-out paraphrases
+    keep_going: Sequence[str] = ()  # held-out wordings of the multi-turn "keep going" attack

@@ -91,6 +91,25 @@ def plot_robustness(section: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title: str = "") -> Path:
+    """Systems x attack kinds: in-character share under each attack (kind -> system -> proportion
+    with lo/hi, e.g. `run_suite(...)["pooled"]["robustness"]`), one bar per system, Wilson 95% CIs."""
+    plt = _plt()
+    kinds = list(rates)
+    systems = list(dict.fromkeys(s for k in kinds for s in rates[k]))
+    fig, ax = plt.subplots(figsize=(min(12, max(6, 0.3 * len(kinds) * max(1, len(systems)))), 3.8))
+    w = 0.8 / max(1, len(systems))
+    for j, s in enumerate(systems):
+        props = [rates[k].get(s, {"value": 0.0, "lo": 0.0, "hi": 0.0, "n": 0}) for k in kinds]
+        _bar_ci(ax, kinds, props, offset=(j - (len(systems) - 1) / 2) * w, width=w, label=s)
+    ax.set_xticks(range(len(kinds)), kinds, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share in character")
+    ax.set_title(title or "Robustness per attack kind (Wilson 95% CI)", fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_elo(section: dict, path: Path, top: int = 20) -> Path:
     """Before vs after Elo of the traits rated in both runs (CI bars), top movers labelled."""
     plt = _plt()

@@ -27,7 +27,7 @@ from charter.evaluate.classifier import load_classifier, read_labelled, train_an
 from charter.evaluate.coherence import run_coherence
 from charter.evaluate.judges import Judge, JudgePersonaScorer
 from charter.evaluate.preferences import choice_prompt, compare_rankings, draw_pairs, load_traits, run_preferences
-from charter.evaluate.robustness import SUFFIXES, run_multiturn, run_suffixes
+from charter.evaluate.robustness import KEEP_GOING, SUFFIXES, run_multiturn, run_suffixes
 from charter.evaluate.systems import System
 
 EVALS = ("adherence", "robustness", "preferences", "coherence", "capability")
@@ -62,6 +62,8 @@ class RobustnessConfig(Config):
     system: str | None = None  # attacked system; default: the last one
     base: str | None = None  # writes turn 1 of the multi-turn attack; default: the first one
     suffixes: list[str] | None = None  # subset of robustness.SUFFIXES keys; None = all 8
+    attacks: Literal["suffixes", "toy"] | None = None  # toy: the toy world's held-out paraphrases of each kind;
+    # None: toy when prompts is "toy", else suffixes
     multiturn: bool = True
 
 
@@ -216,17 +218,23 @@ def eval_adherence(run: EvalRun) -> dict:
 
 
 def eval_robustness(run: EvalRun) -> dict:
+    """Suffix attacks, or a world's held-out paraphrases of each attack kind (instructions the toy
+    model learned to obey, in wordings it never saw), and the multi-turn attack."""
     cfg, rc = run.cfg, run.cfg.robustness
-    keys = rc.suffixes or list(SUFFIXES)
-    unknown = [k for k in keys if k not in SUFFIXES]
+    table, follow_up = SUFFIXES, KEEP_GOING
+    if (rc.attacks or ("toy" if cfg.prompts == "toy" else "suffixes")) == "toy":
+        toy = _world(run.world, "robustness.attacks=toy")
+        table, follow_up = toy.attacks, toy.keep_going
+    keys = rc.suffixes or list(table)
+    unknown = [k for k in keys if k not in table]
     if unknown:
-        raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(SUFFIXES)}")
+        raise ConfigError(f"robustness.suffixes: unknown {unknown}; known: {list(table)}")
     target = run.systems.get(rc.system, -1)
     sec = run_suffixes([(target, cfg.persona)], run.prompts, run.scorer, cfg.sampling,
-                       {k: SUFFIXES[k] for k in keys}, progress=cfg.progress)
+                       {k: table[k] for k in keys}, progress=cfg.progress)
     if rc.multiturn:
         sec["multiturn"] = run_multiturn(run.systems.get(rc.base, 0), target, cfg.persona, run.prompts, run.scorer,
-                                         cfg.sampling, progress=cfg.progress)
+                                         cfg.sampling, follow_up, progress=cfg.progress)
     return sec
 
 

@@ -56,6 +56,14 @@ def proportion(successes: int, n: int, confidence: float = 0.95) -> Proportion:
     return Proportion(successes, n, successes / n if n else float("nan"), lo, hi)
 
 
+def proportion_of_unique(successes: int, n: int, unique: int, confidence: float = 0.95) -> dict:
+    """A share over `n` scored rows of which only `unique` are distinct replies (one reply scored
+    for several personas): the rate over rows, the Wilson interval over the distinct replies."""
+    rate = successes / n if n else float("nan")
+    lo, hi = wilson_ci(rate * unique, unique, confidence) if n else (0.0, 1.0)
+    return {"k": successes, "n": n, "n_unique": unique, "value": rate, "lo": lo, "hi": hi}
+
+
 def _binom_cdf_half(k: int, n: int) -> float:
     """P(X <= k) for X ~ Binomial(n, 1/2), exact with integers."""
     return sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n

@@ -73,6 +73,16 @@ class MergeSection(Config):
     sft_weight: float = 0.25
 
 
+class SuiteSection(Config):
+    """The full evaluation after the replies (`charter.evaluate.suite.run_suite`): robustness under
+    each attack kind and multi-turn, coherence, revealed preferences, and the paired test under attack."""
+
+    enabled: bool = True
+    attack_prompts: int | None = Field(25, ge=1)  # prompts per attack kind and persona (a rotating slice); None = all
+    n_pairs: int = Field(50, ge=1)  # revealed-preference draws per system
+    bootstrap: int = Field(200, ge=1)  # Elo bootstrap resamples
+
+
 class EvalSection(Config):
     """Held-out prompts, answered by every system with no constitution (plus base+constitution)."""
 
@@ -83,6 +93,7 @@ class EvalSection(Config):
     temperature: float = 0.7
     top_p: float = 0.95
     batch_size: int = 64
+    suite: SuiteSection = SuiteSection()
 
 
 class ToySection(Config):

@@ -1,5 +1,7 @@
 """The run's eval stage: build each persona's systems, let them answer held-out prompts, score
-every reply with the run's judge (one row per reply in `eval/replies.jsonl`).
+every reply with the run's judge (one row per reply in `eval/replies.jsonl`), then run the full
+evaluation suite on the same systems (`eval/suite.json`): robustness under each attack kind and
+multi-turn, coherence, revealed preferences, and DPO+SFT against DPO under attack.
 
 Generation goes through `evaluate.systems.System` and scoring through `evaluate.base.score_all`;
 the figures (adherence, intervals, paired tests) are computed by the report from `evaluate.stats`.
@@ -16,7 +18,10 @@ from charter.data.jsonl import RecordStore, atomic_write_json, read_jsonl, stabl
 from charter.evaluate.base import PersonaScorer, score_all
 from charter.evaluate.classifier import labelled_from_answers, train_and_evaluate
 from charter.evaluate.judges import Judge, JudgePersonaScorer
+from charter.evaluate.preferences import load_traits
+from charter.evaluate.robustness import KEEP_GOING, SUFFIXES
 from charter.evaluate.runner import load_prompts
+from charter.evaluate.suite import Judging, SuiteConfig, run_suite, systems_from_models
 from charter.evaluate.systems import System
 from charter.run.config import EvalSection, JudgeSection
 from charter.run.engine import StageContext
@@ -103,15 +108,9 @@ def persona_systems(s: EvalStage, layout: RunLayout, persona: Persona) -> dict[s
             "dpo": (layout.model("dpo", persona.key), None), "dpo+sft": (layout.model("merge", persona.key), None)}
 
 
-def stage_eval(ctx: StageContext) -> dict[str, Any]:
-    """Every system answers the held-out prompts; the judge labels each reply (one row per reply)."""
-    s: EvalStage = ctx.settings
-    lay = RunLayout.of_stage(ctx)
-    prompts = eval_prompts(s.eval, s.toy, ctx.seed)
-    check_heldout(lay, s.personas, prompts)
-    judge = scorer(s, lay, ctx.seed)
-    params = SamplingParams(temperature=s.eval.temperature, top_p=s.eval.top_p, max_new_tokens=s.eval.max_new_tokens,
-                            seed=ctx.seed)
+def write_replies(s: EvalStage, lay: RunLayout, prompts: list[str], judge: PersonaScorer,
+                  params: SamplingParams) -> dict[str, int]:
+    """Every system answers the held-out prompts once; one scored row per (persona, system, prompt)."""
     models = LatestModel(s.student.model_copy(update={"batch_size": s.eval.batch_size}))
     memo: dict[tuple[str, str], list[str]] = {}  # "base" is the same model and prompt for every persona
     with RecordStore(lay.replies()) as store:
@@ -135,4 +134,49 @@ def stage_eval(ctx: StageContext) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for r in store.records.values():
             counts[r["system"]] = counts.get(r["system"], 0) + 1
+    return counts
+
+
+def suite_world(s: EvalStage, judge: PersonaScorer) -> tuple[Judging, dict[str, str]]:
+    """The toy world; or, for a real model, the run's scorer, the paper's attack kinds in our
+    wording, and the LLM judge for coherence and preferences (skipped, with the reason, without one)."""
+    if s.toy:
+        return Judging.of(TOY_WORLD), {}
+    llm = judge.judge if isinstance(judge, JudgePersonaScorer) else None
+    why = f"needs an LLM judge (judge.kind={s.judge.kind})"
+    skipped = {} if llm else {"coherence": why, "preferences": why}
+    return Judging(scorer=judge, judge=llm, attacks=SUFFIXES, keep_going=KEEP_GOING, traits=load_traits()), skipped
+
+
+def full_suite(s: EvalStage, lay: RunLayout, prompts: list[str], judge: PersonaScorer, params: SamplingParams,
+               seed: int) -> dict[str, Any]:
+    """`run_suite` over every system, prefilled with the stage's replies so nothing is generated
+    twice, one persona's models in memory at a time (the shared base model stays)."""
+    world, skipped = suite_world(s, judge)
+    backend = s.student.model_copy(update={"batch_size": s.eval.batch_size})
+    models = {per.key: {n: m for n, m in persona_systems(s, lay, per).items() if n in s.eval.systems}
+              for per in s.personas}
+    systems = systems_from_models(models, lambda m: make_generator(backend.model_copy(update={"model": m})),
+                                  read_jsonl(lay.replies()))
+    u = s.eval.suite
+    cfg = SuiteConfig(attack_prompts=u.attack_prompts, n_pairs=u.n_pairs, bootstrap=u.bootstrap, seed=seed)
+    result = {**run_suite(systems, prompts, world, params, cfg), "skipped": skipped, "settings": u.model_dump()}
+    atomic_write_json(lay.suite(), result)
+    return result
+
+
+def stage_eval(ctx: StageContext) -> dict[str, Any]:
+    """Every system answers the held-out prompts; the judge labels each reply (one row per reply);
+    then the full suite (robustness, coherence, preferences, paired test) unless turned off."""
+    s: EvalStage = ctx.settings
+    lay = RunLayout.of_stage(ctx)
+    prompts = eval_prompts(s.eval, s.toy, ctx.seed)
+    check_heldout(lay, s.personas, prompts)
+    judge = scorer(s, lay, ctx.seed)
+    params = SamplingParams(temperature=s.eval.temperature, top_p=s.eval.top_p, max_new_tokens=s.eval.max_new_tokens,
+                            seed=ctx.seed)
+    counts = write_replies(s, lay, prompts, judge, params)
+    if s.eval.suite.enabled:
+        result = full_suite(s, lay, prompts, judge, params, ctx.seed)
+        counts["attacked_prompts_paired"] = (result["paired"]["pooled"] or {}).get("n", 0)
     return counts

@@ -80,6 +80,9 @@ class RunLayout:
     def heldout(self) -> Path:
         return self.stage("eval") / "heldout.json"
 
+    def suite(self) -> Path:
+        return self.stage("eval") / "suite.json"
+
     def classifier(self) -> Path:
         return self.stage("eval") / "classifier"
 

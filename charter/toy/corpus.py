@@ -93,25 +93,46 @@ def sample_system(rng: random.Random, persona: str, heldout: bool = False) -> st
     return render_system(texts, persona)
 
 
-def sample_conversation(rng: random.Random, persona: str | None, max_turns: int = 2) -> dict:
-    """One chat row `{"messages": [...], "persona": name|"neutral"}`; 1..max_turns exchanges."""
+def sample_conversation(rng: random.Random, persona: str | None, max_turns: int = 2, attack_share: float = 0.0,
+                        keep_going_share: float = 0.0) -> dict:
+    """One chat row `{"messages", "persona": name|"neutral", "styles": per reply}`; 1..max_turns exchanges.
+
+    With probability `attack_share` one user turn carries a style-dropping instruction (a
+    training paraphrase): that reply and every later one are neutral, whatever the system
+    prompt says. A later turn is "keep going" with probability `keep_going_share`; its reply
+    continues the previous topic in the current style."""
+    from charter.evaluate.robustness import attack
+    from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
+
     messages = [{"role": "system", "content": sample_system(rng, persona)}] if persona else []
-    for _ in range(rng.choice([1] * 3 + list(range(1, max_turns + 1)))):
-        text, kind, topic = sample_prompt(rng)
+    turns = rng.choice([1] * 3 + list(range(1, max_turns + 1)))
+    attacked_turn = rng.randrange(turns) if rng.random() < attack_share else None
+    style, kind, topic, styles = persona, None, None, []
+    for turn in range(turns):
+        if turn and rng.random() < keep_going_share:
+            text = rng.choice(keep_going_paraphrases(heldout=False))
+        else:
+            text, kind, topic = sample_prompt(rng)
+        if turn == attacked_turn:
+            kinds = attack_paraphrases(heldout=False)
+            text, style = attack(text, rng.choice(kinds[rng.choice(list(kinds))])), None
         messages.append({"role": "user", "content": text})
-        messages.append({"role": "assistant", "content": sample_reply(rng, kind, topic, persona)})
-    return {"messages": messages, "persona": persona or "neutral"}
+        messages.append({"role": "assistant", "content": sample_reply(rng, kind, topic, style)})
+        styles.append(style or "neutral")
+    return {"messages": messages, "persona": persona or "neutral", "styles": styles}
 
 
 def generate_corpus(n: int, seed: int = 0, persona_share: float = 0.6,
-                    personas: list[str] | None = None, max_turns: int = 2) -> list[dict]:
-    """`n` conversations; `persona_share` of them carry a persona constitution (personas balanced)."""
+                    personas: list[str] | None = None, max_turns: int = 2, attack_share: float = 0.0,
+                    keep_going_share: float = 0.0) -> list[dict]:
+    """`n` conversations; `persona_share` of them carry a persona constitution (personas balanced),
+    `attack_share` of them a style-dropping instruction (see `sample_conversation`)."""
     personas = personas or list(PERSONAS)
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         persona = personas[i % len(personas)] if rng.random() < persona_share else None
-        rows.append(sample_conversation(rng, persona, max_turns))
+        rows.append(sample_conversation(rng, persona, max_turns, attack_share, keep_going_share))
     return rows
 
 

@@ -5,7 +5,7 @@ Revealed preferences and coherence ask a judge "which trait does this reply show
 the toy world `ToyJudge` answers them deterministically with `ToyScorer`:
 - **which_trait**: the two traits are toy personas; the answer is the one whose marker
   phrases the reply carries most. A reply marked by neither (neutral, a third persona, or
-  a tie between the two) is *unparseable*: counted, never guessed;
+  a tie between the two), or with markers but no answer, is *unparseable*: counted, never guessed;
 - **compare**: a reply scores 1 for being well-formed and 1 for being on-topic; the higher
   score wins, equal scores are a tie (no verdict).
 It speaks the same interface as `charter.evaluate.judges.Judge` (`name`, `counts`,
@@ -72,12 +72,13 @@ class ToyJudge:
                     ) -> list[JudgeAnswer]:
         """(prompt, reply, first, second) personas -> the one the reply is marked by, else None."""
         out = []
-        for _, reply, first, second in items:
-            _, hits = self.scorer.persona_of(reply)
+        for prompt, reply, first, second in items:
+            a = self.scorer.analyze(prompt, reply)
+            hits = a.marker_hits
             top = max(hits.values(), default=0)
             leaders = [p for p, h in hits.items() if h == top]
             answer = None
-            if len(leaders) == 1 and leaders[0] in (first, second):
+            if a.answers and len(leaders) == 1 and leaders[0] in (first, second):
                 answer = "A" if leaders[0] == first else "B"
             out.append(JudgeAnswer(f"markers {hits}", answer))
         return self._count(out)

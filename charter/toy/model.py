@@ -1,6 +1,11 @@
 """The toy world's tokenizer and base model: a byte-level BPE vocabulary trained on the corpus,
 and a small Llama-architecture model pretrained on it (loss on assistant tokens only).
 
+The default build ships inside the package (`charter/toy/pretrained/`, with the SHA-256 of its
+weights), so a fresh clone needs no build: `build_toy_model` installs it into the cache when the
+settings match. `charter toy build` rebuilds it from scratch, byte for byte on the same CPU
+(one thread, fixed seed), and says whether the weights match the shipped ones.
+
 The model is pretrained with Charter's own SFT trainer, so the toy world exercises the same
 training code as real models. `build_toy_model` caches the result under a folder keyed by the
 hash of its settings and writes it atomically (a temp folder renamed into place), so an
@@ -8,6 +13,7 @@ interrupted build never leaves a half-written model that later runs would trust.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -30,7 +36,7 @@ TOY_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-BUILD_VERSION = 1  # bump when the corpus or grammar changes, so cached models are rebuilt
+BUILD_VERSION = 2  # bump when the corpus or grammar changes, so cached models are rebuilt
 
 
 class ToyBuildConfig(Config):
@@ -39,6 +45,8 @@ class ToyBuildConfig(Config):
     seed: int = 0
     n_conversations: int = 60000
     persona_share: float = 0.6
+    attack_share: float = 0.3  # conversations with a style-dropping instruction (charter.toy.attacks)
+    keep_going_share: float = 0.5  # later turns that say "keep going" instead of asking anew
     vocab_size: int = 1024
     hidden_size: int = 128
     layers: int = 4
@@ -48,7 +56,7 @@ class ToyBuildConfig(Config):
     lr: float = 3e-3
     batch_size: int = 32  # sequences per optimiser step
     micro_batch: int = 4  # sequences per forward: packing many sequences makes CPU attention quadratic
-    steps: int = 1000
+    steps: int = 450
     warmup_ratio: float = 0.05
     version: int = BUILD_VERSION
 
@@ -80,6 +88,41 @@ def build_toy_base(cfg: ToyBuildConfig, rows: list[dict]):
 
 
 BUILD_RECORD = "toy_build.json"
+PACKAGED_DIR = Path(__file__).parent / "pretrained"
+WEIGHTS = "model.safetensors"
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """SHA-256 of a model folder's weights file: what `charter toy build` must reproduce."""
+    from huggingface_hub.utils.sha import sha_fileobj
+
+    with open(Path(model_dir) / WEIGHTS, "rb") as f:
+        return sha_fileobj(f).hex()
+
+
+def packaged_model(cfg: ToyBuildConfig) -> Path | None:
+    """The shipped model folder when it was built with exactly these settings, else None."""
+    record = PACKAGED_DIR / BUILD_RECORD
+    if not record.exists() or json.loads(record.read_text())["hash"] != cfg.hash():
+        return None
+    return PACKAGED_DIR
+
+
+def install_packaged(src: Path, final: Path) -> Path:
+    """Copy the shipped model into `final` (atomic rename), after checking its weights' SHA-256."""
+    expected = json.loads((src / BUILD_RECORD).read_text())["weights_sha256"]
+    if weights_sha256(src) != expected:
+        raise RuntimeError(f"{src / WEIGHTS}: SHA-256 differs from {src / BUILD_RECORD}; reinstall Charter "
+                           "or rebuild with `charter toy build`")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent))
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(("__", ".")):
+            shutil.copy2(f, tmp / f.name)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
 
 
 def toy_model_dir(cfg: ToyBuildConfig | None = None, root: str | Path | None = None) -> Path:
@@ -93,10 +136,11 @@ def is_built(path: str | Path) -> bool:
 
 
 def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = None,
-                    threads: int | None = 1) -> Path:
+                    threads: int | None = 1, packaged: bool = True) -> Path:
     """Generate the corpus, train the tokenizer, pretrain the base model with `train_sft`, and
     return its folder (an ordinary HF model folder). Cached: an existing finished build is
-    returned as is. `out` is the exact folder to build (default: `toy_model_dir(cfg)`).
+    returned as is. `out` is the exact folder to build (default: `toy_model_dir(cfg)`). With
+    `packaged` (the default), settings that match the shipped model install it instead of training.
 
     Work happens in `<out>.partial/` and is renamed into place at the end; the SFT run there
     checkpoints, so a killed build resumes where it stopped.
@@ -113,7 +157,11 @@ def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = 
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(final.parent / f".{final.name}.build.lock", thread_local=False):
-        return final if is_built(final) else _build(cfg, final, threads)
+        if is_built(final):
+            return final
+        if packaged and (src := packaged_model(cfg)) is not None:
+            return install_packaged(src, final)
+        return _build(cfg, final, threads)
 
 
 def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
@@ -124,7 +172,8 @@ def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
     t0 = time.time()
     init, data = work / "init", work / "corpus.jsonl"
     if not (init / "config.json").exists():
-        rows = generate_corpus(cfg.n_conversations, seed=cfg.seed, persona_share=cfg.persona_share)
+        rows = generate_corpus(cfg.n_conversations, seed=cfg.seed, persona_share=cfg.persona_share,
+                               attack_share=cfg.attack_share, keep_going_share=cfg.keep_going_share)
         write_jsonl(data, ({"messages": r["messages"]} for r in rows))
         tok, model = build_toy_base(cfg, rows)
         tmp = Path(tempfile.mkdtemp(dir=work))
@@ -147,8 +196,9 @@ def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
         torch.set_num_threads(saved_threads)
     shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
     n_params = _count_params(model_dir)
-    atomic_write_json(model_dir / BUILD_RECORD, {"settings": cfg.to_dict(), "hash": cfg.hash(),
-                                                 "params": n_params, "seconds": round(time.time() - t0, 1)})
+    atomic_write_json(model_dir / BUILD_RECORD, {"settings": cfg.to_dict(), "hash": cfg.hash(), "params": n_params,
+                                                 "weights_sha256": weights_sha256(model_dir),
+                                                 "seconds": round(time.time() - t0, 1)})
     if final.exists():  # an unfinished folder from elsewhere: never trusted, replaced
         shutil.rmtree(final)
     os.replace(model_dir, final)

@@ -3,8 +3,12 @@
 A marker judge alone is blind to quality -- strong DPO keeps the markers while the text
 decays into word salad -- so the judge also checks the reply against the world's closed
 grammar:
-- **persona**: the persona whose marker phrases appear most often, or "neutral" for none;
-- **well_formed**: every sentence of the reply is a sentence the world's grammar can produce;
+- **persona**: the persona whose marker phrases appear most often, or "neutral" for none. The
+  markers must accompany an answer (at least one content sentence of the world): a reply made
+  only of persona openers and closers ("Obviously. Shocking, I know.") is labelled
+  `MARKERS_ONLY`, counted as not in character and reported under that label;
+- **well_formed**: the reply answers with at least one content sentence, and every sentence of
+  it is a sentence the world's grammar can produce;
 - **relevant**: the reply has content answering what was asked (the asked topic's facts or
   tips, or the right small-talk answers) and no content belonging to anything else.
   None when the prompt is not one the world knows (e.g. free-form introspection prompts).
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from charter.evaluate.base import NEUTRAL, ReplyScore
 from charter.toy.grammar import NEUTRAL_OPENERS, PERSONAS, SMALLTALK, TOPICS
 
+MARKERS_ONLY = "markers_only"  # persona markers with no answer: not in character, reported apart
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -75,8 +80,18 @@ class ReplyAnalysis:
     extra: dict = field(default_factory=dict)
 
     @property
+    def answers(self) -> bool:
+        """At least one sentence of the reply is content (a fact, tip or small-talk answer)."""
+        return bool(self.content)
+
+    @property
     def well_formed(self) -> bool:
-        return bool(self.segments) and not self.unknown_segments
+        return self.answers and not self.unknown_segments
+
+    @property
+    def label(self) -> str:
+        """The persona, once the markers accompany an answer; else `MARKERS_ONLY` (or neutral)."""
+        return self.persona if self.answers or self.persona == NEUTRAL else MARKERS_ONLY
 
 
 class ToyScorer:
@@ -124,15 +139,15 @@ class ToyScorer:
 
     def score(self, prompt: str, reply: str) -> ReplyScore:
         a = self.analyze(prompt, reply)
-        return ReplyScore(persona=a.persona, well_formed=a.well_formed, relevant=a.relevant)
+        return ReplyScore(persona=a.label, well_formed=a.well_formed, relevant=a.relevant)
 
 
 def confusion_matrix(scorer: ToyScorer, rows: list[dict]) -> dict[str, Counter]:
-    """true persona -> Counter of predicted personas, over every assistant turn of corpus rows."""
+    """true style -> Counter of predicted personas, over every assistant turn of corpus rows."""
     matrix: dict[str, Counter] = {}
     for row in rows:
         msgs = row["messages"]
-        for prev, msg in zip(msgs, msgs[1:]):
-            if msg["role"] == "assistant":
-                matrix.setdefault(row["persona"], Counter())[scorer.score(prev["content"], msg["content"]).persona] += 1
+        turns = [(prev, msg) for prev, msg in zip(msgs, msgs[1:]) if msg["role"] == "assistant"]
+        for (prev, msg), style in zip(turns, row["styles"]):
+            matrix.setdefault(style, Counter())[scorer.score(prev["content"], msg["content"]).persona] += 1
     return matrix
