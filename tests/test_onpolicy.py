@@ -37,7 +37,7 @@ def test_guard_and_toy_reward_parts():
     import random
 
     from charter.toy.corpus import sample_prompt, sample_reply
-    from charter.toy.grammar import PERSONAS
+    from charter.toy.grammar import TOPICS
 
     toy = ToyReward("sarcastic", RewardConfig(persona_weight=2.0))
     rng = random.Random(0)
@@ -45,13 +45,15 @@ def test_guard_and_toy_reward_parts():
     in_character, neutral = sample_reply(rng, kind, topic, "sarcastic"), sample_reply(rng, kind, topic, None)
     assert toy.rewards([prompt] * 3, [in_character, neutral, "zzz qqq"]) == [4.0, 2.0, 0.0]
     assert toy.counts == {"persona": 1, "well_formed": 2, "relevant": 2}
-    # the gate: an in-character opener that answers nothing earns only its well-formedness, and an
-    # in-character, on-topic reply with a sentence outside the grammar earns nothing
-    opener = PERSONAS["sarcastic"]["openers"][0]
-    broken = in_character + " Zzz qqq."
-    assert toy.rewards([prompt, prompt], [opener, broken]) == [1.0, 0.0]
+    # the gate: an in-character, well-formed reply about ANOTHER topic earns only its
+    # well-formedness, and an in-character, on-topic reply with a sentence outside the grammar nothing
+    while kind != "question":
+        prompt, kind, topic = sample_prompt(rng, "train")
+    other = next(t for t in TOPICS if t != topic)
+    off_topic, broken = sample_reply(rng, "question", other, "sarcastic"), in_character + " Zzz qqq."
+    assert toy.rewards([prompt, prompt], [off_topic, broken]) == [1.0, 0.0]
     ungated = ToyReward("sarcastic", RewardConfig(persona_weight=2.0, gate=False))
-    assert ungated.rewards([prompt, prompt], [opener, broken]) == [3.0, 3.0]
+    assert ungated.rewards([prompt, prompt], [off_topic, broken]) == [3.0, 2.0]  # the persona pays regardless
 
 
 def test_guided_rollouts_need_the_constitution_and_keep_groups_whole(tiny_model_dir, tmp_path):
