@@ -40,9 +40,19 @@ def base_metadata(base: str) -> dict[str, Any]:
     else:
         cached = try_to_load_from_cache(base, CARD) if is_hub_id(base) else None
         readme = Path(cached) if isinstance(cached, str) else None
-    data = ModelCard.load(readme).data.to_dict() if readme is not None and readme.is_file() else {}
+    has_meta = readme is not None and readme.is_file() and readme.read_text(encoding="utf-8").startswith("---")
+    data = ModelCard.load(readme).data.to_dict() if has_meta else {}
     hub_id = base if not local.is_dir() and is_hub_id(base) else data.get("base_model")
     return {"base_model": hub_id, "license": data.get("license")}
+
+
+def base_name(base: str) -> str:
+    """How the card names the base: as the user gave it, except the toy world's cached base model,
+    whose cache path says nothing to a reader (and would put their home folder in the card)."""
+    build = _json(Path(base) / "toy_build.json")
+    if build is None:
+        return f"`{base}`"
+    return f"the toy world's base model (`charter toy build`, weights sha256 `{build['weights_sha256'][:16]}`)"
 
 
 def _first_row(path: str | None) -> dict:
@@ -167,7 +177,7 @@ def build_model_card(base: str, stages: list[dict], constitution=None, summary: 
     data = ModelCardData(base_model=meta["base_model"], library_name="transformers", license=meta["license"],
                          tags=tags, datasets=datasets or None, eval_results=results,
                          model_name=f"charter-{name}" if results else None, pipeline_tag="text-generation")
-    body = [f"# {name}", "", f"A character-trained model made with Charter from `{base}`: a plain transformers "
+    body = [f"# {name}", "", f"A character-trained model made with Charter from {base_name(base)}: a plain transformers "
             "folder (`AutoModelForCausalLM.from_pretrained(FOLDER)`); talk to it with `charter chat FOLDER`.", ""]
     for section in (constitution_section(constitution, stages), stages_section(stages, counts),
                     eval_section(summary, persona) if summary and persona else []):

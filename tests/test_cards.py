@@ -130,3 +130,18 @@ def test_hub_base_license_comes_from_the_cached_card(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     assert base_metadata("org/base") == {"base_model": "org/base", "license": "mit"}
     assert base_metadata("org/not-cached") == {"base_model": "org/not-cached", "license": None}
+
+
+def test_toy_base_is_named_not_its_cache_path(tmp_path, caplog):
+    from charter.cards import build_model_card
+
+    base = tmp_path / "home" / "user" / ".cache" / "charter" / "toy" / "abc123"
+    base.mkdir(parents=True)
+    (base / "toy_build.json").write_text(json.dumps({"weights_sha256": "f" * 64}))
+    (base / "README.md").write_text("A plain note, no front matter.\n")
+    card = build_model_card(str(base), [])
+    assert "the toy world's base model" in card.text and "f" * 16 in card.text
+    assert str(base) not in card.text and "metadata block" not in caplog.text
+    plain = tmp_path / "my-model"
+    plain.mkdir()
+    assert f"`{plain}`" in build_model_card(str(plain), []).text  # a folder the user chose is named as given
