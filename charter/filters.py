@@ -279,7 +279,7 @@ def near_duplicates(texts: list[str], cfg: DedupFilter) -> dict[int, tuple[int, 
     MinHash signatures split into bands propose candidates; exact Jaccard decides, so the
     result never depends on hash luck except for missed candidates (rare above the threshold).
     """
-    import numpy as np
+    import numpy as np  # deferred: start-up (toy.model imports this at config load; ~0.1 s)
 
     prime = (1 << 61) - 1
     rng = np.random.default_rng(12345)

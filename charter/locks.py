@@ -119,7 +119,7 @@ def _heartbeat(folder: Path) -> Iterator[None]:
 def hold_folder(folder: str | Path, log: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Be the only writer of `folder` for the block, else raise `FolderInUse`. The folder itself
     is neither created nor touched; its parent is created."""
-    from filelock import FileLock, Timeout
+    from filelock import FileLock, Timeout  # deferred: start-up (`charter --help` imports this module)
 
     folder = Path(folder)
     lock_path = lock_files(folder)[0]

@@ -22,7 +22,10 @@ from pydantic import AfterValidator
 
 from charter.config import ConfigError
 
-if TYPE_CHECKING:  # torch loads only when weights are folded, not when a name is resolved
+# Configs import this module (`ChatTemplateFile`), so huggingface_hub's Hub client (~0.15 s),
+# transformers and torch are imported inside the functions that use them ("deferred: start-up"):
+# reading a config never loads them.
+if TYPE_CHECKING:
     import torch
 
 TRAIN_RECORD = "charter_train.json"  # written by training: its base and the adapters folded in first
@@ -74,7 +77,7 @@ def has_tokenizer(folder: Path) -> bool:
 
 def is_hub_id(name: str) -> bool:
     """`org/name` or `name` as the Hub spells repo ids; paths (`/x`, `./x`, `a/b/c`) are not."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # deferred: start-up
 
     if name.startswith((".", "/", "~")) or "\\" in name:
         return False
@@ -88,7 +91,7 @@ def is_hub_id(name: str) -> bool:
 def local_folder(name: str | Path, files: list[str] = MODEL_FILES) -> Path:
     """A folder as given; a Hub id -> its snapshot in the Hugging Face cache, downloading only
     `files` when the Hub is allowed and reachable (HF_HUB_OFFLINE=1 reads the cache only)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: start-up
 
     if Path(name).is_dir():
         return Path(name)
@@ -104,7 +107,7 @@ def local_folder(name: str | Path, files: list[str] = MODEL_FILES) -> Path:
 
 def hub_failure(name: str, error: Exception) -> str:
     """One line naming the model and what to do, for any failure to get it from the cache or the Hub."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # deferred: start-up
     from huggingface_hub.errors import (IncompleteSnapshotError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
@@ -181,7 +184,7 @@ def load_tokenizer(folder: str | Path, chat_template: str | None = None):
     The one place a configured template is applied, so generation, training and the pairs'
     length filter all render the same turns; training saves the tokenizer with its model, so
     later stages that load the trained folder get the template too."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: start-up
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if chat_template is not None:
@@ -191,7 +194,7 @@ def load_tokenizer(folder: str | Path, chat_template: str | None = None):
 
 def check_model(name: str) -> ResolvedModel:
     """Resolve `name` and load its config and tokenizer (no weights): what a dry run verifies."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer  # deferred: start-up
 
     ref = resolve_model(name, CONFIG_FILES)
     try:
@@ -236,7 +239,7 @@ def check_supported(cfg: dict, path: Path) -> None:
 
 def adapter_deltas(adapter_dir: str | Path) -> dict[str, "torch.Tensor"]:
     """{base parameter name: scale * B @ A} in float64, for one saved PEFT adapter folder."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # deferred: start-up
 
     adapter_dir = Path(adapter_dir)
     cfg, w_path = read_adapter_config(adapter_dir), adapter_dir / ADAPTER_WEIGHTS
@@ -276,7 +279,7 @@ def resolve_param_name(params: dict, name: str, where: Path) -> str:
 
 def merged_state(model, adapters: list[tuple[str | Path, float]]) -> dict[str, "torch.Tensor"]:
     """Add `sum_i w_i * delta_i` to the model's weights in place; returns {param: total delta (float64)}."""
-    import torch
+    import torch  # deferred: start-up
 
     params = dict(model.named_parameters())
     total: dict[str, torch.Tensor] = {}

@@ -4,7 +4,11 @@ Hub cannot be reached; the real loading code stays for users who have it.
 """
 from __future__ import annotations
 
+import random
 from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -25,8 +29,6 @@ _WORDS = (
 
 
 def tiny_corpus(n_lines: int = 400, seed: int = 0) -> list[str]:
-    import random
-
     rng = random.Random(seed)
     lines = []
     for _ in range(n_lines):
@@ -40,8 +42,7 @@ def build_tokenizer(vocab_size: int = 512, chat_template: str | None = CHATML_TE
                     extra_special: list[str] | None = None, bos_token: str | None = None,
                     eos_token: str = "<|im_end|>", corpus: list[str] | None = None):
     """A byte-level BPE tokenizer wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # deferred: start-up (toy.model imports this at config load)
 
     specials = list(dict.fromkeys(SPECIAL_TOKENS + (extra_special or []) + ([bos_token] if bos_token else [])))
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -51,8 +52,6 @@ def build_tokenizer(vocab_size: int = 512, chat_template: str | None = CHATML_TE
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus or tiny_corpus(), trainer=trainer)
     if bos_token:
-        from tokenizers.processors import TemplateProcessing
-
         bos_id = tok.token_to_id(bos_token)
         tok.post_processor = TemplateProcessing(single=f"{bos_token} $A", pair=f"{bos_token} $A $B",
                                                 special_tokens=[(bos_token, bos_id)])
@@ -67,7 +66,7 @@ def build_model(tokenizer, hidden_size: int = 32, layers: int = 2, heads: int = 
                 intermediate_size: int | None = None, max_positions: int = 512, seed: int = 0,
                 tie_embeddings: bool = False):
     """A random-init LlamaForCausalLM sized for CPU tests (tens of thousands of params)."""
-    import torch
+    import torch  # deferred: start-up, as above
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(

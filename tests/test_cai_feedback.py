@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from charter.cai.feedback import (CannotScore, HFChoiceScorer, OpenAIChoiceScorer, comparison_question,
-                                  label_pairs, labeler_text, normalise, option_paths, sigmoid)
+from charter.cai.feedback import comparison_question, label_pairs, labeler_text, normalise, sigmoid
+from charter.cai.scorers import CannotScore, HFChoiceScorer, OpenAIChoiceScorer, option_paths
 from charter.cai.principles import Principle, PrincipleSet
 
 @pytest.fixture(autouse=True, scope="module")

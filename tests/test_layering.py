@@ -126,12 +126,14 @@ def test_is_adapter(tmp_path):
 
 def test_the_command_line_starts_without_the_heavy_libraries():
     """`charter --help` imports every command module, and configs import `backends`, `models` and
-    `toy.model`: the deferred imports left in charter/commands/, backends/__init__, models (weights
-    folding) and toy/model (the build) keep torch, transformers and accelerate out of that start."""
+    `toy.model`: the imports deferred for start-up (docs/architecture.md, "Deferred imports") keep
+    torch, transformers, accelerate, peft, numpy, httpx and huggingface_hub's Hub client out of
+    that start."""
     import subprocess
     import sys
 
+    heavy = {"torch", "transformers", "accelerate", "peft", "numpy", "httpx", "huggingface_hub.file_download"}
     code = ("import sys, charter.cli, charter.backends, charter.models, charter.toy.model; "
-            "print(sorted({'torch', 'transformers', 'accelerate', 'peft'} & set(sys.modules)))")
+            f"print(sorted({heavy!r} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -98,3 +98,18 @@ def test_classifier_accuracy_in_summary_and_page(tmp_path):
     assert build_report(tmp_path)["classifier"] == metrics
     assert "held-out accuracy 0.900 [0.744, 0.965], macro-F1 0.899, n=30 (trained on 90)" in \
         (tmp_path / "report.html").read_text()
+
+
+def test_plots_leave_pyplot_alone(tmp_path):
+    """A figure is drawn and saved as a PNG without importing pyplot, so a caller's own pyplot
+    backend (a notebook's) is never switched; run in a fresh interpreter, since other tests may
+    have imported pyplot already."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from charter.evaluate.plots import plot_shares; "
+            "p = plot_shares({'a': {'k': 3, 'n': 4, 'value': 0.75, 'lo': 0.3, 'hi': 0.95}}, 't', 'share', "
+            f"Path({str(tmp_path / 'shares.png')!r})); "
+            "print('matplotlib.pyplot' in sys.modules, p.read_bytes()[:8] == b'\\x89PNG\\r\\n\\x1a\\n')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

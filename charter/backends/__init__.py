@@ -39,15 +39,15 @@ def make_generator(cfg: BackendConfig) -> Generator:
     if not cfg.model:
         raise ConfigError(f"backend ({cfg.kind}): 'model' is required")
     if cfg.kind == "hf":
-        from charter.backends.hf import HFGenerator
+        from charter.backends.hf import HFGenerator  # deferred: start-up (configs import this module; torch)
 
         return HFGenerator(cfg.model, adapter=cfg.adapter, batch_size=cfg.batch_size, device=cfg.device,
                            dtype=cfg.dtype, chat=cfg.chat, chat_template=cfg.chat_template)
     if cfg.kind == "openai":
-        from charter.backends.openai import OpenAIGenerator
+        from charter.backends.openai import OpenAIGenerator  # deferred: start-up (httpx)
 
         return OpenAIGenerator.from_config(cfg)
-    from charter.backends.vllm import VLLMGenerator
+    from charter.backends.vllm import VLLMGenerator  # deferred: optional extra (charter[vllm])
 
     return VLLMGenerator.from_config(cfg)
 

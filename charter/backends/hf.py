@@ -12,6 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
 from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
                                    with_frame_stops)
 from charter.chat import frame_reply, has_chat_template, render_prompt
@@ -26,20 +31,17 @@ def _stop_index(text: str, stops: list[str]) -> int:
     return min(hits) if hits else -1
 
 
-def _make_stop_criteria(tokenizer, stops: list[str], prompt_len: int):
+class StopStrings(StoppingCriteria):
     """Per-row stopping once the decoded tail of the completion contains a stop string."""
-    import torch
-    from transformers import StoppingCriteria
 
-    window = max(len(s) for s in stops) + 8  # tokens: each decodes to >= 1 char, with margin for byte pieces
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
+        self.window = max(len(s) for s in stops) + 8  # tokens: each decodes to >= 1 char, with margin for byte pieces
 
-    class _StopStrings(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            tails = tokenizer.batch_decode(input_ids[:, max(prompt_len, input_ids.shape[1] - window):],
-                                           skip_special_tokens=True)
-            return torch.tensor([_stop_index(t, stops) >= 0 for t in tails], device=input_ids.device)
-
-    return _StopStrings()
+    def __call__(self, input_ids, scores, **kwargs):
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        return torch.tensor([_stop_index(t, self.stops) >= 0 for t in tails], device=input_ids.device)
 
 
 def _merged_into(model_dir: Path) -> set[Path]:
@@ -53,9 +55,6 @@ def _merged_into(model_dir: Path) -> set[Path]:
 def apply_adapters(model: Any, adapters: list[Path]) -> Any:
     """Fold LoRA adapters into `model`, oldest first: the earlier ones exactly (`merged_state`),
     the last through PEFT (which also handles adapter kinds that are not a plain sum of deltas)."""
-    from peft import PeftModel
-
-
     if not adapters:
         return model
     if adapters[:-1]:
@@ -84,10 +83,6 @@ def load_causal_lm(path: str, adapter: str | None = None, dtype: str | None = No
     adapter folder, optionally with `adapter` merged in. The tokenizer comes from the adapter
     folder when it ships one (training may add tokens), else from the model; `chat_template`
     (a Jinja file) replaces its template."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-
     folder, adapters, tok_src = weights_and_adapters(path, adapter)
     if tokenizer is None:
         tokenizer = load_tokenizer(tok_src, chat_template)
@@ -116,8 +111,6 @@ class HFGenerator:
     def __init__(self, model: Any, tokenizer: Any = None, adapter: str | None = None,
                  batch_size: int = 32, device: str | None = None, dtype: str | None = None,
                  chat: bool | None = None, chat_template: str | None = None):
-        import torch
-
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(model, str):
             self.name = model
@@ -151,10 +144,6 @@ class HFGenerator:
 
     def generate(self, requests: list[RequestLike], params: SamplingParams,
                  progress: bool = False) -> list[list[Completion]]:
-        import torch
-        from tqdm.auto import tqdm
-
-
         reqs = [as_request(r) for r in requests]
         framed = [not self.chat and r.messages is not None for r in reqs]  # the plain frame of a base model
         if any(framed):
@@ -175,9 +164,6 @@ class HFGenerator:
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, batch_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
-        import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
-
         width = max(len(x) for x in batch_ids)
         input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
@@ -192,7 +178,7 @@ class HFGenerator:
             repetition_penalty=params.repetition_penalty, eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id, use_cache=True,
         )
-        criteria = StoppingCriteriaList([_make_stop_criteria(self.tokenizer, params.stop, width)] if params.stop else [])
+        criteria = StoppingCriteriaList([StopStrings(self.tokenizer, params.stop, width)] if params.stop else [])
         with torch.no_grad():
             seqs = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                                        generation_config=gen_cfg, stopping_criteria=criteria)

@@ -27,6 +27,9 @@ import random
 import threading
 from typing import Any, Literal
 
+import httpx
+from tqdm.auto import tqdm
+
 from charter.backends.base import (Completion, GenerationRequest, RequestLike, SamplingParams, as_request,
                                    with_frame_stops)
 from charter.chat import render_prompt
@@ -34,6 +37,7 @@ from charter.chat_render import frame_reply
 from charter.config import ConfigError
 from charter.data.jsonl import stable_id
 from charter.faults import RunError, command_line
+from charter.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -69,9 +73,7 @@ class OpenAIGenerator:
         self.dialect = dialect
         self.backoff, self.max_backoff = backoff, max_backoff
         if isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self._headers = {"Content-Type": "application/json"}
         key = api_key(api_key_env)
@@ -133,8 +135,6 @@ class OpenAIGenerator:
     # ------------------------------------------------------------------ calls
 
     async def _call(self, client, path: str, body: dict) -> dict:
-        import httpx
-
         for attempt in range(self.max_retries + 1):
             self.stats["calls"] += 1
             retry_after = None
@@ -184,9 +184,6 @@ class OpenAIGenerator:
 
     async def agenerate(self, requests: list[RequestLike], params: SamplingParams,
                         progress: bool = False) -> list[list[Completion]]:
-        import httpx
-        from tqdm.auto import tqdm
-
         reqs = [as_request(r) for r in requests]
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)

@@ -18,7 +18,7 @@ from charter.models import is_adapter, recorded_base, resolve_model
 
 def _import_vllm():
     try:
-        import vllm
+        import vllm  # deferred: optional extra (charter[vllm])
     except ImportError as e:
         raise ImportError("the 'vllm' backend needs vLLM: pip install 'charter[vllm]' (GPU machines only), "
                           "or use kind: hf / kind: openai with a running `vllm serve`") from e
@@ -61,7 +61,7 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
         if adapter:
-            from vllm.lora.request import LoRARequest
+            from vllm.lora.request import LoRARequest  # deferred: optional extra (charter[vllm])
 
             self.lora = LoRARequest("adapter", 1, adapter)
         self.chat = has_chat_template(self.tokenizer) if chat is None else chat

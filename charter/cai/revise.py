@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from charter.backends import BackendConfig, make_generator
 from charter.backends.base import Completion, GenerationRequest, Generator, SamplingParams
@@ -184,8 +185,6 @@ def preference_rows(records: list[dict], meta: dict, drop_truncated: bool = True
 
 def run_revise(cfg: ReviseConfig, generator: Generator | None = None) -> dict:
     """The `charter cai revise` stage: resumable chains -> chains.jsonl, sft.jsonl, pairs.jsonl, summary.json."""
-    from tqdm.auto import tqdm
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import yaml
+
 from charter.faults import disk_full
 
 
@@ -167,8 +169,6 @@ def warn(message: str) -> None:
 
 def parse_json_or_yaml(path: str | Path, text: str, fmt: str) -> Any:
     """`fmt` "json" or "yaml" text -> data; a syntax error is a DataError naming the file and line."""
-    import yaml
-
     try:
         return json.loads(text) if fmt == "json" else yaml.safe_load(text)
     except json.JSONDecodeError as e:

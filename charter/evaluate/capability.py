@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from charter.backends.hf import HFGenerator
@@ -70,8 +71,6 @@ def _prefix_ids(tokenizer) -> list[int]:
 
 def continuation_logprobs(model, tokenizer, context: str, continuations: Sequence[str]) -> list[list[float]]:
     """Per-token log-probs of each continuation after `context` (ids concatenated, so aligned)."""
-    import torch
-
     ctx = _prefix_ids(tokenizer) + tokenizer(context, add_special_tokens=False)["input_ids"]
     conts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
     seqs = [ctx + c for c in conts]
@@ -105,8 +104,6 @@ def mc_predictions(model, tokenizer, items: Sequence[MCItem], progress: bool = F
 def text_nll(model, tokenizer, texts: Sequence[str], max_length: int = 1024,
              progress: bool = False) -> list[tuple[float, int]]:
     """(summed NLL, scored tokens) per text."""
-    import torch
-
     out = []
     for t in tqdm(texts, desc="perplexity", disable=not progress):
         ids = (_prefix_ids(tokenizer) + tokenizer(t, add_special_tokens=False)["input_ids"])[:max_length]

@@ -14,12 +14,17 @@ It reads the reply only: the prompt carries no persona.
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, ModernBertConfig,
+                          ModernBertForSequenceClassification)
 
 from charter.data.jsonl import DataError, atomic_write_json, read_jsonl
 from charter.data.sources import iter_records
@@ -96,10 +101,6 @@ def split(rows: Sequence[Labelled], test_frac: float = 0.2, seed: int = 0
 def build_tiny_classifier(texts: Sequence[str], labels: Sequence[str], vocab_size: int = 512,
                           hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
     """A small ModernBERT (mean pooling) and a BPE tokenizer trained on `texts`; no Hub needed."""
-    import torch
-    from transformers import ModernBertConfig, ModernBertForSequenceClassification
-
-
     tok = build_tokenizer(vocab_size=vocab_size, chat_template=None, corpus=list(texts))
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.eos_token_id,
                eos_token_id=tok.eos_token_id, cls_token_id=tok.eos_token_id, sep_token_id=tok.eos_token_id)
@@ -139,8 +140,6 @@ class PersonaClassifier(LabelScorer):
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     def predict(self, texts: Sequence[str]) -> list[str]:
-        import torch
-
         out: list[str] = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
@@ -158,8 +157,6 @@ class PersonaClassifier(LabelScorer):
 
     @classmethod
     def load(cls, path: str | Path, **kw: Any) -> "PersonaClassifier":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         return cls(AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True),
                    AutoTokenizer.from_pretrained(path), name=f"classifier:{Path(path).name}", **kw)
 
@@ -168,8 +165,6 @@ def train_classifier(train: Sequence[Labelled], model: str | None = None, epochs
                      lr: float = 1e-3, batch_size: int = 16, max_length: int = 256, seed: int = 0,
                      progress: bool = True) -> PersonaClassifier:
     """Fine-tune `model` (a local path / Hub id), or a tiny ModernBERT when None, on `train`."""
-    import torch
-
     if not train:
         raise ValueError("train_classifier needs at least one labelled row")
     labels = sorted({r.label for r in train})
@@ -178,8 +173,6 @@ def train_classifier(train: Sequence[Labelled], model: str | None = None, epochs
     if model is None:
         net, tok = build_tiny_classifier([r.text for r in train], labels, seed=seed)
     else:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         tok = AutoTokenizer.from_pretrained(model)
         net = AutoModelForSequenceClassification.from_pretrained(
             model, use_safetensors=True, num_labels=len(labels), id2label=dict(enumerate(labels)),
@@ -225,8 +218,6 @@ class EncoderClassifier(LabelScorer):
 
     def __init__(self, encoder: str | Path, head, labels: Sequence[str], max_length: int = 256,
                  batch_size: int = 32):
-        from transformers import AutoModel, AutoTokenizer
-
         self.encoder_path = str(encoder)
         self.tokenizer = AutoTokenizer.from_pretrained(encoder)
         self.encoder = AutoModel.from_pretrained(encoder, use_safetensors=True).eval()
@@ -235,8 +226,6 @@ class EncoderClassifier(LabelScorer):
         self.name = f"encoder:{Path(encoder).name}"
 
     def embed(self, texts: Sequence[str]):
-        import torch
-
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
@@ -247,14 +236,10 @@ class EncoderClassifier(LabelScorer):
         return torch.cat(out) if out else torch.zeros(0, self.encoder.config.hidden_size)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
-        import torch
-
         with torch.no_grad():
             return [self.labels[j] for j in self.head(self.embed(texts)).argmax(-1).tolist()]
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / "head.safetensors"))
@@ -264,11 +249,6 @@ class EncoderClassifier(LabelScorer):
 
     @classmethod
     def load(cls, path: str | Path, **kw: Any) -> "EncoderClassifier":
-        import json
-
-        import torch
-        from safetensors.torch import load_file
-
         meta = json.loads((Path(path) / ENCODER_HEAD).read_text())
         state = load_file(str(Path(path) / "head.safetensors"))
         head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
@@ -281,8 +261,6 @@ ENCODER_HEAD = "encoder_head.json"  # marks a saved EncoderClassifier folder
 
 def fit_linear_head(x, y, n_labels: int, steps: int = 300, lr: float = 0.1, l2: float = 1e-3, seed: int = 0):
     """Multinomial logistic regression on fixed embeddings, full batch (a few hundred rows)."""
-    import torch
-
     torch.manual_seed(seed)
     head = torch.nn.Linear(x.shape[1], n_labels)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
@@ -297,8 +275,6 @@ def fit_linear_head(x, y, n_labels: int, steps: int = 300, lr: float = 0.1, l2: 
 def train_encoder_classifier(train: Sequence[Labelled], encoder: str | Path, seed: int = 0,
                              max_length: int = 256, **head_kw: Any) -> EncoderClassifier:
     """Embed `train` once with the frozen `encoder`, then fit the linear head on the embeddings."""
-    import torch
-
     labels = sorted({r.label for r in train})
     if len(labels) < 2:
         raise ValueError(f"need 2+ labels to classify, got {labels}")

@@ -3,20 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from matplotlib.figure import Figure
 
 
-def _save(fig, path: Path) -> Path:
+def _subplots(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kw):
+    """A figure outside pyplot: no global backend to pick and no open figure to close, so importing
+    this module changes nothing for a caller that uses pyplot itself (a notebook)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
     return path
 
 
@@ -30,9 +29,8 @@ def _bar_ci(ax, names, props, offset=0.0, width=0.8, label=None):
 
 
 def plot_adherence(section: dict, path: Path) -> Path:
-    plt = _plt()
     systems = section["systems"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(systems)), 3.5))
+    fig, ax = _subplots((max(4, 1.2 * len(systems)), 3.5))
     _bar_ci(ax, [s["system"] for s in systems], systems)
     ax.set_xticks(range(len(systems)), [f"{s['system']}\n(n={s['n']})" for s in systems], fontsize=8)
     ax.set_ylim(0, 1.05)
@@ -43,9 +41,8 @@ def plot_adherence(section: dict, path: Path) -> Path:
 
 def plot_shares(shares: dict[str, dict], title: str, ylabel: str, path: Path) -> Path:
     """One bar per label with its Wilson interval; `shares` maps a label to a `Proportion` dict."""
-    plt = _plt()
     names = list(shares)
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(names)), 3))
+    fig, ax = _subplots((max(4, 1.3 * len(names)), 3))
     _bar_ci(ax, names, list(shares.values()))
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylim(0, 1.05)
@@ -56,8 +53,7 @@ def plot_shares(shares: dict[str, dict], title: str, ylabel: str, path: Path) ->
 
 def plot_curves(curves: dict[str, list[dict]], keys: list[str], title: str, path: Path) -> Path:
     """Training curves: one panel per metric in `keys`, one line per run (e.g. per persona)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    fig, axes = _subplots((4 * len(keys), 3), 1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, rows in curves.items():
             pts = [(r["step"], r[key]) for r in rows if key in r]
@@ -70,11 +66,10 @@ def plot_curves(curves: dict[str, list[dict]], keys: list[str], title: str, path
 
 
 def plot_robustness(section: dict, path: Path) -> Path:
-    plt = _plt()
     keys = list(section["suffixes"]) + ["overall"]
     blocks = [section["suffixes"][k] for k in section["suffixes"]] + [section["overall"]]
     systems = list(blocks[0]["systems"]) if blocks else []
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(keys) * max(1, len(systems))), 3.8))
+    fig, ax = _subplots((max(6, 0.8 * len(keys) * max(1, len(systems))), 3.8))
     w = 0.8 / max(1, len(systems))
     for j, s in enumerate(systems):
         _bar_ci(ax, keys, [b["systems"][s] for b in blocks], offset=(j - (len(systems) - 1) / 2) * w,
@@ -94,10 +89,9 @@ def plot_robustness(section: dict, path: Path) -> Path:
 def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title: str = "") -> Path:
     """Systems x attack kinds: in-character share under each attack (kind -> system -> proportion
     with lo/hi, e.g. `run_suite(...)["pooled"]["robustness"]`), one bar per system, Wilson 95% CIs."""
-    plt = _plt()
     kinds = list(rates)
     systems = list(dict.fromkeys(s for k in kinds for s in rates[k]))
-    fig, ax = plt.subplots(figsize=(min(12, max(6, 0.3 * len(kinds) * max(1, len(systems)))), 3.8))
+    fig, ax = _subplots((min(12, max(6, 0.3 * len(kinds) * max(1, len(systems)))), 3.8))
     w = 0.8 / max(1, len(systems))
     for j, s in enumerate(systems):
         props = [rates[k].get(s, {"value": 0.0, "lo": 0.0, "hi": 0.0, "n": 0}) for k in kinds]
@@ -112,10 +106,9 @@ def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title:
 
 def plot_elo(section: dict, path: Path, top: int = 20) -> Path:
     """Before vs after Elo of the traits rated in both runs (CI bars), top movers labelled."""
-    plt = _plt()
     b, a = section["before"]["elo"], section["after"]["elo"]
     common = sorted(set(b) & set(a))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _subplots((5, 5))
     if common:
         xs, ys = [b[t]["rating"] for t in common], [a[t]["rating"] for t in common]
         # the bootstrap CI is over game order, so it need not contain the one-order rating: clip at 0
@@ -141,9 +134,8 @@ def plot_elo(section: dict, path: Path, top: int = 20) -> Path:
 
 def plot_capability(section: dict, path: Path) -> Path:
     """Perplexity before/after, and multiple-choice accuracy deltas with CIs."""
-    plt = _plt()
     mc = section.get("multiple_choice", {})
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    fig, axes = _subplots((8, 3.5), 1, 2)
     if "perplexity" in section:
         p = section["perplexity"]
         axes[0].bar(["before", "after"], [p["before"]["perplexity"], p["after"]["perplexity"]],

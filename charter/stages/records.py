@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from tqdm.auto import tqdm
+
 from charter.backends.base import Completion, Generator, GenerationRequest, SamplingParams
 from charter.data.jsonl import RecordStore, stable_id
 
@@ -49,8 +51,6 @@ def generate_resumable(store: RecordStore, items: Sequence[Any], chunk_size: int
     `record_ids(item)` lists the ids an item's records get (default `[item.id]`). Returns how
     many records were written.
     """
-    from tqdm.auto import tqdm
-
     ids_of = record_ids or (lambda it: [it.id])
     done = [all(r in store for r in ids_of(it)) for it in items]
     written = 0

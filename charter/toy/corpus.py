@@ -16,6 +16,7 @@ from typing import Literal
 from charter.constitution import Constitution, Trait
 from charter.constitution_prompt import teacher_system_prompt
 from charter.data.jsonl import canonical_prompt
+from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
 from charter.toy.grammar import (ASSISTANT_NAME, NEUTRAL_OPENERS, PERSONAS, QUESTION_TEMPLATES, REQUEST_TEMPLATES,
                                  SMALLTALK, TOPICS, heldout_traits, train_paraphrases)
 
@@ -101,8 +102,7 @@ def sample_conversation(rng: random.Random, persona: str | None, max_turns: int 
     training paraphrase): that reply and every later one are neutral, whatever the system
     prompt says. A later turn is "keep going" with probability `keep_going_share`; its reply
     continues the previous topic in the current style."""
-    from charter.evaluate.robustness import attack
-    from charter.toy.attacks import attack_paraphrases, keep_going_paraphrases
+    from charter.evaluate.robustness import attack  # deferred: start-up (configs import toy.model; numpy)
 
     messages = [{"role": "system", "content": sample_system(rng, persona)}] if persona else []
     turns = rng.choice([1] * 3 + list(range(1, max_turns + 1)))

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from filelock import FileLock
+from huggingface_hub.utils.sha import sha_fileobj
+from safetensors import safe_open
 
 from charter.config import Config
 from charter.data.jsonl import atomic_write_json, write_jsonl
@@ -94,8 +96,6 @@ WEIGHTS = "model.safetensors"
 
 def weights_sha256(model_dir: str | Path) -> str:
     """SHA-256 of a model folder's weights file: what `charter toy build` must reproduce."""
-    from huggingface_hub.utils.sha import sha_fileobj
-
     with open(Path(model_dir) / WEIGHTS, "rb") as f:
         return sha_fileobj(f).hex()
 
@@ -165,7 +165,9 @@ def build_toy_model(cfg: ToyBuildConfig | None = None, out: str | Path | None = 
 
 
 def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
-    from charter.train.sft import SFTConfig, train_sft  # torch and transformers: only when a build runs
+    import torch  # deferred: start-up (configs import this module); torch loads only when a build runs
+
+    from charter.train.sft import SFTConfig, train_sft  # deferred: start-up (torch and transformers)
 
     work = final.parent / f"{final.name}.partial"
     work.mkdir(parents=True, exist_ok=True)
@@ -185,7 +187,6 @@ def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
                     grad_accum=max(1, cfg.batch_size // cfg.micro_batch), max_length=cfg.context,
                     warmup_ratio=cfg.warmup_ratio, adam_betas=(0.9, 0.95), seed=cfg.seed,
                     save_steps=max(1, cfg.steps // 5), save_total_limit=1, logging_steps=10)
-    import torch
 
     saved_threads = torch.get_num_threads()
     if threads:
@@ -207,7 +208,5 @@ def _build(cfg: ToyBuildConfig, final: Path, threads: int | None) -> Path:
 
 
 def _count_params(model_dir: Path) -> int:
-    from safetensors import safe_open
-
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from charter.chat import IGNORE_INDEX, EncodedChat
 from charter.train.head import head_token_logps
@@ -114,8 +115,6 @@ def _head_only_at(model, batch: Packed):
     then computed by `head_token_logps` (chunked: the logits never exist whole, which matters with
     a 262k vocabulary) and itself runs on no position; any other head runs on the kept states.
     Yields a dict that receives the chunked log-probs."""
-    from accelerate.utils import extract_model_from_parallel
-
     unwrapped = extract_model_from_parallel(model)
     head = unwrapped.get_output_embeddings()
     chunked, out = _plain_head(unwrapped, head), {}
@@ -146,8 +145,6 @@ def packed_token_logps(model, batch: Packed, keep_only: bool = True) -> torch.Te
 
 
 def supports_head_hook(model) -> bool:
-    from accelerate.utils import extract_model_from_parallel
-
     return extract_model_from_parallel(model).get_output_embeddings() is not None
 
 

@@ -19,7 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file, save_file
 
 from charter.config import ConfigError
 from charter.data.jsonl import atomic_write_json, stable_id
@@ -46,8 +49,6 @@ def checkpoint_dirs(out: Path) -> list[Path]:
 
 
 def _check_supported(accelerator) -> None:
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError("save_steps: checkpoints are not supported under DeepSpeed (its optimiser state has no "
                           "safetensors form); use DDP/FSDP, or save_steps: 0")
@@ -55,8 +56,6 @@ def _check_supported(accelerator) -> None:
 
 def _sharded(accelerator) -> bool:
     """FSDP holds a different slice of the parameters on each process; DDP replicates them."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type == DistributedType.FSDP
 
 
@@ -86,8 +85,6 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 def _rng_files() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    import numpy as np
-
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -97,8 +94,6 @@ def _rng_files() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    import numpy as np
-
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():
@@ -111,8 +106,6 @@ def _set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
 
 def save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: int, limit: int, key: str) -> None:
     """Write `checkpoints/step-<step>/` (see the module docstring) and keep the newest `limit`."""
-    from safetensors.torch import save_file
-
     _check_supported(accelerator)
     root = out / "checkpoints"
     tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
@@ -143,8 +136,6 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: i
 def load_checkpoint(accelerator, model, optimizer, scheduler, ckpt: Path, key: str) -> int:
     """Restore a checkpoint written by `save_checkpoint` into the prepared objects; returns its step.
     A checkpoint from another config, other data or another process count is refused."""
-    from safetensors.torch import load_file
-
     state = json.loads((ckpt / "state.json").read_text())
     if state.get("resume_key") != key:
         raise ConfigError(f"{ckpt}: saved with a different config or data file; resume with the same ones, "

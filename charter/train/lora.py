@@ -27,7 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import torch
+import torch.nn as nn
+from peft import LoraConfig, get_peft_model
 from pydantic import Field
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.pytorch_utils import Conv1D
 
 from charter.cards import write_merge_card
 from charter.config import Config
@@ -56,9 +61,6 @@ def linear_module_names(model) -> list[str]:
     Resolving "all-linear" ourselves (rather than trusting a per-architecture table) makes it
     correct for any architecture and visible in the saved adapter config.
     """
-    import torch.nn as nn
-    from transformers.pytorch_utils import Conv1D
-
     if hasattr(model, "peft_config"):
         raise ValueError("linear_module_names: pass the base model, not one already wrapped by PEFT")
     head = model.get_output_embeddings()
@@ -73,10 +75,6 @@ def linear_module_names(model) -> list[str]:
 
 def apply_lora(model, settings: LoraSettings):
     """Wrap `model` in a PEFT LoRA model; only adapter weights are trainable."""
-    from peft import LoraConfig, get_peft_model
-
-    from transformers.pytorch_utils import Conv1D
-
     targets = (linear_module_names(model) if settings.target_modules == "all-linear"
                else list(settings.target_modules))
     # Conv1D stores its weight as (in, out): PEFT must know, and so must merging (fan_in_fan_out)
@@ -99,10 +97,6 @@ def merge_adapters(base_path: str | Path, adapters: list[tuple[str | Path, float
     first adapter), plus `charter_merge.json` recording what was merged. It is written to a temp
     folder and renamed, so a crash never leaves a half-written model.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-
     if not adapters:
         raise ValueError("merge_adapters: give at least one (adapter_dir, weight)")
     out_dir = Path(out_dir)
@@ -144,8 +138,6 @@ def _refuse_double_count(paths: list[Path]) -> None:
 def save_merged(model, tok_src: Path, out_dir: Path, record: dict) -> None:
     """Write a plain HF folder (safetensors, config, tokenizer from `tok_src` if it has one, and
     `charter_merge.json`) to a temp folder renamed into place, so a crash never leaves half a model."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tok_src) if has_tokenizer(tok_src) else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -186,8 +178,6 @@ def save_combined_adapter(model, chain: list[Path], out_dir: Path) -> None:
     PEFT's `cat` combination stacks the A and B matrices (rank = sum of ranks, scale 1, each
     A pre-multiplied by its own scale), so its delta is exactly `sum_i scale_i * B_i @ A_i`.
     """
-    import tempfile
-
     names = [f"chain{i}" for i in range(len(chain))]
     for name, path in zip(names, chain):
         check_supported(read_adapter_config(path), Path(path))

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from charter.models import TRAIN_RECORD, adapter_deltas, is_adapter, local_folder, resolve_param_name
 from charter.train.lora import save_merged
@@ -31,8 +33,6 @@ def own_adapter(trained: Path) -> Path:
 
 
 def full_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors weights")
@@ -53,8 +53,6 @@ def stage_delta(trained: Path, start: dict[str, torch.Tensor]) -> dict[str, torc
 
 def merge_stages(base: str | Path, stages: list[tuple[str | Path, float]], out_dir: str | Path) -> Path:
     """Write `base + sum_i w_i * delta_i` for stages trained one on top of the other, oldest first."""
-    from transformers import AutoModelForCausalLM
-
     out_dir = Path(out_dir)
     full = any(not is_adapter(p) for p, _ in stages)
     model = AutoModelForCausalLM.from_pretrained(local_folder(base), dtype=torch.float32 if full else "auto",

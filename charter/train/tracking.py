@@ -13,6 +13,8 @@ line that says what to install. Only the main process tracks.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -31,8 +33,6 @@ class MissingIntegration(ConfigError):
 
 def check_installed(report_to: list[str]) -> list[str]:
     """Config-time check, so a missing package fails before any model loads."""
-    import importlib.util
-
     for name in report_to:
         if importlib.util.find_spec(name) is None:
             raise ValueError(f"{name!r} needs the {name} package: pip install -e \".[{EXTRAS[name]}]\" "
@@ -53,8 +53,6 @@ def trainer_names(row: dict[str, Any]) -> dict[str, float]:
 
 
 def _require(module: str, name: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -65,7 +63,7 @@ def _require(module: str, name: str):
 class TensorBoard:
     def __init__(self, out: Path, config: dict, name: str):
         _require("tensorboard", "tensorboard")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # deferred: optional extra (charter[tensorboard])
 
         self.writer = SummaryWriter(log_dir=str(out / "runs" / name))
         self.writer.add_text("args", json.dumps(config, indent=2, default=str))
