@@ -8,6 +8,9 @@ generation steps also resume record by record. Where each file lives: `charter.r
 
     base -> prompts -> teacher, student -> pairs -> dpo -> reflection, interaction -> filter
          -> sft -> merge -> eval -> report
+
+With `method: sdft|grpo` the `dpo` stage trains from the prompts (on-policy) and the teacher,
+student and pairs stages are left out; introspection, SFT and merge follow it as with DPO.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import yaml
 from pydantic import Field
 
 from charter.backends import BackendConfig, make_generator
@@ -27,7 +31,9 @@ from charter.config import Config, ConfigError
 from charter.data.jsonl import atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.models import CONFIG_FILES, check_model, load_tokenizer, local_folder
 from charter.report import build_report
-from charter.run.config import DPOSettings, MergeSection, SFTSettings, TrainerSection
+from charter.rewards import reward_for
+from charter.run.config import (ON_POLICY, DPOSettings, GRPOSettings, MergeSection, SDFTSettings, SFTSettings,
+                                TrainerSection)
 from charter.integrity import dir_hash
 from charter.run.engine import Pipeline, Stage, StageContext
 from charter.run.evaluation import EvalStage, eval_prompts, stage_eval
@@ -39,6 +45,8 @@ from charter.stages.introspect import KINDS, FilterSettings, InteractionConfig, 
 from charter.toy.corpus import sample_prompt
 from charter.toy.model import ToyBuildConfig, build_toy_model, toy_model_dir
 from charter.train.dpo import DPOConfig, train_dpo
+from charter.train.grpo import GRPOConfig, train_grpo
+from charter.train.sdft import SDFTConfig, train_sdft
 from charter.train.sft import SFTConfig, train_sft
 from charter.train.stage_merge import merge_stages
 from charter.train.tracking import ReportTo
@@ -192,11 +200,29 @@ class SFTStage(TrainStage):
     sft: SFTSettings
 
 
-def train(s: TrainStage, kind: str, hyper: Config, model: str, data: Path, out: Path, seed: int) -> None:
-    """Train in this process, or under `accelerate launch` (trainer.launcher) for multi-GPU."""
-    cls, fn = (DPOConfig, train_dpo) if kind == "dpo" else (SFTConfig, train_sft)
-    tcfg = cls(**hyper.model_dump(), chat=s.student.chat, chat_template=s.student.chat_template, model=model,
-               data=str(data), output_dir=str(out), seed=seed, report_to=s.report_to)
+class OnPolicyStage(TrainStage):
+    """method sdft or grpo: only the chosen method's section is set."""
+    method: Literal["sdft", "grpo"]
+    sdft: SDFTSettings | None
+    grpo: GRPOSettings | None
+    assistant_name: str | None  # the name the constitution's system prompt gives the assistant
+
+
+def train_grpo_judged(cfg: GRPOConfig) -> Path:
+    return train_grpo(cfg, reward_for(cfg))  # the judge its config names, as `charter train grpo` builds it
+
+
+TRAINERS = {"dpo": (DPOConfig, train_dpo), "sft": (SFTConfig, train_sft), "sdft": (SDFTConfig, train_sdft),
+            "grpo": (GRPOConfig, train_grpo_judged)}
+
+
+def train(s: TrainStage, kind: str, hyper: Config, model: str, data: Path, out: Path, seed: int,
+          **filled: Any) -> None:
+    """Train in this process, or under `accelerate launch` (trainer.launcher) for multi-GPU.
+    `filled`: the run-filled fields beyond the paths (the on-policy methods' constitution)."""
+    cls, fn = TRAINERS[kind]
+    tcfg = cls(**{**hyper.model_dump(), **filled}, chat=s.student.chat, chat_template=s.student.chat_template,
+               model=model, data=str(data), output_dir=str(out), seed=seed, report_to=s.report_to)
     if s.trainer.launcher == "local":
         fn(tcfg)
         return
@@ -212,6 +238,25 @@ def stage_dpo(ctx: StageContext) -> dict[str, Any]:
     def work(per: Persona, d: Path) -> dict[str, Any]:
         train(s, "dpo", s.dpo, lay.base_model(), lay.pairs(per.key), d / "model", ctx.seed)
         return {"pairs": len(read_jsonl(lay.pairs(per.key)))}
+
+    return for_each_persona(ctx, work)
+
+
+def stage_onpolicy(ctx: StageContext) -> dict[str, Any]:
+    """SDFT or GRPO from the prompts stage's file, each persona's constitution as the privileged
+    context (SDFT) or the judge's (GRPO); the model lands where DPO's would."""
+    s: OnPolicyStage = ctx.settings
+    lay = RunLayout.of_stage(ctx)
+    hyper = s.sdft if s.method == "sdft" else s.grpo
+
+    def work(per: Persona, d: Path) -> dict[str, Any]:
+        constitution = d / "constitution.yaml"  # the trainers read a file; this is the persona's, as parsed
+        constitution.write_text(yaml.safe_dump(per.constitution.model_dump(mode="json"), sort_keys=False))
+        filled = {"constitution": str(constitution), "assistant_name": s.assistant_name}
+        if s.method == "grpo" and hyper.reward.persona is None:  # toy and classifier judges reward this persona
+            filled["reward"] = {**hyper.reward.model_dump(), "persona": per.key}
+        train(s, s.method, hyper, lay.base_model(), lay.prompts(per.key), d / "model", ctx.seed, **filled)
+        return {"method": s.method, "prompts": len(read_jsonl(lay.prompts(per.key)))}
 
     return for_each_persona(ctx, work)
 
@@ -324,11 +369,33 @@ def answer_settings(run: Run, role: str) -> AnswerStage:
                        assistant_name=c.assistant_name if role == "teacher" else None)
 
 
-def build_pipeline() -> Pipeline:
-    """Stage order, inputs, and the settings object each stage reads (its cache key)."""
+def first_training(method: str) -> list[Stage]:
+    """The stages up to the first trained model: pairs then DPO (dpo, orpo, simpo), or on-policy
+    training from the prompts (sdft, grpo). Either way the model stage is named `dpo`."""
+    if method in ON_POLICY:
+        return [Stage("dpo", stage_onpolicy, ["base", "prompts"], lambda r: OnPolicyStage(
+            personas=r.personas, student=r.config.student, trainer=r.config.trainer, method=method,
+            sdft=r.config.sdft if method == "sdft" else None, grpo=r.config.grpo if method == "grpo" else None,
+            assistant_name=r.config.assistant_name, report_to=r.config.report_to))]
+    return [
+        Stage("teacher", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "teacher")),
+        Stage("student", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "student")),
+        Stage("pairs", stage_pairs, ["base", "prompts", "teacher", "student"], lambda r: PairsStage(
+            personas=r.personas, answers=r.config.distill, pairs=r.config.pairs, assistant_name=r.config.assistant_name,
+            chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
+        Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
+            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.pair_settings(),
+            report_to=r.config.report_to)),
+    ]
+
+
+def build_pipeline(method: str = "dpo") -> Pipeline:
+    """Stage order, inputs, and the settings object each stage reads (its cache key), for the run
+    config's `method`."""
     def toy_build(c):
         return c.toy.build if c.is_toy else None
 
+    answers = [] if method in ON_POLICY else ["teacher", "student"]  # the classifier judge learns from them
     return Pipeline([
         Stage("base", stage_base, [], lambda r: BaseStage(
             student=r.config.student.model, toy=toy_build(r.config),
@@ -337,14 +404,7 @@ def build_pipeline() -> Pipeline:
             personas=r.personas, prompts=None if r.config.is_toy else r.config.prompts,
             toy_prompts=r.config.toy.prompts_per_persona if r.config.is_toy else None,
             expander=None if r.config.is_toy else r.config.teacher_backend())),
-        Stage("teacher", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "teacher")),
-        Stage("student", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "student")),
-        Stage("pairs", stage_pairs, ["base", "prompts", "teacher", "student"], lambda r: PairsStage(
-            personas=r.personas, answers=r.config.distill, pairs=r.config.pairs, assistant_name=r.config.assistant_name,
-            chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
-        Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
-            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.dpo,
-            report_to=r.config.report_to)),
+        *first_training(method),
         Stage("reflection", stage_introspection, ["dpo"], lambda r: ReflectionStage(
             personas=r.personas, student=r.config.student, assistant_name=r.config.assistant_name,
             reflection=r.config.reflection)),
@@ -358,7 +418,7 @@ def build_pipeline() -> Pipeline:
             report_to=r.config.report_to)),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda r: MergeStage(
             personas=r.personas, merge=r.config.merge)),
-        Stage("eval", stage_eval, ["base", "prompts", "teacher", "student", "dpo", "merge"], lambda r: EvalStage(
+        Stage("eval", stage_eval, ["base", "prompts", *answers, "dpo", "merge"], lambda r: EvalStage(
             personas=r.personas, eval=r.config.eval, judge=r.config.judge, student=r.config.student,
             judge_backend=(r.config.judge.backend or r.config.teacher_backend()) if r.config.judge.kind == "llm" else None,
             assistant_name=r.config.assistant_name, toy=r.config.is_toy)),
