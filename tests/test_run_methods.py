@@ -17,6 +17,7 @@ from charter.run.personas import Run
 from charter.run.stages import build_pipeline
 from charter.train.dpo import DPOConfig, train_dpo
 from charter.train.losses import orpo_loss, sequence_logps, simpo_loss
+from test_run_layout import downstream, leaves, variants
 
 # every stage's settings hash on the toy preset, recorded before `method` existed (main at c3934f5):
 # the default run must re-use a toy run made before this change, stage for stage
@@ -137,3 +138,45 @@ def test_onpolicy_run_reaches_eval_and_names_the_method(tmp_path, method, over):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == method
     assert summary["systems"] == ["base", "base+constitution", "dpo", "dpo+sft"]
+
+
+# ---------------------------------------------------------------- every field of the method's section
+
+
+def _stub_pipeline(method: str):
+    pipe = build_pipeline(method)
+    for s in pipe.stages:
+        s.fn = lambda ctx: (ctx.out_dir / "settings.json").write_text(json.dumps(ctx.settings.model_dump(mode="json")))
+    return pipe
+
+
+METHOD_FIELDS = [(m, key, value) for m in ("sdft", "grpo")
+                 for key, value in leaves(load_run_config(preset="toy").to_dict()[m])]
+
+
+@pytest.fixture(scope="module")
+def method_stub_runs(tmp_path_factory):
+    """The real graph per on-policy method with stages that only write their settings, run once."""
+    out = {}
+    for m in ("sdft", "grpo"):
+        pipe, root = _stub_pipeline(m), tmp_path_factory.mktemp(m)
+        pipe.run(Run.of(load_run_config(preset="toy", overrides=[f"method={m}"])), root, 0, log=lambda _: None)
+        out[m] = (pipe, root)
+    return out
+
+
+@pytest.mark.parametrize("method,key,value", METHOD_FIELDS, ids=[f"{m}.{k}" for m, k, _ in METHOD_FIELDS])
+def test_any_method_setting_reruns_the_dpo_stage_and_downstream_only(method_stub_runs, method, key, value):
+    pipe, root = method_stub_runs[method]
+    before = load_run_config(preset="toy", overrides=[f"method={method}"]).to_dict()[method]
+    for v in [*variants(value), "ema", "rloo"]:  # the methods' own choices (teacher, advantage)
+        try:
+            cfg = load_run_config(preset="toy", overrides=[f"method={method}", f"{method}.{key}={json.dumps(v)}"])
+        except ConfigError:
+            continue
+        if cfg.to_dict()[method] != before:
+            break
+    else:
+        pytest.skip(f"no valid other value for {method}.{key}")
+    reruns = {i.stage for i in pipe.plan(Run.of(cfg), root, 0) if i.action == "run"}
+    assert reruns == downstream(pipe, {"dpo"})
