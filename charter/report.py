@@ -146,6 +146,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     if manifest.exists():
         m = json.loads(manifest.read_text())
         summary["seed"] = m.get("seed")
+        summary["method"] = m.get("config", {}).get("method", "dpo")  # the first training stage's
         summary["config_hash"] = m.get("config_hash")
     return summary
 
@@ -319,7 +320,8 @@ def render_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
 pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px}}img{{max-width:100%}}</style></head><body>
 <h1>Charter run report</h1>
-<p>Seed {e(str(summary.get('seed')))}, config {e(str(summary.get('config_hash')))}.
+<p>Seed {e(str(summary.get('seed')))}, config {e(str(summary.get('config_hash')))}, first training
+stage {e(str(summary.get('method', 'dpo')))} (its model is the system <code>dpo</code>, and after SFT <code>dpo+sft</code>).
 Adherence = share of replies in the trained persona <b>without the constitution in the prompt</b>
 (base+constitution is the ceiling: the base model with the constitution as system prompt).
 Brackets are Wilson 95% intervals; where personas share one system's replies (base), the interval

@@ -90,7 +90,7 @@ def test_chat_field_on_training_configs():
 
 
 def test_run_passes_the_students_chat_flag_and_template_to_training(monkeypatch, tmp_path):
-    import charter.run.stages as rs
+    import charter.run.training as rs
     from charter.run.config import SFTSettings
 
     seen = {}

@@ -94,14 +94,15 @@ def test_missing_integration_fails_before_training(monkeypatch):
 
 def test_charter_run_passes_report_to_every_trainer_outside_the_cache_key(monkeypatch, tmp_path):
     import charter.run.stages as rs
+    import charter.run.training as training
     from charter.config import ConfigError
     from charter.run.config import load_run_config
     from charter.run.personas import Run
 
     pytest.importorskip("tensorboard")
     seen = {}
-    monkeypatch.setattr(rs, "train_dpo", lambda cfg: seen.setdefault("dpo", cfg))
-    monkeypatch.setattr(rs, "train_sft", lambda cfg: seen.setdefault("sft", cfg))
+    monkeypatch.setattr(training, "train_dpo", lambda cfg: seen.setdefault("dpo", cfg))
+    monkeypatch.setattr(training, "train_sft", lambda cfg: seen.setdefault("sft", cfg))
     run = Run.of(load_run_config(preset="toy", overrides=["report_to=[tensorboard]"]))
     quiet = Run.of(load_run_config(preset="toy"))
     assert quiet.config.report_to == []  # none by default
@@ -110,7 +111,7 @@ def test_charter_run_passes_report_to_every_trainer_outside_the_cache_key(monkey
         settings = stages[kind].settings(run)
         assert settings.report_to == ["tensorboard"]
         assert settings.to_dict() == stages[kind].settings(quiet).to_dict()  # tracking never re-runs a stage
-        rs.train(settings, kind, getattr(settings, kind), "m", tmp_path / "d.jsonl", tmp_path / kind / "model", 0)
+        training.train(settings, kind, getattr(settings, kind), "m", tmp_path / "d.jsonl", tmp_path / kind / "model", 0)
         assert seen[kind].report_to == ["tensorboard"]
     with pytest.raises(ConfigError, match="dpo.report_to"):  # the run fills it in, from the top level
         load_run_config(preset="toy", overrides=["dpo.report_to=[tensorboard]"])

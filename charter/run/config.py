@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, create_model
+from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator
 
 from charter.backends import BackendConfig
 from charter.config import Config, ConfigError, load_config, read_yaml
@@ -23,6 +23,8 @@ from charter.stages.distill import AnswerSettings, PairSettings, PromptSettings
 from charter.stages.introspect import FilterSettings, InteractionConfig, ReflectionConfig
 from charter.toy.model import ToyBuildConfig
 from charter.train.dpo import DPOConfig
+from charter.train.grpo import GRPOConfig
+from charter.train.sdft import SDFTConfig
 from charter.train.sft import SFTConfig
 from charter.train.tracking import ReportTo
 
@@ -30,22 +32,47 @@ PRESET_DIR = Path(__file__).parent.parent / "configs"
 TOY_MODEL = "toy"  # student.model value meaning "the toy world's base model, built and cached locally"
 
 
-RUN_FILLED = ("model", "data", "output_dir", "seed", "chat", "chat_template", "report_to")  # a stage's arguments
+RUN_FILLED = ("model", "data", "output_dir", "seed", "chat", "chat_template", "report_to",
+              "assistant_name")  # a stage's arguments (assistant_name: the run's, for the on-policy methods)
 
 
-def hyperparameters(cls: type[Config]) -> type[Config]:
+PER_PERSONA = "<each persona's, filled by charter run>"
+
+
+def hyperparameters(cls: type[Config], *per_persona: str) -> type[Config]:
     """A trainer config without the fields the run fills in (paths, seed, the student's chat
-    format): they are fixed to None and left out of dumps, while `cls`'s validators still run."""
-    unset = {name: (None, Field(None, exclude=True)) for name in RUN_FILLED}
+    format): they are fixed to None and left out of dumps, while `cls`'s validators still run.
+    `per_persona` fields (a constitution) are fixed to a placeholder, so checks that need them set pass."""
+    unset = {name: (None, Field(None, exclude=True)) for name in RUN_FILLED if name in cls.model_fields}
+    unset.update({name: (Literal[PER_PERSONA], Field(PER_PERSONA, exclude=True)) for name in per_persona})
     return create_model(cls.__name__.replace("Config", "Settings"), __base__=cls, **unset)
 
 
 DPOSettings = hyperparameters(DPOConfig)
 SFTSettings = hyperparameters(SFTConfig)
+# the on-policy methods read each persona's constitution and the run's assistant name
+GRPOSettings = hyperparameters(GRPOConfig, "constitution")
+SDFTSettings = hyperparameters(SDFTConfig, "constitution")
+
+Method = Literal["dpo", "orpo", "simpo", "sdft", "grpo", "ppo"]
+PAIR_METHODS = ("dpo", "orpo", "simpo")  # train on the teacher/student pairs
+ON_POLICY = ("sdft", "grpo")  # train from the prompts; no teacher, student or pairs stage
 
 
 def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def method_loss(dpo: Config, method: str) -> Config:
+    """`dpo` with loss_type set to `method` for orpo and simpo; unchanged otherwise."""
+    if method not in ("orpo", "simpo"):
+        return dpo
+    if dpo.loss_type not in ("sigmoid", method):
+        raise ValueError(f"dpo.loss_type {dpo.loss_type!r} conflicts with method {method}")
+    try:
+        return DPOSettings(**{**dpo.model_dump(), "loss_type": method})
+    except ValidationError as e:
+        raise ValueError(f"the dpo section with loss_type {method}: {e.errors()[0]['msg']}") from None
 
 
 class TrainerSection(Config):
@@ -120,13 +147,35 @@ class RunConfig(Config):
     prompts: PromptSettings = PromptSettings()
     distill: AnswerSettings = AnswerSettings()  # teacher/student sampling, K samples per prompt
     pairs: PairSettings = PairSettings()
-    dpo: DPOSettings = DPOSettings()
+    dpo: DPOSettings = DPOSettings()  # method dpo, orpo, simpo (loss_type = the method)
+    sdft: SDFTSettings = SDFTSettings()  # method sdft
+    grpo: GRPOSettings = GRPOSettings()  # method grpo
     reflection: ReflectionConfig = ReflectionConfig()
     interaction: InteractionConfig = InteractionConfig()
     filter: FilterSettings = FilterSettings()
     sft: SFTSettings = SFTSettings()
     merge: MergeSection = MergeSection()
     eval: EvalSection = EvalSection()
+    # the first training stage (still the `dpo` stage and folder); last, so its check sees the sections
+    method: Method = "dpo"
+
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, method: str, info: ValidationInfo) -> str:
+        if method == "ppo":
+            raise ValueError("ppo is not wired into charter run yet (it needs a trained reward model); "
+                             "train it with `charter train ppo`")
+        judge = info.data.get("judge")
+        if method in ON_POLICY and judge is not None and judge.kind == "classifier":
+            raise ValueError(f"judge.kind classifier learns from teacher and student answers, which {method} "
+                             "does not make; use judge.kind toy or llm")
+        if "dpo" in info.data:
+            method_loss(info.data["dpo"], method)  # orpo/simpo: the dpo section must accept the loss
+        return method
+
+    def pair_settings(self) -> Config:
+        """The dpo section the pair methods train with (orpo and simpo as its loss_type)."""
+        return method_loss(self.dpo, self.method)
 
     @property
     def is_toy(self) -> bool:

@@ -1,12 +1,15 @@
 """The run's personas: each constitution parsed once per run, then handed to every stage."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from charter.config import Config, ConfigError
 from charter.constitution import Constitution, load_constitution
+from charter.data.jsonl import atomic_write_json
+from charter.run.engine import StageContext
 from charter.run.config import RunConfig
 from charter.toy.corpus import constitution_path
 
@@ -45,3 +48,18 @@ class PersonaStage(Config):
     """Settings of a stage that works persona by persona: the personas are part of what it reads."""
 
     personas: list[Persona]
+
+
+def for_each_persona(ctx: StageContext, work: Callable[[Persona, Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work(persona, persona_dir)` per persona; skip personas already marked done."""
+    counts = {}
+    for per in ctx.settings.personas:
+        d = ctx.out_dir / per.key
+        done = d / "done.json"
+        if done.exists():
+            counts[per.key] = json.loads(done.read_text())
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        counts[per.key] = work(per, d)
+        atomic_write_json(done, counts[per.key])
+    return counts

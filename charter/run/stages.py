@@ -8,18 +8,19 @@ generation steps also resume record by record. Where each file lives: `charter.r
 
     base -> prompts -> teacher, student -> pairs -> dpo -> reflection, interaction -> filter
          -> sft -> merge -> eval -> report
+
+With `method: sdft|grpo` the `dpo` stage trains from the prompts (on-policy) and the teacher,
+student and pairs stages are left out; introspection, SFT and merge follow it as with DPO.
 """
 from __future__ import annotations
 
 import json
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-from pydantic import Field
 
 from charter.backends import BackendConfig, make_generator
 from charter.cards import write_run_cards
@@ -27,36 +28,19 @@ from charter.config import Config, ConfigError
 from charter.data.jsonl import atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.models import CONFIG_FILES, check_model, load_tokenizer, local_folder
 from charter.report import build_report
-from charter.run.config import DPOSettings, MergeSection, SFTSettings, TrainerSection
+from charter.run.config import ON_POLICY
 from charter.integrity import dir_hash
 from charter.run.engine import Pipeline, Stage, StageContext
 from charter.run.evaluation import EvalStage, eval_prompts, stage_eval
 from charter.run.layout import RunLayout
-from charter.run.personas import Persona, PersonaStage, Run
+from charter.run.personas import Persona, PersonaStage, Run, for_each_persona
 from charter.stages import distill, introspect
 from charter.stages.distill import AnswerSettings, Names, PairSettings, PromptSettings
 from charter.stages.introspect import KINDS, FilterSettings, InteractionConfig, ReflectionConfig
 from charter.toy.corpus import sample_prompt
 from charter.toy.model import ToyBuildConfig, build_toy_model, toy_model_dir
-from charter.train.dpo import DPOConfig, train_dpo
-from charter.train.sft import SFTConfig, train_sft
-from charter.train.stage_merge import merge_stages
-from charter.train.tracking import ReportTo
-
-
-def for_each_persona(ctx: StageContext, work: Callable[[Persona, Path], dict[str, Any]]) -> dict[str, Any]:
-    """Run `work(persona, persona_dir)` per persona; skip personas already marked done."""
-    counts = {}
-    for per in ctx.settings.personas:
-        d = ctx.out_dir / per.key
-        done = d / "done.json"
-        if done.exists():
-            counts[per.key] = json.loads(done.read_text())
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        counts[per.key] = work(per, d)
-        atomic_write_json(done, counts[per.key])
-    return counts
+from charter.run.training import (DPOStage, MergeStage, OnPolicyStage, SFTStage, stage_dpo, stage_merge,
+                                  stage_onpolicy, stage_sft)
 
 
 def require_kept(where: str, kept: int, total: int, dropped: dict[str, int], hint: str) -> None:
@@ -175,74 +159,6 @@ def stage_pairs(ctx: StageContext) -> dict[str, Any]:
     return for_each_persona(ctx, work)
 
 
-# ---------------------------------------------------------------- training
-
-
-class TrainStage(PersonaStage):
-    student: BackendConfig  # its chat format is the trainer's
-    trainer: TrainerSection
-    report_to: ReportTo = Field([], exclude=True)  # trackers: passed to the trainer, not part of the cache key
-
-
-class DPOStage(TrainStage):
-    dpo: DPOSettings
-
-
-class SFTStage(TrainStage):
-    sft: SFTSettings
-
-
-def train(s: TrainStage, kind: str, hyper: Config, model: str, data: Path, out: Path, seed: int) -> None:
-    """Train in this process, or under `accelerate launch` (trainer.launcher) for multi-GPU."""
-    cls, fn = (DPOConfig, train_dpo) if kind == "dpo" else (SFTConfig, train_sft)
-    tcfg = cls(**hyper.model_dump(), chat=s.student.chat, chat_template=s.student.chat_template, model=model,
-               data=str(data), output_dir=str(out), seed=seed, report_to=s.report_to)
-    if s.trainer.launcher == "local":
-        fn(tcfg)
-        return
-    tcfg.save(out.parent / f"{kind}.yaml")
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *s.trainer.accelerate_args, "-m",
-                    "charter.cli", "train", kind, str(out.parent / f"{kind}.yaml")], check=True)
-
-
-def stage_dpo(ctx: StageContext) -> dict[str, Any]:
-    s: DPOStage = ctx.settings
-    lay = RunLayout.of_stage(ctx)
-
-    def work(per: Persona, d: Path) -> dict[str, Any]:
-        train(s, "dpo", s.dpo, lay.base_model(), lay.pairs(per.key), d / "model", ctx.seed)
-        return {"pairs": len(read_jsonl(lay.pairs(per.key)))}
-
-    return for_each_persona(ctx, work)
-
-
-def stage_sft(ctx: StageContext) -> dict[str, Any]:
-    s: SFTStage = ctx.settings
-    lay = RunLayout.of_stage(ctx)
-
-    def work(per: Persona, d: Path) -> dict[str, Any]:
-        train(s, "sft", s.sft, lay.model("dpo", per.key), lay.sft_rows(per.key), d / "model", ctx.seed)
-        return {"rows": len(read_jsonl(lay.sft_rows(per.key)))}
-
-    return for_each_persona(ctx, work)
-
-
-class MergeStage(PersonaStage):
-    merge: MergeSection
-
-
-def stage_merge(ctx: StageContext) -> dict[str, Any]:
-    """Final = base + w_dpo * (DPO delta) + w_sft * (SFT delta), an exact sum (SPEC §1)."""
-    m, lay = ctx.settings.merge, RunLayout.of_stage(ctx)
-
-    def work(per: Persona, d: Path) -> dict[str, Any]:
-        merge_stages(lay.base_model(), [(lay.model("dpo", per.key), m.dpo_weight),
-                                        (lay.model("sft", per.key), m.sft_weight)], d / "model")
-        return {"dpo_weight": m.dpo_weight, "sft_weight": m.sft_weight}
-
-    return for_each_persona(ctx, work)
-
-
 # ---------------------------------------------------------------- introspection
 
 
@@ -324,11 +240,33 @@ def answer_settings(run: Run, role: str) -> AnswerStage:
                        assistant_name=c.assistant_name if role == "teacher" else None)
 
 
-def build_pipeline() -> Pipeline:
-    """Stage order, inputs, and the settings object each stage reads (its cache key)."""
+def first_training(method: str) -> list[Stage]:
+    """The stages up to the first trained model: pairs then DPO (dpo, orpo, simpo), or on-policy
+    training from the prompts (sdft, grpo). Either way the model stage is named `dpo`."""
+    if method in ON_POLICY:
+        return [Stage("dpo", stage_onpolicy, ["base", "prompts"], lambda r: OnPolicyStage(
+            personas=r.personas, student=r.config.student, trainer=r.config.trainer, method=method,
+            sdft=r.config.sdft if method == "sdft" else None, grpo=r.config.grpo if method == "grpo" else None,
+            assistant_name=r.config.assistant_name, report_to=r.config.report_to))]
+    return [
+        Stage("teacher", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "teacher")),
+        Stage("student", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "student")),
+        Stage("pairs", stage_pairs, ["base", "prompts", "teacher", "student"], lambda r: PairsStage(
+            personas=r.personas, answers=r.config.distill, pairs=r.config.pairs, assistant_name=r.config.assistant_name,
+            chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
+        Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
+            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.pair_settings(),
+            report_to=r.config.report_to)),
+    ]
+
+
+def build_pipeline(method: str = "dpo") -> Pipeline:
+    """Stage order, inputs, and the settings object each stage reads (its cache key), for the run
+    config's `method`."""
     def toy_build(c):
         return c.toy.build if c.is_toy else None
 
+    answers = [] if method in ON_POLICY else ["teacher", "student"]  # the classifier judge learns from them
     return Pipeline([
         Stage("base", stage_base, [], lambda r: BaseStage(
             student=r.config.student.model, toy=toy_build(r.config),
@@ -337,14 +275,7 @@ def build_pipeline() -> Pipeline:
             personas=r.personas, prompts=None if r.config.is_toy else r.config.prompts,
             toy_prompts=r.config.toy.prompts_per_persona if r.config.is_toy else None,
             expander=None if r.config.is_toy else r.config.teacher_backend())),
-        Stage("teacher", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "teacher")),
-        Stage("student", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "student")),
-        Stage("pairs", stage_pairs, ["base", "prompts", "teacher", "student"], lambda r: PairsStage(
-            personas=r.personas, answers=r.config.distill, pairs=r.config.pairs, assistant_name=r.config.assistant_name,
-            chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
-        Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
-            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.dpo,
-            report_to=r.config.report_to)),
+        *first_training(method),
         Stage("reflection", stage_introspection, ["dpo"], lambda r: ReflectionStage(
             personas=r.personas, student=r.config.student, assistant_name=r.config.assistant_name,
             reflection=r.config.reflection)),
@@ -358,7 +289,7 @@ def build_pipeline() -> Pipeline:
             report_to=r.config.report_to)),
         Stage("merge", stage_merge, ["base", "dpo", "sft"], lambda r: MergeStage(
             personas=r.personas, merge=r.config.merge)),
-        Stage("eval", stage_eval, ["base", "prompts", "teacher", "student", "dpo", "merge"], lambda r: EvalStage(
+        Stage("eval", stage_eval, ["base", "prompts", *answers, "dpo", "merge"], lambda r: EvalStage(
             personas=r.personas, eval=r.config.eval, judge=r.config.judge, student=r.config.student,
             judge_backend=(r.config.judge.backend or r.config.teacher_backend()) if r.config.judge.kind == "llm" else None,
             assistant_name=r.config.assistant_name, toy=r.config.is_toy)),

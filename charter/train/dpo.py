@@ -1,4 +1,5 @@
-"""Direct Preference Optimisation (SPEC §4): sigmoid/ipo/hinge/robust, NLL on chosen, squared KL.
+"""Direct Preference Optimisation (SPEC §4): sigmoid/ipo/hinge/robust, NLL on chosen, squared KL;
+and the reference-free preference losses on the same pairs, ORPO and SimPO (`loss_type`).
 
 Chosen and rejected completions of a micro-batch go through the model in ONE packed forward.
 The reference is, by `reference`:
@@ -24,26 +25,36 @@ from charter.models import resolve_model
 from charter.train.batching import Packed, check_packing, pack, packed_token_logps, supports_head_hook
 from charter.train.data import Pair, load_pairs
 from charter.train.loop import TrainConfig, run
-from charter.train.losses import LOSS_TYPES, dpo_loss, nll_loss, squared_kl
+from charter.train.losses import LOSS_TYPES, DPOLossOutput, dpo_loss, nll_loss, orpo_loss, simpo_loss, squared_kl
+
+REFERENCE_FREE = ("orpo", "simpo")  # preference losses on mean log-probs with no reference model
 
 
 class DPOConfig(TrainConfig):
     beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "orpo", "simpo"] = "sigmoid"  # orpo: beta is lambda
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     nll_coef: float = Field(0.0, ge=0)        # the paper: 0.1
     kl_coef: float = Field(0.0, ge=0)         # squared-KL regulariser; the paper: 0.001
     reference: Literal["auto", "adapter", "copy", "precomputed"] = "auto"
     ref_cache_dir: str | None = None          # default: <output_dir>/ref_cache
+    # SimPO's target margin; left out of dumps while unset, so DPO configs hash as before it existed
+    simpo_gamma: float | None = Field(None, ge=0, exclude_if=lambda v: v is None)  # None = 0.5 (TRL's default)
 
     @model_validator(mode="after")
     def _check_dpo(self):
-        assert self.loss_type in LOSS_TYPES
+        assert self.loss_type in LOSS_TYPES + REFERENCE_FREE
+        if self.loss_type in REFERENCE_FREE and self.kl_coef:
+            raise ValueError(f"kl_coef: loss_type {self.loss_type!r} has no reference model to stay close to")
+        if self.simpo_gamma is not None and self.loss_type != "simpo":
+            raise ValueError("simpo_gamma: only meaningful with loss_type 'simpo'")
         if self.reference == "adapter" and self.lora is None:
             raise ValueError("reference: 'adapter' needs lora (full fine-tuning has no adapter to disable)")
         return self
 
     def resolved_reference(self) -> str:
+        if self.loss_type in REFERENCE_FREE:
+            return "none"
         if self.reference != "auto":
             return self.reference
         return "adapter" if self.lora is not None else "precomputed"
@@ -104,6 +115,17 @@ def precompute_reference(model, pairs: list[Pair], cfg: DPOConfig, tokenizer, ac
 # ----------------------------------------------------------------------------- the task
 
 
+def reference_free_loss(cfg: DPOConfig, mean_logps, b: int) -> DPOLossOutput:
+    """ORPO or SimPO from the mean token log-probs of chosen ([:b]) and rejected ([b:]); the
+    rewards are beta x mean log-prob, as TRL's ORPO and CPO trainers log them."""
+    c, r = mean_logps[:b], mean_logps[b:]
+    if cfg.loss_type == "orpo":
+        losses, _ = orpo_loss(c, r, lam=cfg.beta)
+    else:
+        losses = simpo_loss(c, r, beta=cfg.beta, gamma=0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma)
+    return DPOLossOutput(losses, (cfg.beta * c).detach(), (cfg.beta * r).detach())
+
+
 class DPOTask:
     def __init__(self, items: list[Pair], cfg: DPOConfig, keep_only: bool, mode: str,
                  ref_model=None, cached=None):
@@ -148,13 +170,16 @@ class DPOTask:
         batch = pack([p.chosen for p in items] + [p.rejected for p in items]).to(device)
         tok = packed_token_logps(model, batch, self.keep_only)          # one forward, chosen + rejected
         seq, ntok = batch.per_seq(tok.double()), batch.tokens_per_seq()
-        ref_seq, ref_tok = self._reference(model, batch, items)
-        label_prob = None
-        if any(p.label_prob is not None for p in items):
-            label_prob = torch.tensor([1 - cfg.label_smoothing if p.label_prob is None else p.label_prob
-                                       for p in items], dtype=torch.float64, device=device)
-        out = dpo_loss(seq[:b], seq[b:], ref_seq[:b], ref_seq[b:], cfg.beta, cfg.loss_type,
-                       cfg.label_smoothing, label_prob, ntok[:b], ntok[b:])
+        if self.mode == "none":
+            ref_tok, out = None, reference_free_loss(cfg, seq / ntok.clamp(min=1), b)
+        else:
+            ref_seq, ref_tok = self._reference(model, batch, items)
+            label_prob = None
+            if any(p.label_prob is not None for p in items):
+                label_prob = torch.tensor([1 - cfg.label_smoothing if p.label_prob is None else p.label_prob
+                                           for p in items], dtype=torch.float64, device=device)
+            out = dpo_loss(seq[:b], seq[b:], ref_seq[:b], ref_seq[b:], cfg.beta, cfg.loss_type,
+                           cfg.label_smoothing, label_prob, ntok[:b], ntok[b:])
         per_pair = out.losses
         nll = nll_loss(seq[:b], ntok[:b])
         if cfg.nll_coef:
@@ -193,6 +218,8 @@ def build_dpo_task(cfg: DPOConfig) -> Callable:
         keep_only = cfg.keep_logits_only_for_targets and supports_head_hook(model)
         check_packing(model, [items[0].chosen, items[0].rejected], keep_only)
         mode = cfg.resolved_reference()
+        if mode == "none":
+            return DPOTask(items, cfg, keep_only, mode)
         if mode == "precomputed":
             return DPOTask(items, cfg, keep_only, mode,
                            cached=precompute_reference(model, items, cfg, tokenizer, accelerator, keep_only))
