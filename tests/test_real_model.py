@@ -74,7 +74,8 @@ def run_config(tmp: Path, gemma_dir: Path, teacher: dict | None = None, **studen
         "interaction": {"free": 1, "leading": 1, "turns": 2, "sampling": {"temperature": 0.0, "max_new_tokens": 16}},
         "sft": {"max_steps": 1, "batch_size": 2, "max_length": 192, "lora": LORA, "cpu_threads": 1},
         "eval": {"n_prompts": len(HELDOUT), "prompts_file": str(tmp / "heldout.txt"), "max_new_tokens": 16,
-                 "batch_size": 8},
+                 "batch_size": 8,  # the full suite runs on the real model, at its smallest
+                 "suite": {"attack_prompts": 1, "n_pairs": 2, "bootstrap": 10}},
     }
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -180,6 +181,10 @@ def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
         mine = [r for r in replies if r["system"] == s]
         assert summary["undecided"][s] == sum(r["label"] is None for r in mine)
         assert summary["adherence"][s]["pooled"]["k"] == sum(r["label"] == "humor" for r in mine)
+    # the full suite ran on the real model: each attack kind, every system, one prompt each
+    robustness = summary["suite"]["pooled"]["robustness"]
+    assert set(robustness) == set(summary["suite"]["attack_kinds"]) and len(robustness) >= 9
+    assert all(robustness[kind][s]["n"] == 1 for kind in robustness if kind != "multiturn" for s in SYSTEMS)
     assert (run / "report.html").stat().st_size > 1000
 
 
