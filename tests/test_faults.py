@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import signal
 import sys
 
@@ -191,28 +192,29 @@ def test_sigterm_in_a_command_prints_the_command_that_resumes(tmp_path, monkeypa
 
 # ---------------------------------------------------------------- a server that is gone
 
-def test_a_dead_server_ends_a_run_in_one_line_after_its_retries(tmp_path):
+def test_a_dead_server_ends_a_run_in_one_line_after_its_retries(tmp_path, monkeypatch):
     from serve_fixture import free_port
     from talker import build_talker
 
     student = build_talker(tmp_path / "student")
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    res = CliRunner().invoke(app, [
-        "run", "--preset", "toy", f"student.model={student}", "eval.prompts_file=toy", "constitutions=[toy:warm]",
-        "teacher.kind=openai", "teacher.model=teacher", f"teacher.base_url={url}", "teacher.max_retries=2",
-        "teacher.retry_backoff=0.01", "--run-dir", str(tmp_path / "run")])
+    args = ["run", "--preset", "toy", f"student.model={student}", "eval.prompts_file=toy", "constitutions=[toy:warm]",
+            "teacher.kind=openai", "teacher.model=teacher", f"teacher.base_url={url}", "teacher.max_retries=2",
+            "teacher.retry_backoff=0.01", "--run-dir", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["charter", *args])  # what the shell would hand the command
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {url}/chat/completions: failed after 3 attempts (ConnectError")
-    assert "finished records are kept: once the server answers, resume with: charter " in last
+    assert last.endswith("finished records are kept: once the server answers, resume with: charter "
+                         + shlex.join(args)), last  # quoted, ready to paste into a shell
 
 
 @pytest.mark.slow
 def test_sigterm_mid_run_then_the_printed_command_finishes_it_like_a_lone_run(tmp_path):
     """A real `charter run` in its own process: SIGTERM while a stage runs, then the command it
     printed: the summary equals an uninterrupted run's, with no torn or temporary file left."""
-    import shlex
     import time
 
     from talker import build_talker, charter, tiny_run

@@ -143,7 +143,7 @@ def test_generation_stops_in_each_frame(gemma_dir):
 # ------------------------------------------------------------------ charter run, end to end
 
 
-def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
+def check_run(run: Path, n_prompts_max: int, samples: int = 1, suite: bool = True) -> None:
     """What every finished run must show, whatever the weak model wrote."""
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "done" for s in manifest["stages"]), manifest["stages"]
@@ -181,10 +181,10 @@ def check_run(run: Path, n_prompts_max: int, samples: int = 1) -> None:
         mine = [r for r in replies if r["system"] == s]
         assert summary["undecided"][s] == sum(r["label"] is None for r in mine)
         assert summary["adherence"][s]["pooled"]["k"] == sum(r["label"] == "humor" for r in mine)
-    # the full suite ran on the real model: each attack kind, every system, one prompt each
-    robustness = summary["suite"]["pooled"]["robustness"]
-    assert set(robustness) == set(summary["suite"]["attack_kinds"]) and len(robustness) >= 9
-    assert all(robustness[kind][s]["n"] == 1 for kind in robustness if kind != "multiturn" for s in SYSTEMS)
+    if suite:  # the full suite ran on the real model: each attack kind, every system, one prompt each
+        robustness = summary["suite"]["pooled"]["robustness"]
+        assert set(robustness) == set(summary["suite"]["attack_kinds"]) and len(robustness) >= 9
+        assert all(robustness[kind][s]["n"] == 1 for kind in robustness if kind != "multiturn" for s in SYSTEMS)
     assert (run / "report.html").stat().st_size > 1000
 
 
@@ -210,10 +210,11 @@ def test_run_end_to_end_gemma3_template(gemma_dir, tmp_path):
     cfg["distill"] = {"samples": 2, "sampling": sampled}
     cfg["reflection"].update(samples_per_prompt=2, sampling=sampled)
     cfg["interaction"]["sampling"] = {**sampled, "max_new_tokens": 16}
+    cfg["eval"]["suite"] = {"enabled": False}  # the base-frame run covers the suite; CPU time is the tier's budget
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     out = charter("run", "run.yaml", "--run-dir", "run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    check_run(tmp_path / "run", n_prompts_max=7, samples=2)
+    check_run(tmp_path / "run", n_prompts_max=7, samples=2, suite=False)
     # the template travels with the trained adapters, so every later stage renders the same turns
     for stage in ("dpo", "sft"):
         saved = (tmp_path / "run" / stage / "humor" / "model" / "chat_template.jinja").read_text()
