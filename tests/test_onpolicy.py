@@ -179,10 +179,11 @@ def test_grpo_trains_end_to_end_with_lora_and_zero_kl_at_start(tiny_model_dir, t
 
 def test_sdft_loss_is_reverse_kl_to_the_constitution_prompted_teacher(tiny_model_dir, tmp_path):
     """The logged loss = mean over replies of the mean over reply tokens of KL(student || teacher),
-    recomputed here from the full logits of both contexts; the teacher is a frozen copy."""
+    recomputed here from the full logits of both contexts (each the template's generation prompt
+    followed by the SAME sampled reply ids); the teacher is a frozen copy."""
     import copy
 
-    from charter.train.rollout import encode_reply, with_system
+    from charter.train.rollout import with_system
     from charter.train.sdft import SDFTConfig, SDFTTask
 
     model, tok = _model(tiny_model_dir)
@@ -201,14 +202,17 @@ def test_sdft_loss_is_reverse_kl_to_the_constitution_prompted_teacher(tiny_model
 
     rolls = sample_rollouts(model, tok, prompts, cfg.sampling(cfg.seed * 1_000_003 + 1, 1))
     want = []
+
+    def prompt_ids(msgs):
+        return tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+
     for r in rolls:
-        t_seq = encode_reply(tok, with_system(r.messages, "You are kind."), r.reply, None)
+        s_ids, t_ids = prompt_ids(r.messages), prompt_ids(with_system(r.messages, "You are kind."))
         with torch.no_grad():
-            s_logits = model(torch.tensor([r.seq.input_ids])).logits[0, :-1]
-            t_logits = teacher(torch.tensor([t_seq.input_ids])).logits[0, :-1]
-        s_keep = torch.tensor(r.seq.labels[1:]) != -100
-        t_keep = torch.tensor(t_seq.labels[1:]) != -100
-        ps, pt = s_logits[s_keep].log_softmax(-1), t_logits[t_keep].log_softmax(-1)
+            s_logits = model(torch.tensor([s_ids + r.reply_ids])).logits[0, len(s_ids) - 1:-1]
+            t_logits = teacher(torch.tensor([t_ids + r.reply_ids])).logits[0, len(t_ids) - 1:-1]
+        ps, pt = s_logits.log_softmax(-1), t_logits.log_softmax(-1)
         want.append((ps.exp() * (ps - pt)).sum(-1).mean())
     assert loss.item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-4)
     assert loss.item() > 1e-2

@@ -49,6 +49,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     meta: dict = field(default_factory=dict)
+    # the sampled tokens, through the EOS or stop-string tokens that ended the reply (None: the
+    # backend does not know them); on-policy training scores exactly these, never a re-encoding
+    token_ids: list[int] | None = None
 
 
 RequestLike = Union[GenerationRequest, list, str]

@@ -105,6 +105,29 @@ def end_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
     return sorted(set(eos))
 
 
+def prompt_token_ids(tokenizer: Any, req: GenerationRequest, chat: bool) -> list[int]:
+    """The ids generation starts from. Chat requests use the chat template (or the base-model
+    frame); raw prompts are tokenized as-is."""
+    if req.messages is not None:
+        # chat=False: a base model gets the plain transcript even if its tokenizer ships a template
+        text = render_prompt(tokenizer, req.messages, chat=chat) + req.prefill
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(req.prompt + req.prefill, add_special_tokens=True)["input_ids"]
+
+
+def _stop_token_end(tokenizer: Any, toks: list[int], stops: list[str]) -> int:
+    """How many of `toks` it takes for their text to contain a stop string: the reply's tokens
+    through the one that completed it (binary search: the text only grows with the tokens)."""
+    lo, hi = 1, len(toks)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _stop_index(tokenizer.decode(toks[:mid], skip_special_tokens=True), stops) >= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 class HFGenerator:
     """`Generator` over a local transformers causal LM, optionally with a LoRA adapter."""
 
@@ -133,12 +156,7 @@ class HFGenerator:
     # ------------------------------------------------------------------ prompts
 
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
-        """Chat requests use the chat template (or base-model fallback); raw prompts are tokenized as-is."""
-        if req.messages is not None:
-            # chat=False: a base model gets the plain transcript even if its tokenizer ships a template
-            text = render_prompt(self.tokenizer, req.messages, chat=self.chat) + req.prefill
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(req.prompt + req.prefill, add_special_tokens=True)["input_ids"]
+        return prompt_token_ids(self.tokenizer, req, self.chat)
 
     # ------------------------------------------------------------------ generation
 
@@ -187,21 +205,24 @@ class HFGenerator:
 
     def _finish(self, toks: list[int], prompt_len: int, params: SamplingParams) -> Completion:
         """Cut at EOS or the first stop string; a row that filled the budget otherwise is 'length'.
+        `token_ids` keep the sampled tokens through the one that ended the reply (the EOS, or the
+        token that completed the stop string), so training can score exactly what was sampled.
 
         Rows that stopped early (stop string) are right-padded by `generate`; the stop
         criterion halts on the token that completes the stop string, so the unpadded
         length is the completion's token count.
         """
         eos_at = next((j for j, t in enumerate(toks) if t in self.eos_ids), None)
-        if eos_at is not None:
-            toks = toks[:eos_at]
-        n = len(toks)
-        while eos_at is None and n and toks[n - 1] == self.pad_id:
+        body = toks[:eos_at] if eos_at is not None else toks
+        n = len(body)
+        while eos_at is None and n and body[n - 1] == self.pad_id:
             n -= 1
-        text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+        text = self.tokenizer.decode(body[:n], skip_special_tokens=True)
         cut = _stop_index(text, params.stop) if params.stop else -1
         if cut >= 0:
-            return Completion(text[:cut], "stop", prompt_len, n)
+            ids = body[:_stop_token_end(self.tokenizer, body[:n], params.stop)]
+            return Completion(text[:cut], "stop", prompt_len, n, token_ids=ids)
         if eos_at is not None:
-            return Completion(text, "stop", prompt_len, eos_at + 1)
-        return Completion(text, "length" if n >= params.max_new_tokens else "stop", prompt_len, n)
+            return Completion(text, "stop", prompt_len, eos_at + 1, token_ids=toks[:eos_at + 1])
+        return Completion(text, "length" if n >= params.max_new_tokens else "stop", prompt_len, n,
+                          token_ids=body[:n])

@@ -7,6 +7,8 @@ A checkpoint `checkpoints/step-N/` holds what resuming needs to continue bit-exa
   tensors, and its param groups and scalars;
 - `rng-rank<r>.safetensors` + `rng-rank<r>.json`: each process's torch (CPU and accelerator),
   NumPy and Python random states;
+- `task-rank<r>.safetensors` + `task-rank<r>.json`: what the task carries between steps, for tasks
+  that have any (`checkpoint_state`: on-policy tasks' sampling counter, EMA teacher, reused rollout);
 - `state.json`: step, scheduler state, and the resume key (config + data hash).
 It is written to a temp folder and renamed, so a kill never leaves half a one.
 """
@@ -104,7 +106,13 @@ def _set_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: int, limit: int, key: str) -> None:
+def _task_files(task) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, meta = task.checkpoint_state()
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, meta
+
+
+def save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: int, limit: int, key: str,
+                    task=None) -> None:
     """Write `checkpoints/step-<step>/` (see the module docstring) and keep the newest `limit`."""
     _check_supported(accelerator)
     root = out / "checkpoints"
@@ -119,7 +127,10 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: i
         save_file(weights, str(tmp / f"model-rank{rank}.safetensors"))
     elif accelerator.is_main_process:
         save_file(weights, str(tmp / "model.safetensors"))
-    for name, (tensors, meta) in (("optimizer", _optimizer_files(optimizer)), ("rng", _rng_files())):
+    files = [("optimizer", _optimizer_files(optimizer)), ("rng", _rng_files())]
+    if hasattr(task, "checkpoint_state"):
+        files.append(("task", _task_files(task)))
+    for name, (tensors, meta) in files:
         save_file(tensors, str(tmp / f"{name}-rank{rank}.safetensors"))
         atomic_write_json(tmp / f"{name}-rank{rank}.json", meta)
     accelerator.wait_for_everyone()
@@ -133,7 +144,7 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, out: Path, step: i
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator, model, optimizer, scheduler, ckpt: Path, key: str) -> int:
+def load_checkpoint(accelerator, model, optimizer, scheduler, ckpt: Path, key: str, task=None) -> int:
     """Restore a checkpoint written by `save_checkpoint` into the prepared objects; returns its step.
     A checkpoint from another config, other data or another process count is refused."""
     state = json.loads((ckpt / "state.json").read_text())
@@ -155,4 +166,10 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, ckpt: Path, key: s
     optimizer.load_state_dict(_optimizer_state(load_file(str(ckpt / f"optimizer-rank{rank}.safetensors")), meta))
     scheduler.load_state_dict(state["scheduler"])
     _set_rng(load_file(str(ckpt / f"rng-rank{rank}.safetensors")), json.loads((ckpt / f"rng-rank{rank}.json").read_text()))
+    if hasattr(task, "restore_state"):
+        if not (ckpt / f"task-rank{rank}.json").exists():
+            raise ConfigError(f"{ckpt}: holds no training-task state (written by an older Charter); set resume: "
+                              f"false (or a new output_dir) to start over")
+        task.restore_state(load_file(str(ckpt / f"task-rank{rank}.safetensors"), device=str(accelerator.device)),
+                           json.loads((ckpt / f"task-rank{rank}.json").read_text()))
     return int(state["step"])

@@ -32,7 +32,7 @@ from charter.train.batching import pack, packed_token_logps, supports_head_hook
 from charter.train.loop import TrainConfig, run
 from charter.train.rewards import RewardConfig, RewardSource, guarded
 from charter.train.rl_losses import group_advantages, k3_kl
-from charter.train.rollout import Rollout, encode_reply, read_prompts, sample_rollouts, user_text, with_system
+from charter.train.rollout import Rollout, SamplingTask, read_prompts, sample_rollouts, user_text, with_system
 
 
 class OnPolicyConfig(TrainConfig):
@@ -94,7 +94,7 @@ def reference_logps(model, ref_model, batch, keep_only: bool):
             return packed_token_logps(model, batch, keep_only)
 
 
-class GRPOTask:
+class GRPOTask(SamplingTask):
     def __init__(self, items: list[list[dict]], cfg: GRPOConfig, tokenizer, reward: RewardSource,
                  ref_model, keep_only: bool, system: str | None = None):
         self.items, self.cfg, self.tokenizer, self.reward = items, cfg, tokenizer, reward
@@ -110,14 +110,12 @@ class GRPOTask:
         plain = sample_rollouts(model, self.tokenizer, list(items), cfg.sampling(seed, cfg.group_size - k),
                                 cfg.chat, cfg.rollout_batch_size)
         rolls = plain
-        if k:
+        if k:  # sampled with the constitution, trained after the plain prompt
             guided = sample_rollouts(model, self.tokenizer, [with_system(m, self.system) for m in items],
-                                     cfg.sampling(seed + 500_001, k), cfg.chat, cfg.rollout_batch_size)
+                                     cfg.sampling(seed + 500_001, k), cfg.chat, cfg.rollout_batch_size, list(items))
             rolls = []
-            for i, msgs in enumerate(items):  # each prompt's group: its plain replies, then its guided ones
-                rolls += plain[i * (cfg.group_size - k):(i + 1) * (cfg.group_size - k)]
-                rolls += [Rollout(msgs, g.reply, g.finished, encode_reply(self.tokenizer, msgs, g.reply, cfg.chat))
-                          for g in guided[i * k:(i + 1) * k]]
+            for i in range(len(items)):  # each prompt's group: its plain replies, then its guided ones
+                rolls += plain[i * (cfg.group_size - k):(i + 1) * (cfg.group_size - k)] + guided[i * k:(i + 1) * k]
         replies = [r.reply for r in rolls]
         raw = self.reward.rewards([user_text(r.messages) for r in rolls], replies)
         return rolls, guarded(raw, replies, [r.finished for r in rolls], cfg.reward)

@@ -10,6 +10,8 @@ single-process one. Resuming needs only the step number: the data position follo
 
 A task (SFT, DPO) supplies `micro_loss(model, items, window) -> (loss, sums)`; `sums` are
 additive statistics that are all-reduced and turned into the logged metrics by `metrics(sums)`.
+A task that carries state between steps (the on-policy ones) also has `checkpoint_state()` and
+`restore_state(tensors, meta)`, saved and restored with every checkpoint.
 """
 from __future__ import annotations
 
@@ -229,7 +231,7 @@ def resume_and_open_metrics(s: Session, cfg: TrainConfig, out: Path, kind: str) 
     keeps only the metric rows logged up to that step."""
     start, ckpts = 0, checkpoint_dirs(out) if cfg.resume else []
     if ckpts:
-        start = load_checkpoint(s.accelerator, s.model, s.optimizer, s.scheduler, ckpts[-1], resume_key(cfg))
+        start = load_checkpoint(s.accelerator, s.model, s.optimizer, s.scheduler, ckpts[-1], resume_key(cfg), s.task)
     if s.accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / f"{kind}_config.yaml")
@@ -295,7 +297,7 @@ def run(cfg: TrainConfig, task_factory: Callable[[Any, Any, Any], Task], kind: s
         bar.update(1)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < s.total:
             save_checkpoint(acc, s.model, s.optimizer, s.scheduler, out, step + 1, cfg.save_total_limit,
-                            resume_key(cfg))
+                            resume_key(cfg), s.task)
         if on_step is not None:
             on_step(step + 1, row)
     bar.close()

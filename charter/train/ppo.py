@@ -30,7 +30,7 @@ from charter.train.grpo import OnPolicyConfig, frozen_reference, reference_logps
 from charter.train.loop import export_model, load_model_and_tokenizer, run
 from charter.train.rewards import RewardConfig, RewardSource, guarded
 from charter.train.rl_losses import AdaptiveKL, gae, ppo_policy_loss, ppo_value_loss, whiten
-from charter.train.rollout import read_prompts, sample_rollouts, user_text
+from charter.train.rollout import SamplingTask, read_prompts, sample_rollouts, user_text
 
 VALUE_DIR = "value"
 
@@ -95,6 +95,21 @@ class Rollouts:
     stats: dict
 
 
+_PACKED = ("input_ids", "position_ids", "keep", "targets", "segment")
+_HELD = ("old_logps", "old_values", "advantages", "returns")
+
+
+def rollout_tensors(ro: Rollouts) -> dict[str, torch.Tensor]:
+    """A rollout as named tensors (for a checkpoint's safetensors file)."""
+    return {**{f"batch.{k}": getattr(ro.batch, k) for k in _PACKED}, **{k: getattr(ro, k) for k in _HELD}}
+
+
+def rollout_from(tensors: dict[str, torch.Tensor], meta: dict) -> Rollouts:
+    """Inverse of `rollout_tensors`, with the stats and sequence count kept in `meta`."""
+    batch = Packed(*(tensors[f"batch.{k}"] for k in _PACKED), meta["n_seqs"])
+    return Rollouts(batch, *(tensors[k] for k in _HELD), meta["rollout_stats"])
+
+
 def per_sequence(flat, batch: Packed):
     """[K] packed-order values -> ([B, T] padded in input order, 0/1 mask)."""
     counts = batch.tokens_per_seq().tolist()
@@ -122,7 +137,7 @@ def shaped_rewards(scores, logps, ref_logps, mask, beta: float):
     return rewards
 
 
-class PPOTask:
+class PPOTask(SamplingTask):
     def __init__(self, items, cfg: PPOConfig, tokenizer, reward, ref_model):
         self.items, self.cfg, self.tokenizer, self.reward = items, cfg, tokenizer, reward
         self.ref_model, self.calls, self.rollout = ref_model, 0, None
@@ -131,43 +146,47 @@ class PPOTask:
     def window_norm(self, window: Sequence) -> dict[str, float]:
         return {"replies": float(len(window))}
 
-    def collect(self, model, items) -> Rollouts:
+    def sample(self, model, items) -> tuple[Packed, list[float]]:
+        """The policy's replies to `items`, packed, and their guarded scores."""
         cfg = self.cfg
         rolls = sample_rollouts(model.policy, self.tokenizer, list(items),
                                 cfg.sampling(cfg.seed * 1_000_003 + self.calls), cfg.chat, cfg.rollout_batch_size)
         replies = [r.reply for r in rolls]
         scores = guarded(self.reward.rewards([user_text(r.messages) for r in rolls], replies), replies,
                          [r.finished for r in rolls], cfg.reward)
-        device = next(model.parameters()).device
-        batch = pack([r.seq for r in rolls]).to(device)
-        with torch.no_grad():
-            logps = packed_token_logps(model.policy, batch).float()
-            ref = reference_logps(model.policy, self.ref_model, batch, True).float()
-            values = token_values(model.value, batch)
+        return pack([r.seq for r in rolls]).to(next(model.parameters()).device), scores
+
+    def fix(self, model, batch: Packed, scores: list[float], logps, values) -> Rollouts:
+        """The rollout held for `ppo_epochs` steps: the old log-probs and values, and GAE's
+        advantages and returns over the KL-shaped rewards."""
+        cfg = self.cfg
+        ref = reference_logps(model.policy, self.ref_model, batch, True).float()
         (lp, mask), ref_lp, v = per_sequence(logps, batch), per_sequence(ref, batch)[0], per_sequence(values, batch)[0]
-        score_t = torch.tensor(scores, dtype=lp.dtype, device=device)
+        score_t = torch.tensor(scores, dtype=lp.dtype, device=lp.device)
         beta = self.kl.value
         adv, ret = gae(shaped_rewards(score_t, lp, ref_lp, mask, beta), v * mask, cfg.gamma, cfg.lam)
         adv = whiten(adv, mask) * mask
         kl = ((lp - ref_lp) * mask).sum(1).mean().item()
-        self.kl.update(kl, len(rolls))
+        self.kl.update(kl, len(scores))
         stats = {"objective/kl": kl, "objective/scores": score_t.mean().item(),
                  "objective/rlhf_reward": score_t.mean().item() - beta * kl, "objective/beta": beta,
                  "completions/mean_length": mask.sum(1).mean().item()}
-        stats.update({f"rewards/{k}": v / len(rolls) for k, v in self.reward.counts.items()})
+        stats.update({f"rewards/{k}": v / len(scores) for k, v in self.reward.counts.items()})
         for k in self.reward.counts:
             self.reward.counts[k] = 0.0
         return Rollouts(batch, logps, values, to_packed(adv, mask, batch), to_packed(ret, mask, batch), stats)
 
     def micro_loss(self, model, items, norm: dict[str, float], world: int):
         cfg = self.cfg
-        if self.calls % cfg.ppo_epochs == 0:
-            self.rollout = self.collect(model, items)
+        fresh = self.calls % cfg.ppo_epochs == 0
+        batch, scores = self.sample(model, items) if fresh else (self.rollout.batch, None)
         self.calls += 1
+        logps = packed_token_logps(model.policy, batch).float()
+        values = token_values(model.value, batch)
+        if fresh:  # the old policy is the one being trained: this forward, detached, is its log-probs
+            self.rollout = self.fix(model, batch, scores, logps.detach(), values.detach())
         ro = self.rollout
         ones = torch.ones_like(ro.old_logps)
-        logps = packed_token_logps(model.policy, ro.batch).float()
-        values = token_values(model.value, ro.batch)
         pg, clipfrac = ppo_policy_loss(logps, ro.old_logps, ro.advantages, ones, cfg.clip)
         vf, vclip = ppo_value_loss(values, ro.old_values, ro.returns, ones, cfg.value_clip)
         approx_kl = 0.5 * ((logps - ro.old_logps).detach() ** 2).mean()
@@ -175,6 +194,21 @@ class PPOTask:
                 "policy/clipfrac_avg": clipfrac.item(), "val/clipfrac_avg": vclip.item(),
                 "policy/approxkl_avg": approx_kl.item(), "tokens": float(ro.batch.n_tokens), **ro.stats}
         return (pg + cfg.vf_coef * vf) * world, sums
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The rollout being reused (a run killed between its epochs resumes on it) and beta."""
+        tensors, meta = super().checkpoint_state()
+        meta["beta"] = self.kl.value
+        if self.rollout is not None:
+            tensors.update(rollout_tensors(self.rollout))
+            meta.update(rollout_stats=self.rollout.stats, n_seqs=self.rollout.batch.n_seqs)
+        return tensors, meta
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        super().restore_state(tensors, meta)
+        self.kl.value = meta["beta"]
+        if "n_seqs" in meta:
+            self.rollout = rollout_from(tensors, meta)
 
     def metrics(self, s: dict[str, float]) -> dict[str, float]:
         n = max(1.0, s["n"])

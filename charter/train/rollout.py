@@ -1,21 +1,24 @@
 """On-policy rollouts: the model being trained answers prompts through the `hf` backend (batched,
-left-padded, KV-cached), and each answer becomes a training sequence whose reply tokens, and the
-stop token after them, are the trained ones, masked exactly as SFT and DPO mask them.
-
-The reply is re-encoded from its text by the chat template, so what is scored is the
-conversation as the template renders it (a reply cut off by the token budget gets its stop token
-too; the reward guard is what punishes it).
+left-padded, KV-cached), and each answer becomes a training sequence of exactly the tokens that
+were sampled: the prompt's ids as rendered for generation, then the reply's sampled ids through
+the EOS or stop-string tokens that ended it, all of them trained. The reply is never re-encoded
+from its text (decoding and re-encoding is not an identity: a BPE tokenizer merges what the model
+sampled as separate tokens), so the log-probs trained are those of the sampled tokens. A reply cut
+off by `max_new_tokens` has no stop token to train (the reward guard is what punishes it). The
+reply text is kept for the judges.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate.utils import extract_model_from_parallel
 
-from charter.backends.base import SamplingParams
-from charter.backends.hf import HFGenerator
-from charter.chat import EncodedChat, encode_chat
+from charter.backends.base import GenerationRequest, SamplingParams
+from charter.backends.hf import HFGenerator, prompt_token_ids
+from charter.chat import IGNORE_INDEX, EncodedChat
+from charter.chat_render import uses_template
 from charter.data.jsonl import DataError, iter_jsonl
 from charter.data.rows import sft_messages
 
@@ -27,7 +30,8 @@ class Rollout:
     messages: list[dict]  # the prompt, ending on a user turn
     reply: str
     finished: bool        # False: cut off by max_new_tokens
-    seq: EncodedChat      # prompt + reply, reply and stop tokens trained
+    reply_ids: list[int]  # the sampled tokens, through the EOS or stop string that ended the reply
+    seq: EncodedChat      # prompt ids + reply_ids, reply_ids trained
 
 
 def read_prompts(path: str | Path) -> list[list[dict]]:
@@ -57,14 +61,24 @@ def with_system(messages: list[dict], system: str) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
-def encode_reply(tokenizer, messages: list[dict], reply: str, chat: bool | None) -> EncodedChat:
-    return encode_chat(tokenizer, messages + [{"role": "assistant", "content": reply}], chat=chat)
+def scored_sequence(prompt_ids: list[int], reply_ids: list[int]) -> EncodedChat:
+    return EncodedChat(prompt_ids + reply_ids, [IGNORE_INDEX] * len(prompt_ids) + reply_ids)
+
+
+def reply_sequence(tokenizer, messages: list[dict], reply_ids: list[int], chat: bool | None) -> EncodedChat:
+    """`messages`' generation prompt ids followed by `reply_ids`, only the reply trained: the
+    sequence a sampled reply is scored as, after the prompt it was sampled for or another one
+    (a guided reply trained after the plain prompt, the teacher's constitution-prompted context)."""
+    prompt = prompt_token_ids(tokenizer, GenerationRequest(messages=messages), uses_template(tokenizer, chat))
+    return scored_sequence(prompt, reply_ids)
 
 
 def sample_rollouts(model, tokenizer, prompts: list[list[dict]], params: SamplingParams,
-                    chat: bool | None = None, batch_size: int = 64) -> list[Rollout]:
+                    chat: bool | None = None, batch_size: int = 64,
+                    trained_after: list[list[dict]] | None = None) -> list[Rollout]:
     """`params.n` replies per prompt, prompt by prompt, from the model as it is now (eval mode,
-    no gradient; the caller's train/eval mode is restored)."""
+    no gradient; the caller's train/eval mode is restored). Each reply is trained after
+    `trained_after[i]` (default: the prompt it was sampled for)."""
     unwrapped = extract_model_from_parallel(model)
     was_training = unwrapped.training
     device = str(next(unwrapped.parameters()).device)
@@ -73,5 +87,25 @@ def sample_rollouts(model, tokenizer, prompts: list[list[dict]], params: Samplin
         completions = generator.generate(prompts, params)
     finally:
         unwrapped.train(was_training)
-    return [Rollout(msgs, c.text, c.finish_reason == "stop", encode_reply(tokenizer, msgs, c.text, generator.chat))
-            for msgs, group in zip(prompts, completions) for c in group]
+    out = []
+    for msgs, group in zip(trained_after or prompts, completions):
+        prompt = generator.prompt_ids(GenerationRequest(messages=msgs))
+        out += [Rollout(msgs, c.text, c.finish_reason == "stop", c.token_ids, scored_sequence(prompt, c.token_ids))
+                for c in group]
+    return out
+
+
+class SamplingTask:
+    """What an on-policy task carries from step to step, so that a run killed between steps and
+    resumed from its checkpoint samples exactly what the uninterrupted run would: `calls`, the
+    count of micro-batches so far, from which each sampling seed follows. Tasks with more state
+    (an EMA teacher, a rollout reused for several steps) extend both methods; the training loop
+    saves and restores them with each checkpoint."""
+
+    calls: int = 0
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {}, {"calls": self.calls}
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.calls = int(meta["calls"])

@@ -24,7 +24,7 @@ from charter.train.batching import Packed, pack
 from charter.train.grpo import OnPolicyConfig, frozen_reference, load_constitution_text
 from charter.train.loop import run
 from charter.train.rl_losses import generalized_jsd
-from charter.train.rollout import encode_reply, read_prompts, sample_rollouts, with_system
+from charter.train.rollout import SamplingTask, read_prompts, reply_sequence, sample_rollouts, with_system
 
 
 class SDFTConfig(OnPolicyConfig):
@@ -49,7 +49,7 @@ def reply_logits(model, batch: Packed):
         handle.remove()
 
 
-class SDFTTask:
+class SDFTTask(SamplingTask):
     def __init__(self, items: list[list[dict]], cfg: SDFTConfig, tokenizer, system: str, teacher_model):
         self.items, self.cfg, self.tokenizer, self.system = items, cfg, tokenizer, system
         self.teacher_model, self.calls = teacher_model, 0
@@ -79,11 +79,8 @@ class SDFTTask:
                                 cfg.chat, cfg.rollout_batch_size)
         device = next(model.parameters()).device
         student = pack([r.seq for r in rolls]).to(device)
-        teacher = pack([encode_reply(self.tokenizer, with_system(r.messages, self.system), r.reply, cfg.chat)
-                        for r in rolls]).to(device)
-        if not student.tokens_per_seq().equal(teacher.tokens_per_seq()):
-            raise ValueError("the chat template renders a reply differently after a system prompt; "
-                             "self-distillation needs the same reply tokens in both contexts")
+        teacher = pack([reply_sequence(self.tokenizer, with_system(r.messages, self.system), r.reply_ids, cfg.chat)
+                        for r in rolls]).to(device)  # the very same reply tokens after the constitution
         s = reply_logits(model, student)[student.input_order()]
         t = self._teacher_logits(model, teacher)[teacher.input_order()]
         div = generalized_jsd(s, t, cfg.beta)
@@ -94,6 +91,20 @@ class SDFTTask:
                 "len_sum": float(n_tok.sum()), "cut_sum": float(sum(not r.finished for r in rolls)),
                 "tokens": float(student.n_tokens)}
         return per_reply.sum() / norm["replies"] * world, sums
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """An EMA teacher's weights too: it follows the student, so it cannot be rebuilt on resume."""
+        tensors, meta = super().checkpoint_state()
+        if self.cfg.teacher == "ema":
+            tensors.update({f"teacher.{n}": p for n, p in self.teacher_model.named_parameters()})
+        return tensors, meta
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        super().restore_state(tensors, meta)
+        if self.cfg.teacher == "ema":
+            with torch.no_grad():
+                for n, p in self.teacher_model.named_parameters():
+                    p.copy_(tensors[f"teacher.{n}"])
 
     def metrics(self, s: dict[str, float]) -> dict[str, float]:
         n = max(1.0, s["replies"])
