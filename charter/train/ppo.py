@@ -1,14 +1,17 @@
 """PPO in its RLHF form (SPEC §8): policy, value model, frozen reward, frozen reference.
 
 Every `ppo_epochs` optimiser steps the policy answers a window of prompts once (batched through
-the `hf` backend); the rollout is then scored and fixed:
+the `hf` backend); the rollout is then scored and held:
 - the score comes from any `charter.train.rewards` source (a frozen reward model by default),
   after the format guard;
 - per-token reward = -beta (log pi_old - log pi_ref), plus the score on the reply's last token;
 - GAE over the reply tokens with the value model's estimates, advantages whitened.
 The next `ppo_epochs` steps each take one optimiser step on that rollout with the clipped
 policy loss and `vf_coef x` the clipped value loss, so from the second step on the ratio
-pi/pi_old moves off 1 and clipping acts. beta is fixed, or adaptive with `kl_target`.
+pi/pi_old moves off 1 and clipping acts. pi_old and the old values are the first step's own
+forwards, detached: the same weights, so a separate no-gradient forward would only repeat them.
+beta is fixed, or adaptive with `kl_target`. A checkpoint holds the rollout in use and beta, so a
+run killed between two steps on one rollout resumes on it.
 
 The value model is the policy's architecture with a per-token scalar head
 (`AutoModelForTokenClassification`, one label), trained fully; it is saved to `output_dir/value`.
@@ -156,7 +159,7 @@ class PPOTask(SamplingTask):
                          [r.finished for r in rolls], cfg.reward)
         return pack([r.seq for r in rolls]).to(next(model.parameters()).device), scores
 
-    def fix(self, model, batch: Packed, scores: list[float], logps, values) -> Rollouts:
+    def hold_rollout(self, model, batch: Packed, scores: list[float], logps, values) -> Rollouts:
         """The rollout held for `ppo_epochs` steps: the old log-probs and values, and GAE's
         advantages and returns over the KL-shaped rewards."""
         cfg = self.cfg
@@ -184,7 +187,7 @@ class PPOTask(SamplingTask):
         logps = packed_token_logps(model.policy, batch).float()
         values = token_values(model.value, batch)
         if fresh:  # the old policy is the one being trained: this forward, detached, is its log-probs
-            self.rollout = self.fix(model, batch, scores, logps.detach(), values.detach())
+            self.rollout = self.hold_rollout(model, batch, scores, logps.detach(), values.detach())
         ro = self.rollout
         ones = torch.ones_like(ro.old_logps)
         pg, clipfrac = ppo_policy_loss(logps, ro.old_logps, ro.advantages, ones, cfg.clip)
