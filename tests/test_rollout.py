@@ -157,6 +157,7 @@ def test_ppo_old_logps_are_a_fresh_forward_on_the_sampled_ids_and_the_ratio_is_o
     old = ro.old_logps[ro.batch.input_order()]
     with torch.no_grad():
         fresh = torch.cat([_plain_logps(policy, _prompt_ids(tok, p), list(ids)) for p, ids in zip(prompts, sampled)])
+    # the prompts have equal lengths, so generate's rows come in prompt order
     assert [len(ids) for ids in sampled] == ro.batch.tokens_per_seq().tolist()
     assert torch.allclose(old, fresh, atol=1e-5)
     assert sums["policy/approxkl_avg"] == 0.0 and sums["policy/clipfrac_avg"] == 0.0  # ratio exactly 1
