@@ -349,7 +349,7 @@ counts each distinct reply once.</p>
 {img_html(images.get('relevant'), 'topic relevance by system')}
 {_suite_html(summary, images)}
 <h2>Training curves</h2>
-{img_html(images.get('dpo'), name('dpo') + ' curves')}
+{img_html(images.get('dpo'), name('dpo').upper() + ' curves')}
 {img_html(images.get('sft'), 'SFT curves')}
 <table>{train}</table>
 <h2>Filter pass rates (introspection data)</h2>

@@ -166,3 +166,63 @@ def test_study_section_and_flags(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="study.seeds"):
         load_run_config(preset="toy", overrides=["study.seeds=[1,1]"])
+
+
+# ---------------------------------------------------------------- the arithmetic, on hand-made runs
+
+
+def _share(k: int, n: int, unique: int | None = None) -> dict:
+    return {"k": k, "n": n, "value": k / n, **({"n_unique": unique} if unique is not None else {})}
+
+
+def _fake_run(folder, adherence: dict, well_formed: dict, prompts: list[str], seconds: dict) -> None:
+    """A finished run's summary.json (one persona; base shared by 2 personas' worth of rows), manifest
+    and replies, with the counts given (k per system out of n = 10 replies, 5 distinct for base)."""
+    systems = ["base", "base+constitution", "dpo", "dpo+sft"]
+    unique = {"base": 5}
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "personas": ["sarcastic"], "systems": systems, "method": folder.parent.name,
+        "adherence": {s: {"pooled": _share(adherence[s], 10, unique.get(s, 10))} for s in systems},
+        "well_formed": {s: _share(well_formed[s], 10) for s in systems},
+        "relevant": {s: _share(7, 10) for s in systems},
+        "suite": {"pooled": {"attacks": {s: _share(adherence[s] // 2, 20, 2 * unique.get(s, 10)) for s in systems},
+                             "robustness": {"multiturn": {s: _share(1, 4) for s in systems}}}}}))
+    (folder / "manifest.json").write_text(json.dumps({"stages": {k: {"seconds": v} for k, v in seconds.items()}}))
+    (folder / "eval").mkdir()
+    (folder / "eval" / "replies.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+
+
+def test_aggregate_methods_by_hand(tmp_path):
+    from charter.run.study import aggregate_methods, methods_table
+
+    wf_base = 10
+    for k, (dpo, wf) in enumerate([(9, 10), (10, 9)]):  # seed 0: meets the bar; seed 1: well-formed 0.9 < 0.95
+        base = {"base": 0, "base+constitution": 8 + k}
+        _fake_run(tmp_path / "dpo" / f"seed-{k}", {**base, "dpo": dpo, "dpo+sft": 6},
+                  {"base": wf_base, "base+constitution": 10, "dpo": wf, "dpo+sft": 10},
+                  ["a", "b", "c"][k:k + 2], {"teacher": 10.0, "student": 5.0, "pairs": 1.0, "dpo": 20.0 + k})
+        _fake_run(tmp_path / "sdft" / f"seed-{k}", {**base, "base": 3, "dpo": 5, "dpo+sft": 4},
+                  {"base": wf_base, "base+constitution": 10, "dpo": 10, "dpo+sft": 10}, ["x"], {"dpo": 60.0})
+    agg = aggregate_methods(tmp_path, ["dpo", "sdft"], [0, 1])
+    rows = agg["systems"]
+    assert list(rows) == ["base", "base+constitution", "dpo", "dpo+sft", "sdft", "sdft+sft"]
+    assert rows["base"]["adherence"]["k"] == 0  # from the first method's runs (sdft's base says 3)
+    c = rows["base+constitution"]["adherence"]
+    assert (c["k"], c["n"], c["n_unique"], c["per_seed"], c["min"], c["max"]) == (17, 20, 20, [0.8, 0.9], 0.8, 0.9)
+    assert (c["lo"], c["hi"]) == pytest.approx(wilson_ci(17, 20))
+    b = rows["base"]["under_attack"]  # base rows: 20 scored, 10 distinct per seed
+    assert (b["k"], b["n"], b["n_unique"]) == (0, 40, 20) and (b["lo"], b["hi"]) == pytest.approx(wilson_ci(0, 20))
+    d = rows["dpo"]
+    assert (d["adherence"]["k"], d["adherence"]["n"]) == (19, 20) and d["adherence"]["value"] == pytest.approx(0.95)
+    assert (d["under_attack"]["k"], d["under_attack"]["n"]) == (4 + 5, 40)
+    assert (d["multiturn"]["k"], d["multiturn"]["n"]) == (2, 8)
+    assert d["meets_bar"] == {"per_seed": [True, False], "all": False}
+    assert rows["sdft"]["meets_bar"] == {"per_seed": [False, False], "all": False}  # adherence 0.5
+    assert d["train_seconds"]["mean"] == 20.5 and d["pair_data_seconds"]["per_seed"] == [16.0, 16.0]
+    assert rows["sdft"]["train_seconds"]["per_seed"] == [60.0, 60.0] and rows["sdft"]["pair_data_seconds"]["mean"] is None
+    assert "meets_bar" not in rows["base"] and "train_seconds" not in rows["dpo+sft"]
+    assert agg["prompts"] == {"per_seed": [2, 2], "distinct_over_seeds": 3, "repeated_across_seeds": True}
+    table = methods_table(agg)
+    assert "| dpo | 0.950 [" in table and "(0.900–1.000) |" in table and "| yes, no | 20 (20–21) + 16 |" in table
+    assert "| sdft+sft | 0.400 [" in table and "3 distinct prompts over the seeds" in table
