@@ -168,6 +168,18 @@ def test_study_section_and_flags(tmp_path):
         load_run_config(preset="toy", overrides=["study.seeds=[1,1]"])
 
 
+def test_the_study_section_is_in_no_stage_key():
+    from charter.run.engine import settings_hash
+    from charter.run.personas import Run
+    from charter.run.stages import build_pipeline
+
+    def hashes(*over):
+        run = Run.of(load_run_config(preset="toy", overrides=list(over)))
+        return {s.name: settings_hash(s, run) for s in build_pipeline().stages}
+
+    assert hashes("study.methods=[dpo,grpo]", "study.seeds=[3,4]") == hashes()
+
+
 # ---------------------------------------------------------------- the arithmetic, on hand-made runs
 
 
@@ -226,3 +238,29 @@ def test_aggregate_methods_by_hand(tmp_path):
     table = methods_table(agg)
     assert "| dpo | 0.950 [" in table and "(0.900–1.000) |" in table and "| yes, no | 20 (20–21) + 16 |" in table
     assert "| sdft+sft | 0.400 [" in table and "3 distinct prompts over the seeds" in table
+
+
+def test_a_run_in_use_elsewhere_is_skipped_then_aggregated(tmp_path, monkeypatch):
+    """Two shells on one study: the runs held by the other are skipped (exit 1, nothing aggregated);
+    once it has finished, the same command only aggregates."""
+    import charter.commands.run as cmd
+    from charter.locks import hold_folder
+
+    ran = []
+
+    def fake_run(cfg, out, start, only, dry_run):
+        with hold_folder(out):  # the real run_one's one-writer rule
+            ran.append(out.relative_to(tmp_path).as_posix())
+            if not (out / "summary.json").exists():
+                shares = {"base": 1, "base+constitution": 9, "dpo": 8, "dpo+sft": 7}
+                _fake_run(out, shares, {s: 10 for s in shares}, ["p"], {"dpo": 1.0})
+
+    monkeypatch.setattr(cmd, "run_one", fake_run)
+    args = ["run", "--preset", "toy", "--methods", "dpo,sdft", "--seeds", "0,1", "--run-dir", str(tmp_path)]
+    with hold_folder(tmp_path / "sdft" / "seed-0"):  # another process's run
+        res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "skipping" in res.output and "1 of the study's runs are in use" in res.output
+    assert ran == ["dpo/seed-0", "dpo/seed-1", "sdft/seed-1"] and not (tmp_path / "methods.json").exists()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "methods.json").read_text())["systems"]["sdft"]["adherence"]["k"] == 16

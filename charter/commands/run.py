@@ -101,7 +101,7 @@ def run_one(cfg, out: Path, start: str | None, only: str | None, dry_run: bool) 
     pipe = build_pipeline(cfg.method)
     with nullcontext() if dry_run else hold_folder(out):  # one writer per run folder
         plan = pipe.plan(run_inputs, out, cfg.seed, start, only)
-        typer.echo(f"run {cfg.name} -> {out}  (seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
+        typer.echo(f"run {cfg.name} -> {out}  (method {cfg.method}, seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")
         typer.echo(format_plan(plan))
         if dry_run:
             return
