@@ -24,7 +24,7 @@ TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}\n"
 HYPERPARAMETERS = ("lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "warmup_ratio",
                    "min_lr_ratio", "adam_betas", "beta", "loss_type", "nll_coef", "kl_coef", "precision", "seed")
 SYSTEM_NAMES = {"base": "base model", "base+constitution": "base + constitution in the prompt (ceiling)",
-                "dpo": "DPO", "dpo+sft": "DPO + SFT, merged (this model)"}
+                "dpo": "{method}", "dpo+sft": "{method} + SFT, merged (this model)"}  # method: the first training's
 
 
 # ---------------------------------------------------------------- reading what Charter wrote
@@ -147,7 +147,8 @@ def eval_section(summary: dict, persona: str) -> list[str]:
              "| system | adherence | well-formed (all personas) | on topic (all personas) |", "|---|---|---|---|"]
     for s in summary.get("systems", []):
         per = summary["adherence"][s]["per_persona"].get(persona)
-        lines.append(f"| {SYSTEM_NAMES.get(s, s)} | {_ci(per)} | {_ci(summary['well_formed'].get(s))} "
+        title = SYSTEM_NAMES.get(s, s).replace("{method}", str(summary.get("method") or "dpo").upper())
+        lines.append(f"| {title} | {_ci(per)} | {_ci(summary['well_formed'].get(s))} "
                      f"| {_ci(summary['relevant'].get(s))} |")
     held = summary.get("heldout") or {}
     if "overlap" in held:

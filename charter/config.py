@@ -96,14 +96,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     """Preset/base dict <- YAML file <- key=value overrides, validated into `cls`."""
     data: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
     if path is not None:
-        _deep_update(data, read_yaml(path))
+        deep_update(data, read_yaml(path))
     apply_overrides(data, overrides or [])
     return build_config(cls, data, str(path) if path else "<overrides>")
 
 
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Merge `src` into `dst`, section by section (a later layer changes only the keys it names)."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
+            deep_update(dst[k], v)
         else:
             dst[k] = v

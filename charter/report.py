@@ -21,11 +21,12 @@ import html
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl, warn
 from charter.evaluate import plots
 from charter.evaluate.stats import mcnemar_paired, proportion, wilson_ci
+from charter.evaluate.systems import display_name
 from charter.run.layout import MANIFEST, RunLayout
 
 SYSTEMS = ["base", "base+constitution", "dpo", "dpo+sft"]
@@ -159,9 +160,14 @@ def _samples(rows: list[dict], systems: list[str], personas: list[str]) -> dict[
             for s in systems}
 
 
+def namer(summary: dict[str, Any]) -> Callable[[str], str]:
+    """Stored system name -> the name shown: `dpo` and `dpo+sft` as the run's method (`grpo`, `grpo+sft`)."""
+    return lambda system: display_name(system, summary.get("method"))
+
+
 # ---------------------------------------------------------------- plots
 
-def _png(path: Path | None) -> str | None:
+def png_base64(path: Path | None) -> str | None:
     return base64.b64encode(path.read_bytes()).decode() if path else None
 
 
@@ -176,27 +182,31 @@ def report_plots(summary: dict[str, Any], layout: RunLayout, folder: Path) -> di
         keys = [k for k in CURVE_KEYS if any(k in r for rows in data.values() for r in rows)]
         return plots.plot_curves(data, keys, title, folder / f"{stage}.png") if keys else None
 
-    return {k: _png(v) for k, v in {
-        **suite_plots(summary.get("suite"), folder),
-        "adherence": bars("adherence", {s: summary["adherence"][s]["pooled"] for s in summary["systems"]},
+    name = namer(summary)
+    return {k: png_base64(v) for k, v in {
+        **suite_plots(summary.get("suite"), folder, name),
+        "adherence": bars("adherence", {name(s): summary["adherence"][s]["pooled"] for s in summary["systems"]},
                           "adherence without constitution (pooled)", "share in character"),
-        "well_formed": bars("well_formed", summary["well_formed"], "well-formed replies", "share"),
-        "relevant": bars("relevant", summary["relevant"], "on-topic replies", "share"),
-        "dpo": curves("dpo", "DPO"),
+        "well_formed": bars("well_formed", {name(s): v for s, v in summary["well_formed"].items()},
+                            "well-formed replies", "share"),
+        "relevant": bars("relevant", {name(s): v for s, v in summary["relevant"].items()}, "on-topic replies", "share"),
+        "dpo": curves("dpo", name("dpo").upper()),
         "sft": curves("sft", "SFT"),
         "filters": bars("filters", summary["filter_pass_rates"], "filter pass rates", "share kept"),
     }.items()}
 
 
-def suite_plots(suite: dict[str, Any] | None, folder: Path) -> dict[str, Path | None]:
+def suite_plots(suite: dict[str, Any] | None, folder: Path, name: Callable[[str], str] = str
+                ) -> dict[str, Path | None]:
     """The suite's figures: systems x attack kinds, coherence win rates, each persona's Elo after
-    training against the base model's."""
+    training against the base model's; `name` gives each system's shown name."""
     if not suite:
         return {}
+    rates = {kind: {name(s): p for s, p in by.items()} for kind, by in suite["pooled"]["robustness"].items()}
     out = {"robustness": plots.plot_robustness_matrix(
-        suite["pooled"]["robustness"], folder / "robustness.png",
+        rates, folder / "robustness.png",
         "In character under each attack kind, pooled over personas (Wilson 95% CI)")}
-    wins = {f"{p}: {c['b']} over {c['a']}": {"value": c["win_rate_b"], "lo": c["lo"], "hi": c["hi"], "n": c["n"]}
+    wins = {f"{p}: {name(c['b'])} over {name(c['a'])}": {"value": c["win_rate_b"], "lo": c["lo"], "hi": c["hi"], "n": c["n"]}
             for p, sec in suite["personas"].items() for c in sec["coherence"] or [] if c["n"]}
     out["coherence"] = plots.plot_shares(wins, "coherence: win rate where both orders agree", "win rate",
                                          folder / "coherence.png") if wins else None
@@ -205,7 +215,8 @@ def suite_plots(suite: dict[str, Any] | None, folder: Path) -> dict[str, Path | 
         trained = [n for n, r in prefs.items() if "vs_base" in r]
         base = next((n for n, r in prefs.items() if "vs_base" not in r), None)
         if trained and base:
-            section = {"before": {**prefs[base], "system": base}, "after": {**prefs[trained[-1]], "system": trained[-1]},
+            section = {"before": {**prefs[base], "system": name(base)},
+                       "after": {**prefs[trained[-1]], "system": name(trained[-1])},
                        "comparison": prefs[trained[-1]]["vs_base"]}
             out[f"preferences:{p}"] = plots.plot_elo(section, folder / f"elo_{p}.png")
     return out
@@ -221,20 +232,21 @@ def _fmt(p: dict[str, Any] | None) -> str:
 
 
 def _paired_line(summary: dict[str, Any]) -> str:
-    t = (summary.get("paired") or {}).get("dpo+sft vs dpo")
+    t, name = (summary.get("paired") or {}).get("dpo+sft vs dpo"), namer(summary)
     if not t:
         return ""
-    return (f"<p>Paired on the same prompts (McNemar, exact): DPO {t['rate_before']:.3f} → DPO+SFT "
-            f"{t['rate_after']:.3f}, n={t['n']}; kept by DPO only {t['b']}, by DPO+SFT only {t['c']}, "
+    a, b = html.escape(name(t["before"])), html.escape(name(t["after"]))
+    return (f"<p>Paired on the same prompts (McNemar, exact): {a} {t['rate_before']:.3f} → {b} "
+            f"{t['rate_after']:.3f}, n={t['n']}; kept by {a} only {t['b']}, by {b} only {t['c']}, "
             f"p={t['p_exact']:.3g}.</p>")
 
 
-def attack_paired_line(suite: dict[str, Any]) -> str:
+def attack_paired_line(suite: dict[str, Any], name: Callable[[str], str] = str) -> str:
     """The paired test under attack, in words: which system kept the character more often, by how much."""
     t = suite["paired"]["pooled"]
     if not t:
         return ""
-    d, a, b = t["difference"], t["before"], t["after"]
+    d, a, b = t["difference"], name(t["before"]), name(t["after"])
     verdict = (f"no significant difference between {b} and {a}" if t["p_exact"] >= 0.05 else
                f"{b} is {'more' if t['rate_after'] > t['rate_before'] else 'less'} robust than {a}")
     return (f"Paired on the same {t['n']} attacked prompts (every attack kind and multi-turn, all personas): "
@@ -246,33 +258,33 @@ def attack_paired_line(suite: dict[str, Any]) -> str:
 
 def _suite_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
     """Robustness table and chart, the paired test under attack, coherence and preferences."""
-    suite, e = summary.get("suite"), html.escape
+    suite, e, name = summary.get("suite"), html.escape, namer(summary)
     if not suite:
         return "<h2>Under attack</h2><p><em>no evaluation suite in this run (eval.suite.enabled=false)</em></p>"
     rob = suite["pooled"]["robustness"]
     systems = list(dict.fromkeys(n for by in rob.values() for n in by))
-    head = "".join(f"<th>{e(n)}</th>" for n in systems)
+    head = "".join(f"<th>{e(name(n))}</th>" for n in systems)
     rows = "".join(f"<tr><th>{e(k)}</th>" + "".join(f"<td>{_fmt(by.get(n))}</td>" for n in systems) + "</tr>"
                    for k, by in [*rob.items(), ("all attack kinds (not multi-turn)", suite["pooled"]["attacks"])])
-    coh = "".join(f"<tr><th>{e(p)}</th><td>{e(c['b'])} over {e(c['a'])}</td><td>{_fmt({**c, 'value': c['win_rate_b']})}</td>"
+    coh = "".join(f"<tr><th>{e(p)}</th><td>{e(name(c['b']))} over {e(name(c['a']))}</td><td>{_fmt({**c, 'value': c['win_rate_b']})}</td>"
                   f"<td>{c['disagree']} disagree, {c['tie']} ties, {c['unparseable']} unparseable</td></tr>"
                   for p, sec in suite["personas"].items() for c in sec["coherence"] or [])
-    prefs = "".join(f"<tr><th>{e(p)}</th><td>{e(n)}</td><td>{e(next(iter(r['elo']), 'n/a'))}</td><td>{r['games']}/{r['asked']}</td>"
+    prefs = "".join(f"<tr><th>{e(p)}</th><td>{e(name(n))}</td><td>{e(next(iter(r['elo']), 'n/a'))}</td><td>{r['games']}/{r['asked']}</td>"
                     f"<td>{r.get('vs_base', {}).get('spearman_rho', float('nan')):.2f}</td></tr>"
                     for p, sec in suite["personas"].items() for n, r in (sec["preferences"] or {}).items())
     skipped = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in suite.get("skipped", {}).items())
-    elo = "".join(_img(v, f"revealed preferences, {k.split(':', 1)[1]}") for k, v in images.items()
+    elo = "".join(img_html(v, f"revealed preferences, {k.split(':', 1)[1]}") for k, v in images.items()
                   if k.startswith("preferences:"))
     return f"""<h2>Under attack (the full evaluation suite)</h2>
 <p>In character when the user asks the model to drop the character ({len(suite['attack_kinds']) - 1} attack kinds
 in held-out wordings, plus multi-turn: the base model writes turn 1, the user says "keep going"),
 pooled over personas, Wilson 95%; settings {e(json.dumps(suite.get('settings', {})))}.</p>
 <table><tr><th>attack</th>{head}</tr>{rows}</table>
-<p><b>{e(attack_paired_line(suite))}</b></p>
-{_img(images.get('robustness'), 'robustness per attack kind')}
+<p><b>{e(attack_paired_line(suite, name))}</b></p>
+{img_html(images.get('robustness'), 'robustness per attack kind')}
 <h2>Coherence (pairwise judge, both orders)</h2>
 <table><tr><th>persona</th><th>pair</th><th>win rate</th><th>not counted</th></tr>{coh}</table>
-{_img(images.get('coherence'), 'coherence win rates')}
+{img_html(images.get('coherence'), 'coherence win rates')}
 <h2>Revealed preferences (Elo, bootstrap CIs)</h2>
 <table><tr><th>persona</th><th>system</th><th>top trait</th><th>games/asked</th><th>Spearman vs base</th></tr>{prefs}</table>
 {elo}
@@ -288,13 +300,13 @@ def _classifier_line(summary: dict[str, Any]) -> str:
             f"n={m['n']} (trained on {m['train_n']}).</p>")
 
 
-def _img(b64: str | None, alt: str) -> str:
+def img_html(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else \
         f"<p><em>{html.escape(alt)}: no data</em></p>"
 
 
 def render_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
-    e = html.escape
+    e, name = html.escape, namer(summary)
     systems = summary["systems"]
     head = "".join(f"<th>{e(p)}</th>" for p in summary["personas"])
     rows = []
@@ -302,7 +314,7 @@ def render_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
         a = summary["adherence"][s]
         cells = "".join(f"<td>{_fmt(a['per_persona'][p])}</td>" for p in summary["personas"])
         mean = "n/a" if a["mean"] is None else f"{a['mean']:.3f}"
-        rows.append(f"<tr><th>{e(s)}</th><td><b>{mean}</b></td><td>{_fmt(a['pooled'])}</td>{cells}<td>{_fmt(summary['well_formed'][s])}</td>"
+        rows.append(f"<tr><th>{e(name(s))}</th><td><b>{mean}</b></td><td>{_fmt(a['pooled'])}</td>{cells}<td>{_fmt(summary['well_formed'][s])}</td>"
                     f"<td>{_fmt(summary['relevant'][s])}</td><td>{summary['undecided'][s]}</td></tr>")
     filt = "".join(f"<tr><th>{e(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in summary["filter_pass_rates"].items())
     samples = []
@@ -310,9 +322,9 @@ def render_html(summary: dict[str, Any], images: dict[str, str | None]) -> str:
         items = "".join(
             f"<li><b>[{e(str(r['persona']))} → scored {e(str(r['label']))}]</b> <i>{e(r['prompt'])}</i>"
             f"<pre>{e(r['reply'])}</pre></li>" for r in summary["samples"].get(s, []))
-        samples.append(f"<h3>{e(s)}</h3><ul>{items}</ul>")
+        samples.append(f"<h3>{e(name(s))}</h3><ul>{items}</ul>")
     train = "".join(
-        f"<tr><th>{e(stage)}/{e(p)}</th><td>{e(', '.join(f'{k}={v:.4g}' for k, v in last.items()))}</td></tr>"
+        f"<tr><th>{e(name(stage))}/{e(p)}</th><td>{e(', '.join(f'{k}={v:.4g}' for k, v in last.items()))}</td></tr>"
         for stage, per in summary["training"].items() for p, last in per.items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Charter run report</title>
@@ -321,7 +333,8 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px}}img{{max-width:100%}}</style></head><body>
 <h1>Charter run report</h1>
 <p>Seed {e(str(summary.get('seed')))}, config {e(str(summary.get('config_hash')))}, first training
-stage {e(str(summary.get('method', 'dpo')))} (its model is the system <code>dpo</code>, and after SFT <code>dpo+sft</code>).
+stage {e(str(summary.get('method', 'dpo')))}: its model is the system <code>{e(name('dpo'))}</code>, and after SFT
+<code>{e(name('dpo+sft'))}</code> (stored as <code>dpo</code> and <code>dpo+sft</code> in summary.json, whatever the method).
 Adherence = share of replies in the trained persona <b>without the constitution in the prompt</b>
 (base+constitution is the ceiling: the base model with the constitution as system prompt).
 Brackets are Wilson 95% intervals; where personas share one system's replies (base), the interval
@@ -331,17 +344,17 @@ counts each distinct reply once.</p>
 {''.join(rows)}</table>
 {_classifier_line(summary)}
 {_paired_line(summary)}
-{_img(images.get('adherence'), 'adherence by system')}
-{_img(images.get('well_formed'), 'well-formedness by system')}
-{_img(images.get('relevant'), 'topic relevance by system')}
+{img_html(images.get('adherence'), 'adherence by system')}
+{img_html(images.get('well_formed'), 'well-formedness by system')}
+{img_html(images.get('relevant'), 'topic relevance by system')}
 {_suite_html(summary, images)}
 <h2>Training curves</h2>
-{_img(images.get('dpo'), 'DPO curves')}
-{_img(images.get('sft'), 'SFT curves')}
+{img_html(images.get('dpo'), name('dpo').upper() + ' curves')}
+{img_html(images.get('sft'), 'SFT curves')}
 <table>{train}</table>
 <h2>Filter pass rates (introspection data)</h2>
 <table>{filt}</table>
-{_img(images.get('filters'), 'filter pass rates')}
+{img_html(images.get('filters'), 'filter pass rates')}
 <h2>Sample replies (no constitution in the prompt, except base+constitution)</h2>
 {''.join(samples)}
 </body></html>
@@ -363,17 +376,18 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
 def format_table(summary: dict[str, Any]) -> str:
     """The short table printed at the end of `charter run`."""
     lines = [f"{'system':<20} {'adherence':>9}  {'95% CI (pooled)':<16} {'well-formed':>11} {'relevant':>8}"]
+    name = namer(summary)
     for s in summary["systems"]:
         a = summary["adherence"][s]
         pooled = a["pooled"]
         wf, rel = summary["well_formed"][s], summary["relevant"][s]
         mean = "n/a" if a["mean"] is None else f"{a['mean']:.3f}"
-        lines.append(f"{s:<20} {mean:>9}  [{pooled['lo']:.2f}, {pooled['hi']:.2f}]     "
+        lines.append(f"{name(s):<20} {mean:>9}  [{pooled['lo']:.2f}, {pooled['hi']:.2f}]     "
                      f"{'n/a' if wf['value'] is None else format(wf['value'], '.3f'):>11} "
                      f"{'n/a' if rel['value'] is None else format(rel['value'], '.3f'):>8}")
     suite = summary.get("suite")
     if suite:
         lines.append("\nin character under attack (all kinds, pooled): " + ", ".join(
-            f"{n} {p['value']:.3f}" for n, p in suite["pooled"]["attacks"].items()))
-        lines.append(attack_paired_line(suite))
+            f"{name(n)} {p['value']:.3f}" for n, p in suite["pooled"]["attacks"].items()))
+        lines.append(attack_paired_line(suite, name))
     return "\n".join(lines)

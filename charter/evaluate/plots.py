@@ -86,9 +86,11 @@ def plot_robustness(section: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title: str = "") -> Path:
+def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title: str = "",
+                           ylabel: str = "share in character") -> Path:
     """Systems x attack kinds: in-character share under each attack (kind -> system -> proportion
-    with lo/hi, e.g. `run_suite(...)["pooled"]["robustness"]`), one bar per system, Wilson 95% CIs."""
+    with lo/hi, e.g. `run_suite(...)["pooled"]["robustness"]`), one bar per system, Wilson 95% CIs.
+    Any figures grouped the same way draw alike (the method table: figure -> system -> share)."""
     kinds = list(rates)
     systems = list(dict.fromkeys(s for k in kinds for s in rates[k]))
     fig, ax = _subplots((min(12, max(6, 0.3 * len(kinds) * max(1, len(systems)))), 3.8))
@@ -98,7 +100,7 @@ def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title:
         _bar_ci(ax, kinds, props, offset=(j - (len(systems) - 1) / 2) * w, width=w, label=s)
     ax.set_xticks(range(len(kinds)), kinds, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share in character")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "Robustness per attack kind (Wilson 95% CI)", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -11,6 +11,19 @@ from typing import Sequence
 from charter.backends.base import GenerationRequest, Generator, SamplingParams
 
 Messages = list[dict]
+FIRST_TRAINED = "dpo"  # the first trained model's system name in replies and summaries, whatever method made it
+
+
+def is_trained(system: str) -> bool:
+    """The first trained model, or one made from it (`dpo+sft`)."""
+    return system == FIRST_TRAINED or system.startswith(FIRST_TRAINED + "+")
+
+
+def display_name(system: str, method: str | None) -> str:
+    """The name users see: the first trained model and what follows it named after the method that
+    trained it (`grpo`, `grpo+sft`). The stored keys stay `dpo` and `dpo+sft`, so summaries and
+    cached runs keep one format whatever the method."""
+    return method + system[len(FIRST_TRAINED):] if method and is_trained(system) else system
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator
 
 from charter.backends import BackendConfig
-from charter.config import Config, ConfigError, load_config, read_yaml
+from charter.config import Config, ConfigError, deep_update, load_config, read_yaml
 from charter.stages.distill import AnswerSettings, PairSettings, PromptSettings
 from charter.stages.introspect import FilterSettings, InteractionConfig, ReflectionConfig
 from charter.toy.model import ToyBuildConfig
@@ -131,6 +131,22 @@ class ToySection(Config):
     prompts_per_persona: int = 300  # training prompts drawn from the world's user-prompt distribution
 
 
+class StudySection(Config):
+    """Several runs of one config, compared (`charter run --methods ... --seeds ...` override these):
+    each method x each seed is an ordinary run, in RUN/<method>/seed-N when `methods` is set, in
+    RUN/seed-N with `seeds` alone; then the figures across them (`charter.run.study`, `charter.run.seeds`)."""
+
+    methods: list[Method] = []  # empty: the config's `method` alone
+    seeds: list[int] = []  # empty: the config's `seed` alone
+
+    @field_validator("methods", "seeds")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"expected distinct values, got {values}")
+        return values
+
+
 class RunConfig(Config):
     name: str = "run"
     seed: int = 0
@@ -143,6 +159,7 @@ class RunConfig(Config):
     trainer: TrainerSection = TrainerSection()
     report_to: ReportTo = []  # trackers for the DPO and SFT stages: tensorboard, wandb, trackio
     toy: ToySection = ToySection()
+    study: StudySection = StudySection()  # methods x seeds, compared (`charter.run.study`)
 
     prompts: PromptSettings = PromptSettings()
     distill: AnswerSettings = AnswerSettings()  # teacher/student sampling, K samples per prompt
@@ -195,15 +212,29 @@ class RunConfig(Config):
         return list(dict.fromkeys(names))
 
 
+def preset_data(name: str, extended_by: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's YAML, on top of the preset its `extends:` names (if any), so a variant states only
+    what it changes (`toy-methods` extends `toy`)."""
+    file = PRESET_DIR / f"{name}.yaml"
+    if not file.exists():
+        where = f"{PRESET_DIR / extended_by[-1]}.yaml: extends" if extended_by else "--preset"
+        raise ConfigError(f"{where} {name!r}: unknown preset (presets: {', '.join(presets())})")
+    data = read_yaml(file)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if parent in (*extended_by, name):
+        raise ConfigError(f"{file}: extends {parent!r}, which extends it again ({' -> '.join((*extended_by, name, parent))})")
+    base = preset_data(str(parent), (*extended_by, name))
+    deep_update(base, data)
+    return base
+
+
 def load_run_config(path: str | Path | None = None, preset: str | None = None,
                     overrides: list[str] | None = None) -> RunConfig:
-    """preset YAML <- user YAML <- key=value overrides. With neither file nor preset: the toy preset."""
+    """preset YAML (after the presets it extends) <- user YAML <- key=value overrides. With neither
+    file nor preset: the toy preset."""
     if path is None and preset is None:
         preset = "toy"
-    base: dict[str, Any] = {}
-    if preset is not None:
-        file = PRESET_DIR / f"{preset}.yaml"
-        if not file.exists():
-            raise ConfigError(f"--preset {preset!r}: unknown preset (presets: {', '.join(presets())})")
-        base = read_yaml(file)
+    base = preset_data(preset) if preset is not None else {}
     return load_config(RunConfig, path, overrides, base=base)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from charter.config import ConfigError
 from charter.evaluate.stats import mcnemar, paired_bootstrap
+from charter.evaluate.systems import display_name
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -77,7 +78,7 @@ def aggregate(summaries: dict[int, dict[str, Any]]) -> dict[str, Any]:
         return ((node or {}).get(s) or {}).get("value")
 
     tests = [suites[k]["paired"]["pooled"] for k in seeds if (suites[k].get("paired") or {}).get("pooled")]
-    return {"seeds": seeds, "systems": systems,
+    return {"seeds": seeds, "systems": systems, "method": next(iter(summaries.values())).get("method"),
             "adherence": across(lambda k, s: summaries[k]["adherence"][s]["pooled"]["value"]
                                 if s in summaries[k]["adherence"] else None),
             "under_attack": across(lambda k, s: suite_value(k, s, "pooled", "attacks")),
@@ -93,16 +94,20 @@ def _cell(x: dict[str, Any]) -> str:
 def seeds_table(agg: dict[str, Any]) -> str:
     """The Markdown table of `seeds.json` (what the README shows), and the paired test in one line."""
     n = len(agg["seeds"])
+
+    def name(system: str) -> str:
+        return display_name(system, agg.get("method"))
+
     lines = [f"| system | adherence, no attack | in character under the attack kinds | under multi-turn |",
              "|---|---|---|---|"]
-    lines += [f"| {s} | {_cell(agg['adherence'][s])} | {_cell(agg['under_attack'][s])} | {_cell(agg['multiturn'][s])} |"
+    lines += [f"| {name(s)} | {_cell(agg['adherence'][s])} | {_cell(agg['under_attack'][s])} | {_cell(agg['multiturn'][s])} |"
               for s in agg["systems"]]
     p = agg["paired_under_attack"]
     t = p["pooled"]
     if t:
         d = t["difference"]
         lines.append(
-            f"\n{t['after']} − {t['before']} under attack, paired on the same prompts: "
+            f"\n{name(t['after'])} − {name(t['before'])} under attack, paired on the same prompts: "
             f"{_cell(p['difference'])} over {n} seeds (mean (min–max)); pooled over seeds {d['diff']:+.3f} "
             f"[{d['lo']:+.3f}, {d['hi']:+.3f}] (paired bootstrap 95%), n = {t['n']}, b = {t['b']}, c = {t['c']}, "
             f"exact McNemar p = {t['p_exact']:.3g}.")
