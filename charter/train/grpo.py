@@ -126,7 +126,8 @@ class GRPOTask:
                                 cfg.chat, cfg.rollout_batch_size)
         rolls = plain
         if k:
-            guided = guided_rollouts(model, self.tokenizer, list(items), self.system, cfg.sampling(seed + 500_001, k), cfg)
+            guided = guided_rollouts(model, self.tokenizer, list(items), self.system, cfg.sampling(seed + 500_001, k),
+                                     cfg)
             rolls = []
             for i in range(len(items)):  # each prompt's group: its plain replies, then its guided ones
                 rolls += plain[i * (cfg.group_size - k):(i + 1) * (cfg.group_size - k)] + guided[i * k:(i + 1) * k]
