@@ -31,7 +31,7 @@ from charter.train.rewards import RewardConfig
 
 GRPO_DEFAULTS = dict(lr=3e-4, max_steps=150, batch_size=8, group_size=8, kl_coef=0.01, warmup_ratio=0.0,
                      min_lr_ratio=0.1, max_new_tokens=64, guided_share=0.25)
-PPO_DEFAULTS = dict(lr=1e-4, max_steps=200, batch_size=64, ppo_epochs=4, kl_coef=0.01, warmup_ratio=0.0,
+PPO_DEFAULTS = dict(lr=1e-4, max_steps=300, batch_size=64, ppo_epochs=2, lam=1.0, kl_coef=0.05, warmup_ratio=0.0,
                     min_lr_ratio=0.1, max_new_tokens=64, guided_share=0.25)
 SDFT_DEFAULTS = dict(lr=1e-4, max_steps=150, batch_size=16, samples_per_prompt=2, beta=1.0, warmup_ratio=0.0,
                      min_lr_ratio=1.0, max_new_tokens=64)
