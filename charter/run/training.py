@@ -49,7 +49,7 @@ class SFTStage(TrainStage):
 
 
 class OnPolicyStage(TrainStage):
-    """method sdft or grpo: only the chosen method's section is set."""
+    """method sdft, grpo or ppo (`PPOStage`): only the chosen method's section is set."""
     method: Literal["sdft", "grpo", "ppo"]
     sdft: SDFTSettings | None
     grpo: GRPOSettings | None
