@@ -89,7 +89,7 @@ def test_orpo_simpo_are_the_dpo_section_with_that_loss():
 
 
 @pytest.mark.parametrize("over,message", [
-    (["method=ppo", "judge.kind=classifier"], "judge.kind classifier learns from teacher and student answers"),
+    (["method=ppo", "judge.kind=classifier"], r"use judge.kind toy or llm \(or ppo.reward.kind rm with no reward"),
     (["method=ppo", "ppo.grad_accum=2"], r"ppo: .*grad_accum: PPO takes one optimiser step"),
     (["method=ppo", "rm.heldout=1"], r"rm\.heldout"),
     (["method=orpo", "dpo.loss_type=ipo"], "dpo.loss_type 'ipo' conflicts with method orpo"),

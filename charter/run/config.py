@@ -191,8 +191,9 @@ class RunConfig(Config):
         judge, ppo = info.data.get("judge"), info.data.get("ppo")
         pairs = ppo is None or makes_pairs(method, trains_reward_model(method, ppo.reward))
         if not pairs and judge is not None and judge.kind == "classifier":
+            hint = " (or ppo.reward.kind rm with no reward.model, which makes them)" if method == "ppo" else ""
             raise ValueError(f"judge.kind classifier learns from teacher and student answers, which {method} "
-                             "does not make; use judge.kind toy or llm")
+                             f"does not make; use judge.kind toy or llm{hint}")
         if "dpo" in info.data:
             method_loss(info.data["dpo"], method)  # orpo/simpo: the dpo section must accept the loss
         return method
