@@ -1,8 +1,8 @@
-"""The toy world's method table: GRPO against the toy judge, or on-policy self-distillation, from the
-toy base model, then adherence with NO constitution in the prompt (Wilson 95% intervals).
+"""The toy world's method table: GRPO or PPO against the toy judge, or on-policy self-distillation,
+from the toy base model, then adherence with NO constitution in the prompt (Wilson 95% intervals).
 
-    python benchmarks/toy_methods.py BASE_DIR PERSONA OUT_DIR --method grpo|sdft|dpo [--seed 0]
-                                     [--n-eval 180] [GRPOConfig/SDFTConfig overrides k=v ...]
+    python benchmarks/toy_methods.py BASE_DIR PERSONA OUT_DIR --method grpo|ppo|sdft|dpo [--seed 0]
+                                     [--n-eval 180] [GRPOConfig/PPOConfig/SDFTConfig overrides k=v ...]
 
 Training prompts come from the world's training partition; evaluation uses its held-out prompts
 (`eval_prompts`, the same set `charter toy eval` and the pipeline use), sampled at T 0.7. The base
@@ -31,6 +31,8 @@ from charter.train.rewards import RewardConfig
 
 GRPO_DEFAULTS = dict(lr=3e-4, max_steps=150, batch_size=8, group_size=8, kl_coef=0.01, warmup_ratio=0.0,
                      min_lr_ratio=0.1, max_new_tokens=64, guided_share=0.25)
+PPO_DEFAULTS = dict(lr=1e-4, max_steps=300, batch_size=64, ppo_epochs=2, lam=1.0, kl_coef=0.05, warmup_ratio=0.0,
+                    min_lr_ratio=0.1, max_new_tokens=64, guided_share=0.25)
 SDFT_DEFAULTS = dict(lr=1e-4, max_steps=150, batch_size=16, samples_per_prompt=2, beta=1.0, warmup_ratio=0.0,
                      min_lr_ratio=1.0, max_new_tokens=64)
 
@@ -50,13 +52,16 @@ def train(method: str, base: str, persona: str, out: Path, seed: int, overrides:
     common = dict(model=base, data=str(prompts), output_dir=str(out / method), seed=seed, resume=False, cpu_threads=1)
     if method != "dpo":
         common["assistant_name"] = ASSISTANT_NAME  # the name the toy corpus's system prompts use
-    if method == "grpo":
+    if method in ("grpo", "ppo"):
         from charter.train.grpo import GRPOConfig, train_grpo
+        from charter.train.ppo import PPOConfig, train_ppo
 
+        cls, fn, defaults = (GRPOConfig, train_grpo, GRPO_DEFAULTS) if method == "grpo" else \
+            (PPOConfig, train_ppo, PPO_DEFAULTS)
         reward = RewardConfig(kind="toy", persona=persona, persona_weight=2.0).model_dump()
-        data = {**common, **GRPO_DEFAULTS, "reward": reward, "constitution": str(constitution_path(persona))}
-        cfg = GRPOConfig(**apply_overrides(data, overrides))
-        return train_grpo(cfg, reward_for(cfg))
+        data = {**common, **defaults, "reward": reward, "constitution": str(constitution_path(persona))}
+        cfg = cls(**apply_overrides(data, overrides))
+        return fn(cfg, reward_for(cfg))
     if method == "dpo":
         return train_dpo_baseline(base, persona, out, common, overrides)
     from charter.train.sdft import SDFTConfig, train_sdft
@@ -86,7 +91,7 @@ def train_dpo_baseline(base: str, persona: str, out: Path, common: dict, overrid
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("base"), ap.add_argument("persona"), ap.add_argument("out", type=Path)
-    ap.add_argument("--method", choices=["grpo", "sdft", "dpo"], required=True)
+    ap.add_argument("--method", choices=["grpo", "ppo", "sdft", "dpo"], required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-eval", type=int, default=180)  # the held-out partition has 185 prompts
     ap.add_argument("overrides", nargs="*")

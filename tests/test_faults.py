@@ -175,7 +175,8 @@ def test_sigterm_in_a_command_prints_the_command_that_resumes(tmp_path, monkeypa
     run_dir = tmp_path / "run"
     argv = ["charter", "run", "--preset", "toy", "--run-dir", str(run_dir)]
     monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(charter.run.stages, "build_pipeline", lambda method="dpo": writer_pipeline(kill_at=2))
+    monkeypatch.setattr(charter.run.stages, "build_pipeline",
+                        lambda method="dpo", train_rm=False: writer_pipeline(kill_at=2))
     res = CliRunner().invoke(app, argv[1:])
     assert res.exit_code == 128 + signal.SIGTERM, res.output
     assert "Traceback" not in res.output
@@ -184,7 +185,8 @@ def test_sigterm_in_a_command_prints_the_command_that_resumes(tmp_path, monkeypa
     from charter.locks import lock_files
 
     assert not lock_files(run_dir)[1].exists()  # the folder is free again
-    monkeypatch.setattr(charter.run.stages, "build_pipeline", lambda method="dpo": writer_pipeline(kill_at=None))
+    monkeypatch.setattr(charter.run.stages, "build_pipeline",
+                        lambda method="dpo", train_rm=False: writer_pipeline(kill_at=None))
     res = CliRunner().invoke(app, argv[1:])
     assert res.exit_code == 0, res.output
     assert [r["v"] for r in read_jsonl(run_dir / "gen" / "records.jsonl")] == [0, 1, 4, 9, 16]

@@ -264,6 +264,47 @@ def test_ppo_trains_policy_and_value_and_clips_after_the_first_epoch(tiny_model_
     assert (out / "model.safetensors").exists()
 
 
+def test_ppo_guided_replies_follow_the_plain_prompt_and_carry_no_kl(tiny_model_dir, tmp_path):
+    """guided_share 0.5 of 4 prompts: the last 2 are answered with the constitution and trained after
+    the plain prompt; the KL penalty (kl_coef 1, score 0) shapes only the 2 plain replies."""
+    import copy
+
+    from transformers import AutoModelForTokenClassification
+
+    from charter.train.losses import sequence_logps
+    from charter.train.ppo import PolicyWithValue, PPOConfig, PPOTask, per_sequence
+
+    class Zero:
+        counts: dict = {}
+
+        def rewards(self, prompts, replies):
+            return [0.0] * len(replies)
+
+    model, tok = _model(tiny_model_dir)
+    ref = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a reference the policy differs from: KL != 0
+    both = PolicyWithValue(model, AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1))
+    (tmp_path / "c.yaml").write_text("name: t\ntraits:\n  - text: Be kind to everyone.\n")
+    cfg = PPOConfig(model=str(tiny_model_dir), data="d", output_dir="o", guided_share=0.5, kl_coef=1.0, lam=1.0,
+                    constitution=str(tmp_path / "c.yaml"), max_new_tokens=6, reward=RewardConfig(truncated_reward=None))
+    prompts = [[{"role": "user", "content": f"Tell me a story {i}?"}] for i in range(4)]
+    task = PPOTask(prompts, cfg, tok, Zero(), ref, "You are kind.")
+    rolls, on_policy = task.sample(both, prompts)
+    assert on_policy == [True, True, False, False] and [r.messages for r in rolls] == prompts
+    for r, msgs in zip(rolls, prompts):  # every reply is trained after the PLAIN prompt
+        ids = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        assert r.seq.input_ids[:len(ids["input_ids"])] == ids["input_ids"]
+    ro = task.collect(both, prompts)  # the same sampling seed: the same rollouts
+    returns = per_sequence(ro.returns, ro.batch)[0]
+    assert returns[2:].abs().max() < 1e-6 and returns[:2].abs().max() > 1e-3  # score 0: only the KL shapes returns
+    with torch.no_grad():
+        kl = [sequence_logps(m(torch.tensor([r.seq.input_ids])).logits, torch.tensor([r.seq.labels]))[0]
+              for r in rolls[:2] for m in (model, ref)]
+    assert ro.stats["objective/kl"] == pytest.approx(((kl[0] - kl[1] + kl[2] - kl[3]) / 2).item(), abs=1e-4)
+
+
 def test_cli_train_grpo_and_sdft_run_with_overrides(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 

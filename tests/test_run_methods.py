@@ -1,6 +1,7 @@
 """`charter run`'s `method:`: dpo keeps every stage key it had; orpo/simpo train the same pairs with
-a reference-free loss; sdft/grpo train from the prompts, skip teacher/student/pairs, and the run
-still reaches the eval stage and names the method in its summary."""
+a reference-free loss; sdft/grpo/ppo train from the prompts, skip teacher/student/pairs, and the run
+still reaches the eval stage and names the method in its summary; ppo with `reward.kind: rm` and no
+reward model trains one on the pairs (the rm stage) and PPO reads that one."""
 from __future__ import annotations
 
 import json
@@ -36,12 +37,31 @@ def test_default_method_keeps_every_stage_key():
     assert pipe.by_name["dpo"].inputs == ["base", "pairs"]
 
 
-def test_onpolicy_methods_skip_pairs_and_key_their_section(tmp_path):
-    pipe = build_pipeline("sdft")
+@pytest.mark.parametrize("method", ["sdft", "grpo", "ppo"])
+def test_onpolicy_methods_skip_pairs(method):
+    pipe = build_pipeline(method)
     assert pipe.names() == ["base", "prompts", "dpo", "reflection", "interaction", "filter", "sft", "merge", "eval",
                             "report"]
     assert pipe.by_name["dpo"].inputs == ["base", "prompts"]
     assert "teacher" not in pipe.by_name["eval"].inputs
+
+
+def test_ppo_training_its_reward_model_keeps_the_pairs():
+    cfg = load_run_config(preset="toy", overrides=["method=ppo", "ppo.reward.kind=rm"])
+    assert cfg.trains_reward_model
+    pipe = build_pipeline(cfg.method, cfg.trains_reward_model)
+    assert pipe.names() == ["base", "prompts", "teacher", "student", "pairs", "rm", "dpo", "reflection",
+                            "interaction", "filter", "sft", "merge", "eval", "report"]
+    assert pipe.by_name["rm"].inputs == ["base", "pairs"]
+    assert pipe.by_name["dpo"].inputs == ["base", "prompts", "rm"]
+    given = load_run_config(preset="toy", overrides=["method=ppo", "ppo.reward.kind=rm", "ppo.reward.model=rm_dir"])
+    assert not given.trains_reward_model  # a given reward model: nothing to train, no pairs
+    assert build_pipeline(given.method, given.trains_reward_model).names() == build_pipeline("ppo").names()
+    # the classifier judge learns from the teacher and student answers, which this run makes
+    assert load_run_config(preset="toy", overrides=["method=ppo", "ppo.reward.kind=rm", "judge.kind=classifier"])
+
+
+def test_onpolicy_methods_key_their_section(tmp_path):
 
     def dpo_hash(*over):
         run = Run.of(load_run_config(preset="toy", overrides=list(over)))
@@ -52,6 +72,12 @@ def test_onpolicy_methods_skip_pairs_and_key_their_section(tmp_path):
     assert dpo_hash("method=sdft", "grpo.lr=0.5") == sdft  # another method's section is not
     assert dpo_hash("method=grpo") != sdft
     assert dpo_hash("sdft.lr=0.5") == dpo_hash()  # method dpo reads neither
+    ppo = dpo_hash("method=ppo")
+    assert len({ppo, sdft, dpo_hash("method=grpo")}) == 3
+    assert dpo_hash("method=ppo", "ppo.lr=0.5") != ppo
+    assert dpo_hash("method=ppo", "grpo.lr=0.5") == ppo
+    assert dpo_hash("method=ppo", "rm.lr=0.5") == ppo  # no rm stage with the toy judge
+    assert dpo_hash("ppo.lr=0.5", "rm.lr=0.5") == dpo_hash()
 
 
 def test_orpo_simpo_are_the_dpo_section_with_that_loss():
@@ -63,7 +89,9 @@ def test_orpo_simpo_are_the_dpo_section_with_that_loss():
 
 
 @pytest.mark.parametrize("over,message", [
-    (["method=ppo"], "ppo is not wired into charter run yet"),
+    (["method=ppo", "judge.kind=classifier"], r"use judge.kind toy or llm \(or ppo.reward.kind rm with no reward"),
+    (["method=ppo", "ppo.grad_accum=2"], r"ppo: .*grad_accum: PPO takes one optimiser step"),
+    (["method=ppo", "rm.heldout=1"], r"rm\.heldout"),
     (["method=orpo", "dpo.loss_type=ipo"], "dpo.loss_type 'ipo' conflicts with method orpo"),
     (["method=simpo", "dpo.kl_coef=0.1"], "no reference model to stay close to"),
     (["method=grpo", "judge.kind=classifier"], "judge.kind classifier learns from teacher and student answers"),
@@ -122,6 +150,8 @@ def test_reference_free_losses_at_step_one(tiny_model_dir, tmp_path, loss_type):
 @pytest.mark.parametrize("method,over", [
     ("sdft", ["sdft.max_steps=1", "sdft.batch_size=1", "sdft.samples_per_prompt=1", "sdft.max_new_tokens=12"]),
     ("grpo", ["grpo.max_steps=1", "grpo.batch_size=1", "grpo.group_size=2", "grpo.max_new_tokens=12"]),
+    ("ppo", ["ppo.max_steps=2", "ppo.batch_size=2", "ppo.ppo_epochs=2", "ppo.max_new_tokens=12",
+             "ppo.guided_share=0.5"]),
 ])
 def test_onpolicy_run_reaches_eval_and_names_the_method(tmp_path, method, over):
     from talker import build_talker, tiny_run
@@ -140,17 +170,51 @@ def test_onpolicy_run_reaches_eval_and_names_the_method(tmp_path, method, over):
     assert summary["systems"] == ["base", "base+constitution", "dpo", "dpo+sft"]
 
 
+def test_ppo_trains_its_reward_model_on_the_pairs_and_reads_it(tmp_path, monkeypatch):
+    import charter.rewards
+    from talker import build_talker, tiny_run
+
+    read = []
+
+    class Spy(charter.rewards.ModelReward):
+        def __init__(self, path, *a, **k):
+            read.append(path)
+            super().__init__(path, *a, **k)
+
+    monkeypatch.setattr(charter.rewards, "ModelReward", Spy)
+    talker = build_talker(tmp_path / "talker")
+    args = tiny_run(talker, tmp_path / "run") + [
+        "method=ppo", "ppo.reward.kind=rm", "eval.suite.enabled=false", "prompts.prompts_per_trait=3",
+        "rm.max_steps=1", "rm.heldout=0.25", "ppo.max_steps=1", "ppo.batch_size=2", "ppo.max_new_tokens=12"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"teacher", "student", "pairs", "rm"} <= set(manifest["stages"])
+    rm = manifest["stages"]["rm"]["counts"]["sarcastic"]
+    pairs = [json.loads(line) for line in (run / "pairs" / "sarcastic" / "pairs.jsonl").read_text().splitlines()]
+    assert rm["pairs"] + rm["heldout"] == len(pairs) and rm["heldout"] >= 1
+    scored = json.loads((run / "rm" / "sarcastic" / "model" / "rm_eval.json").read_text())
+    assert rm["heldout_accuracy"] == scored["accuracy"]  # the talker's pairs tie: strict > counts none right
+    assert read == [str(run / "rm" / "sarcastic" / "model")]
+    assert manifest["stages"]["dpo"]["counts"]["sarcastic"]["method"] == "ppo"
+    assert json.loads((run / "summary.json").read_text())["method"] == "ppo"
+
+
 # ---------------------------------------------------------------- every field of the method's section
 
 
-def _stub_pipeline(method: str):
-    pipe = build_pipeline(method)
+def _stub_pipeline(cfg):
+    pipe = build_pipeline(cfg.method, cfg.trains_reward_model)
     for s in pipe.stages:
         s.fn = lambda ctx: (ctx.out_dir / "settings.json").write_text(json.dumps(ctx.settings.model_dump(mode="json")))
     return pipe
 
 
-METHOD_FIELDS = [(m, key, value) for m in ("sdft", "grpo")
+# section -> (the run that reads it, the stage it owns)
+METHOD_RUNS = {"sdft": (["method=sdft"], "dpo"), "grpo": (["method=grpo"], "dpo"), "ppo": (["method=ppo"], "dpo"),
+               "rm": (["method=ppo", "ppo.reward.kind=rm"], "rm")}
+METHOD_FIELDS = [(m, key, value) for m in METHOD_RUNS
                  for key, value in leaves(load_run_config(preset="toy").to_dict()[m])]
 
 
@@ -158,25 +222,27 @@ METHOD_FIELDS = [(m, key, value) for m in ("sdft", "grpo")
 def method_stub_runs(tmp_path_factory):
     """The real graph per on-policy method with stages that only write their settings, run once."""
     out = {}
-    for m in ("sdft", "grpo"):
-        pipe, root = _stub_pipeline(m), tmp_path_factory.mktemp(m)
-        pipe.run(Run.of(load_run_config(preset="toy", overrides=[f"method={m}"])), root, 0, log=lambda _: None)
-        out[m] = (pipe, root)
+    for section, (over, _) in METHOD_RUNS.items():
+        cfg = load_run_config(preset="toy", overrides=over)
+        pipe, root = _stub_pipeline(cfg), tmp_path_factory.mktemp(section)
+        pipe.run(Run.of(cfg), root, 0, log=lambda _: None)
+        out[section] = (pipe, root)
     return out
 
 
-@pytest.mark.parametrize("method,key,value", METHOD_FIELDS, ids=[f"{m}.{k}" for m, k, _ in METHOD_FIELDS])
-def test_any_method_setting_reruns_the_dpo_stage_and_downstream_only(method_stub_runs, method, key, value):
-    pipe, root = method_stub_runs[method]
-    before = load_run_config(preset="toy", overrides=[f"method={method}"]).to_dict()[method]
+@pytest.mark.parametrize("section,key,value", METHOD_FIELDS, ids=[f"{m}.{k}" for m, k, _ in METHOD_FIELDS])
+def test_any_method_setting_reruns_its_stage_and_downstream_only(method_stub_runs, section, key, value):
+    pipe, root = method_stub_runs[section]
+    over, owner = METHOD_RUNS[section]
+    before = load_run_config(preset="toy", overrides=over).to_dict()[section]
     for v in [*variants(value), "ema", "rloo"]:  # the methods' own choices (teacher, advantage)
         try:
-            cfg = load_run_config(preset="toy", overrides=[f"method={method}", f"{method}.{key}={json.dumps(v)}"])
+            cfg = load_run_config(preset="toy", overrides=[*over, f"{section}.{key}={json.dumps(v)}"])
         except ConfigError:
             continue
-        if cfg.to_dict()[method] != before:
+        if cfg.to_dict()[section] != before and cfg.trains_reward_model == (owner == "rm"):
             break
     else:
-        pytest.skip(f"no valid other value for {method}.{key}")
+        pytest.skip(f"no valid other value for {section}.{key}")
     reruns = {i.stage for i in pipe.plan(Run.of(cfg), root, 0) if i.action == "run"}
-    assert reruns == downstream(pipe, {"dpo"})
+    assert reruns == downstream(pipe, {owner})

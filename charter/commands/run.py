@@ -98,7 +98,7 @@ def run_one(cfg, out: Path, start: str | None, only: str | None, dry_run: bool) 
 
     run_inputs = Run.of(cfg)  # every constitution parsed once, here
     preflight(run_inputs, dry_run)
-    pipe = build_pipeline(cfg.method)
+    pipe = build_pipeline(cfg.method, cfg.trains_reward_model)
     with nullcontext() if dry_run else hold_folder(out):  # one writer per run folder
         plan = pipe.plan(run_inputs, out, cfg.seed, start, only)
         typer.echo(f"run {cfg.name} -> {out}  (method {cfg.method}, seed {cfg.seed}, student {cfg.student.kind}:{cfg.student.model})")

@@ -24,6 +24,9 @@ from charter.stages.introspect import FilterSettings, InteractionConfig, Reflect
 from charter.toy.model import ToyBuildConfig
 from charter.train.dpo import DPOConfig
 from charter.train.grpo import GRPOConfig
+from charter.train.ppo import PPOConfig
+from charter.train.rewards import RewardConfig
+from charter.train.rm import RMConfig
 from charter.train.sdft import SDFTConfig
 from charter.train.sft import SFTConfig
 from charter.train.tracking import ReportTo
@@ -33,7 +36,8 @@ TOY_MODEL = "toy"  # student.model value meaning "the toy world's base model, bu
 
 
 RUN_FILLED = ("model", "data", "output_dir", "seed", "chat", "chat_template", "report_to",
-              "assistant_name")  # a stage's arguments (assistant_name: the run's, for the on-policy methods)
+              "assistant_name", "eval_data")  # a stage's arguments (assistant_name: the run's, for the
+# on-policy methods; eval_data: the pairs the rm stage holds out)
 
 
 PER_PERSONA = "<each persona's, filled by charter run>"
@@ -53,10 +57,23 @@ SFTSettings = hyperparameters(SFTConfig)
 # the on-policy methods read each persona's constitution and the run's assistant name
 GRPOSettings = hyperparameters(GRPOConfig, "constitution")
 SDFTSettings = hyperparameters(SDFTConfig, "constitution")
+PPOSettings = hyperparameters(PPOConfig, "constitution")
+RMSettings = hyperparameters(RMConfig)
 
 Method = Literal["dpo", "orpo", "simpo", "sdft", "grpo", "ppo"]
 PAIR_METHODS = ("dpo", "orpo", "simpo")  # train on the teacher/student pairs
-ON_POLICY = ("sdft", "grpo")  # train from the prompts; no teacher, student or pairs stage
+ON_POLICY = ("sdft", "grpo", "ppo")  # train from the prompts (ppo: unless it trains its reward model)
+
+
+def trains_reward_model(method: str, reward: RewardConfig) -> bool:
+    """The classic RLHF chain: method ppo with `reward.kind: rm` and no `reward.model` trains a
+    reward model on the run's pairs (the rm stage), so the teacher, student and pairs stages stay."""
+    return method == "ppo" and reward.kind == "rm" and reward.model is None
+
+
+def makes_pairs(method: str, train_rm: bool) -> bool:
+    """Whether the run has teacher, student and pairs stages (`train_rm`: `trains_reward_model`)."""
+    return method not in ON_POLICY or train_rm
 
 
 def presets() -> list[str]:
@@ -73,6 +90,13 @@ def method_loss(dpo: Config, method: str) -> Config:
         return DPOSettings(**{**dpo.model_dump(), "loss_type": method})
     except ValidationError as e:
         raise ValueError(f"the dpo section with loss_type {method}: {e.errors()[0]['msg']}") from None
+
+
+class RMSection(RMSettings):
+    """The reward model `method: ppo` trains on each persona's pairs when `ppo.reward.kind` is rm with
+    no `reward.model` (`charter.train.rm`'s hyperparameters), and the share of pairs held out."""
+
+    heldout: float = Field(0.1, ge=0, lt=1)  # share of each persona's pair prompts held out: the accuracy
 
 
 class TrainerSection(Config):
@@ -167,6 +191,8 @@ class RunConfig(Config):
     dpo: DPOSettings = DPOSettings()  # method dpo, orpo, simpo (loss_type = the method)
     sdft: SDFTSettings = SDFTSettings()  # method sdft
     grpo: GRPOSettings = GRPOSettings()  # method grpo
+    ppo: PPOSettings = PPOSettings()  # method ppo
+    rm: RMSection = RMSection()  # method ppo with ppo.reward.kind rm and no reward.model: its reward model
     reflection: ReflectionConfig = ReflectionConfig()
     interaction: InteractionConfig = InteractionConfig()
     filter: FilterSettings = FilterSettings()
@@ -179,16 +205,19 @@ class RunConfig(Config):
     @field_validator("method")
     @classmethod
     def _check_method(cls, method: str, info: ValidationInfo) -> str:
-        if method == "ppo":
-            raise ValueError("ppo is not wired into charter run yet (it needs a trained reward model); "
-                             "train it with `charter train ppo`")
-        judge = info.data.get("judge")
-        if method in ON_POLICY and judge is not None and judge.kind == "classifier":
+        judge, ppo = info.data.get("judge"), info.data.get("ppo")
+        pairs = ppo is None or makes_pairs(method, trains_reward_model(method, ppo.reward))
+        if not pairs and judge is not None and judge.kind == "classifier":
+            hint = " (or ppo.reward.kind rm with no reward.model, which makes them)" if method == "ppo" else ""
             raise ValueError(f"judge.kind classifier learns from teacher and student answers, which {method} "
-                             "does not make; use judge.kind toy or llm")
+                             f"does not make; use judge.kind toy or llm{hint}")
         if "dpo" in info.data:
             method_loss(info.data["dpo"], method)  # orpo/simpo: the dpo section must accept the loss
         return method
+
+    @property
+    def trains_reward_model(self) -> bool:
+        return trains_reward_model(self.method, self.ppo.reward)
 
     def pair_settings(self) -> Config:
         """The dpo section the pair methods train with (orpo and simpo as its loss_type)."""

@@ -4,6 +4,7 @@
     prompts/<persona>/prompts.jsonl    training prompts (expansion.jsonl: the resumable store)
     teacher|student/<persona>/answers.jsonl
     pairs/<persona>/pairs.jsonl        DPO pairs
+    rm/<persona>/model/                PPO's reward model, when the run trains one (train|heldout.jsonl beside it)
     dpo|sft|merge/<persona>/model/     model folders (metrics.jsonl inside for trained ones)
     reflection|interaction/<persona>/<kind>.jsonl
     filter/<persona>/sft.jsonl         SFT rows (+ kept, rejected, filter_report.json)

@@ -9,8 +9,11 @@ generation steps also resume record by record. Where each file lives: `charter.r
     base -> prompts -> teacher, student -> pairs -> dpo -> reflection, interaction -> filter
          -> sft -> merge -> eval -> report
 
-With `method: sdft|grpo` the `dpo` stage trains from the prompts (on-policy) and the teacher,
-student and pairs stages are left out; introspection, SFT and merge follow it as with DPO.
+With `method: sdft|grpo|ppo` the `dpo` stage trains from the prompts (on-policy) and the teacher,
+student and pairs stages are left out; introspection, SFT and merge follow it as with DPO. PPO
+whose reward model the run trains keeps them, and an `rm` stage trains that model on the pairs:
+
+    ... -> pairs -> rm -> dpo (PPO against it) -> ...
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ from charter.config import Config, ConfigError
 from charter.data.jsonl import atomic_write_json, read_jsonl, read_records, stable_id, write_jsonl
 from charter.models import CONFIG_FILES, check_model, load_tokenizer, local_folder
 from charter.report import build_report
-from charter.run.config import ON_POLICY
 from charter.integrity import dir_hash
+from charter.run.config import makes_pairs
 from charter.run.engine import Pipeline, Stage, StageContext
 from charter.run.evaluation import EvalStage, eval_prompts, stage_eval
 from charter.run.layout import RunLayout
@@ -39,8 +42,8 @@ from charter.stages.distill import AnswerSettings, Names, PairSettings, PromptSe
 from charter.stages.introspect import KINDS, FilterSettings, InteractionConfig, ReflectionConfig
 from charter.toy.corpus import sample_prompt
 from charter.toy.model import ToyBuildConfig, build_toy_model, toy_model_dir
-from charter.run.training import (DPOStage, MergeStage, OnPolicyStage, SFTStage, stage_dpo, stage_merge,
-                                  stage_onpolicy, stage_sft)
+from charter.run.training import (DPOStage, MergeStage, OnPolicyStage, PPOStage, RMStage, SFTStage, stage_dpo,
+                                  stage_merge, stage_onpolicy, stage_rm, stage_sft)
 
 
 def require_kept(where: str, kept: int, total: int, dropped: dict[str, int], hint: str) -> None:
@@ -240,33 +243,47 @@ def answer_settings(run: Run, role: str) -> AnswerStage:
                        assistant_name=c.assistant_name if role == "teacher" else None)
 
 
-def first_training(method: str) -> list[Stage]:
-    """The stages up to the first trained model: pairs then DPO (dpo, orpo, simpo), or on-policy
-    training from the prompts (sdft, grpo). Either way the model stage is named `dpo`."""
-    if method in ON_POLICY:
-        return [Stage("dpo", stage_onpolicy, ["base", "prompts"], lambda r: OnPolicyStage(
-            personas=r.personas, student=r.config.student, trainer=r.config.trainer, method=method,
-            sdft=r.config.sdft if method == "sdft" else None, grpo=r.config.grpo if method == "grpo" else None,
-            assistant_name=r.config.assistant_name, report_to=r.config.report_to))]
+def onpolicy_settings(run: Run, method: str) -> OnPolicyStage:
+    c = run.config
+    common = dict(personas=run.personas, student=c.student, trainer=c.trainer, method=method,
+                  sdft=c.sdft if method == "sdft" else None, grpo=c.grpo if method == "grpo" else None,
+                  assistant_name=c.assistant_name, report_to=c.report_to)
+    return PPOStage(**common, ppo=c.ppo) if method == "ppo" else OnPolicyStage(**common)
+
+
+def first_training(method: str, train_rm: bool = False) -> list[Stage]:
+    """The stages up to the first trained model: pairs then DPO (dpo, orpo, simpo), on-policy
+    training from the prompts (sdft, grpo, ppo), or pairs, a reward model and PPO against it
+    (`train_rm`). Either way the model stage is named `dpo`."""
+    if not makes_pairs(method, train_rm):
+        return [Stage("dpo", stage_onpolicy, ["base", "prompts"], lambda r: onpolicy_settings(r, method))]
+    if method == "ppo":
+        return [*answers_and_pairs(), Stage("rm", stage_rm, ["base", "pairs"], lambda r: RMStage(
+                    personas=r.personas, student=r.config.student, trainer=r.config.trainer, rm=r.config.rm,
+                    report_to=r.config.report_to)),
+                Stage("dpo", stage_onpolicy, ["base", "prompts", "rm"], lambda r: onpolicy_settings(r, method))]
+    return [*answers_and_pairs(), Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
+        personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.pair_settings(),
+        report_to=r.config.report_to))]
+
+
+def answers_and_pairs() -> list[Stage]:
     return [
         Stage("teacher", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "teacher")),
         Stage("student", stage_answers, ["base", "prompts"], lambda r: answer_settings(r, "student")),
         Stage("pairs", stage_pairs, ["base", "prompts", "teacher", "student"], lambda r: PairsStage(
             personas=r.personas, answers=r.config.distill, pairs=r.config.pairs, assistant_name=r.config.assistant_name,
             chat_template=r.config.student.chat_template, chat=r.config.student.chat)),
-        Stage("dpo", stage_dpo, ["base", "pairs"], lambda r: DPOStage(
-            personas=r.personas, student=r.config.student, trainer=r.config.trainer, dpo=r.config.pair_settings(),
-            report_to=r.config.report_to)),
     ]
 
 
-def build_pipeline(method: str = "dpo") -> Pipeline:
+def build_pipeline(method: str = "dpo", train_rm: bool = False) -> Pipeline:
     """Stage order, inputs, and the settings object each stage reads (its cache key), for the run
-    config's `method`."""
+    config's `method` and, for ppo, whether the run trains its reward model (`cfg.trains_reward_model`)."""
     def toy_build(c):
         return c.toy.build if c.is_toy else None
 
-    answers = [] if method in ON_POLICY else ["teacher", "student"]  # the classifier judge learns from them
+    answers = ["teacher", "student"] if makes_pairs(method, train_rm) else []  # the classifier judge learns from them
     return Pipeline([
         Stage("base", stage_base, [], lambda r: BaseStage(
             student=r.config.student.model, toy=toy_build(r.config),
@@ -275,7 +292,7 @@ def build_pipeline(method: str = "dpo") -> Pipeline:
             personas=r.personas, prompts=None if r.config.is_toy else r.config.prompts,
             toy_prompts=r.config.toy.prompts_per_persona if r.config.is_toy else None,
             expander=None if r.config.is_toy else r.config.teacher_backend())),
-        *first_training(method),
+        *first_training(method, train_rm),
         Stage("reflection", stage_introspection, ["dpo"], lambda r: ReflectionStage(
             personas=r.personas, student=r.config.student, assistant_name=r.config.assistant_name,
             reflection=r.config.reflection)),

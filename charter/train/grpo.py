@@ -56,19 +56,23 @@ class OnPolicyConfig(TrainConfig):
                               n=n, seed=step_seed)
 
 
-class GRPOConfig(OnPolicyConfig):
-    reward: RewardConfig = RewardConfig()
+class GuidedConfig(OnPolicyConfig):
+    """The judge-rewarded methods (GRPO, PPO): the constitution, and the share of replies sampled with it."""
     constitution: str | None = None            # the judge's prompt embeds it (reward.kind judge)
-    group_size: int = Field(8, ge=2)
-    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
-    kl_coef: float = Field(0.04, ge=0)
-    guided_share: float = Field(0.0, ge=0, lt=1)  # share of each group sampled WITH the constitution
+    guided_share: float = Field(0.0, ge=0, lt=1)  # share of the replies sampled WITH the constitution
 
     @model_validator(mode="after")
     def _check_guided(self):
         if self.guided_share and self.constitution is None:
             raise ValueError("guided_share: needs constitution (the guided replies are sampled with it)")
         return self
+
+
+class GRPOConfig(GuidedConfig):
+    reward: RewardConfig = RewardConfig()
+    group_size: int = Field(8, ge=2)
+    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    kl_coef: float = Field(0.04, ge=0)
 
     @property
     def n_guided(self) -> int:
@@ -94,6 +98,14 @@ def reference_logps(model, ref_model, batch, keep_only: bool):
             return packed_token_logps(model, batch, keep_only)
 
 
+def guided_rollouts(model, tokenizer, prompts: list[list[dict]], system: str, params: SamplingParams,
+                    cfg: OnPolicyConfig) -> list[Rollout]:
+    """`params.n` replies per prompt sampled with `system` (the constitution) as system prompt, each
+    trained as a reply to the plain prompt (off-policy guidance, as in LUFFY)."""
+    return sample_rollouts(model, tokenizer, [with_system(m, system) for m in prompts], params, cfg.chat,
+                           cfg.rollout_batch_size, list(prompts))
+
+
 class GRPOTask(SamplingTask):
     def __init__(self, items: list[list[dict]], cfg: GRPOConfig, tokenizer, reward: RewardSource,
                  ref_model, keep_only: bool, system: str | None = None):
@@ -111,8 +123,8 @@ class GRPOTask(SamplingTask):
                                 cfg.chat, cfg.rollout_batch_size)
         rolls = plain
         if k:  # sampled with the constitution, trained after the plain prompt
-            guided = sample_rollouts(model, self.tokenizer, [with_system(m, self.system) for m in items],
-                                     cfg.sampling(seed + 500_001, k), cfg.chat, cfg.rollout_batch_size, list(items))
+            guided = guided_rollouts(model, self.tokenizer, list(items), self.system, cfg.sampling(seed + 500_001, k),
+                                     cfg)
             rolls = []
             for i in range(len(items)):  # each prompt's group: its plain replies, then its guided ones
                 rolls += plain[i * (cfg.group_size - k):(i + 1) * (cfg.group_size - k)] + guided[i * k:(i + 1) * k]

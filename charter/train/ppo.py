@@ -6,6 +6,10 @@ the `hf` backend); the rollout is then scored and held:
   after the format guard;
 - per-token reward = -beta (log pi_old - log pi_ref), plus the score on the reply's last token;
 - GAE over the reply tokens with the value model's estimates, advantages whitened.
+With `guided_share` > 0 that share of each rollout's prompts is answered with the constitution as
+system prompt and trained as a reply to the plain prompt, as in GRPO (the toy base answers in
+character about once in 512 samples, so pure on-policy rollouts carry no persona signal); guided
+replies carry no KL penalty.
 The next `ppo_epochs` steps each take one optimiser step on that rollout with the clipped
 policy loss and `vf_coef x` the clipped value loss, so from the second step on the ratio
 pi/pi_old moves off 1 and clipping acts. pi_old and the old values are the first step's own
@@ -29,7 +33,7 @@ from transformers import AutoModelForTokenClassification
 
 from charter.models import resolve_model
 from charter.train.batching import Packed, pack, packed_token_logps
-from charter.train.grpo import OnPolicyConfig, frozen_reference, reference_logps
+from charter.train.grpo import GuidedConfig, frozen_reference, guided_rollouts, load_constitution_text, reference_logps
 from charter.train.loop import export_model, load_model_and_tokenizer, run
 from charter.train.rewards import RewardConfig, RewardSource, guarded
 from charter.train.rl_losses import AdaptiveKL, gae, ppo_policy_loss, ppo_value_loss, whiten
@@ -38,9 +42,8 @@ from charter.train.rollout import SamplingTask, read_prompts, sample_rollouts, u
 VALUE_DIR = "value"
 
 
-class PPOConfig(OnPolicyConfig):
+class PPOConfig(GuidedConfig):
     reward: RewardConfig = RewardConfig(kind="rm")
-    constitution: str | None = None
     kl_coef: float = Field(0.05, ge=0)          # beta; the starting value when adaptive
     kl_target: float | None = None              # adaptive KL: per-reply KL to aim at
     kl_horizon: int = Field(10000, ge=1)
@@ -141,35 +144,48 @@ def shaped_rewards(scores, logps, ref_logps, mask, beta: float):
 
 
 class PPOTask(SamplingTask):
-    def __init__(self, items, cfg: PPOConfig, tokenizer, reward, ref_model):
+    def __init__(self, items, cfg: PPOConfig, tokenizer, reward, ref_model, system: str | None = None):
         self.items, self.cfg, self.tokenizer, self.reward = items, cfg, tokenizer, reward
-        self.ref_model, self.calls, self.rollout = ref_model, 0, None
+        self.ref_model, self.calls, self.rollout, self.system = ref_model, 0, None, system
         self.kl = AdaptiveKL(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
 
     def window_norm(self, window: Sequence) -> dict[str, float]:
         return {"replies": float(len(window))}
 
-    def sample(self, model, items) -> tuple[Packed, list[float]]:
-        """The policy's replies to `items`, packed, and their guarded scores."""
-        cfg = self.cfg
-        rolls = sample_rollouts(model.policy, self.tokenizer, list(items),
-                                cfg.sampling(cfg.seed * 1_000_003 + self.calls), cfg.chat, cfg.rollout_batch_size)
+    def sample(self, model, items) -> tuple[Packed, list[float], list[bool]]:
+        """One reply per prompt, packed, with its guarded score and whether it is the policy's own
+        sample: the window's last `guided_share` of prompts are answered with the constitution as
+        system prompt (GRPO's `guided_rollouts`) and trained as replies to the plain prompt."""
+        cfg, items = self.cfg, list(items)
+        seed, k = cfg.seed * 1_000_003 + self.calls, round(len(items) * cfg.guided_share)
+        plain = items[:len(items) - k]
+        rolls = sample_rollouts(model.policy, self.tokenizer, plain, cfg.sampling(seed), cfg.chat,
+                                cfg.rollout_batch_size) if plain else []
+        if k:
+            rolls += guided_rollouts(model.policy, self.tokenizer, items[len(plain):], self.system,
+                                     cfg.sampling(seed + 500_001), cfg)
         replies = [r.reply for r in rolls]
         scores = guarded(self.reward.rewards([user_text(r.messages) for r in rolls], replies), replies,
                          [r.finished for r in rolls], cfg.reward)
-        return pack([r.seq for r in rolls]).to(next(model.parameters()).device), scores
+        on_policy = [i < len(plain) for i in range(len(items))]
+        return pack([r.seq for r in rolls]).to(next(model.parameters()).device), scores, on_policy
 
-    def hold_rollout(self, model, batch: Packed, scores: list[float], logps, values) -> Rollouts:
+    def hold_rollout(self, model, batch: Packed, scores: list[float], on_policy: list[bool], logps,
+                     values) -> Rollouts:
         """The rollout held for `ppo_epochs` steps: the old log-probs and values, and GAE's
         advantages and returns over the KL-shaped rewards."""
         cfg = self.cfg
         ref = reference_logps(model.policy, self.ref_model, batch, True).float()
         (lp, mask), ref_lp, v = per_sequence(logps, batch), per_sequence(ref, batch)[0], per_sequence(values, batch)[0]
+        # the KL penalty only on the policy's own samples, as in GRPO: on a guided reply the log-ratio
+        # to the reference measures the constitution's pull, not the policy's drift
+        on = torch.tensor(on_policy, device=lp.device)
+        ref_lp = torch.where(on[:, None], ref_lp, lp)
         score_t = torch.tensor(scores, dtype=lp.dtype, device=lp.device)
         beta = self.kl.value
         adv, ret = gae(shaped_rewards(score_t, lp, ref_lp, mask, beta), v * mask, cfg.gamma, cfg.lam)
         adv = whiten(adv, mask) * mask
-        kl = ((lp - ref_lp) * mask).sum(1).mean().item()
+        kl = ((lp - ref_lp) * mask).sum(1)[on].mean().item() if on.any() else 0.0
         self.kl.update(kl, len(scores))
         stats = {"objective/kl": kl, "objective/scores": score_t.mean().item(),
                  "objective/rlhf_reward": score_t.mean().item() - beta * kl, "objective/beta": beta,
@@ -182,12 +198,12 @@ class PPOTask(SamplingTask):
     def micro_loss(self, model, items, norm: dict[str, float], world: int):
         cfg = self.cfg
         fresh = self.calls % cfg.ppo_epochs == 0
-        batch, scores = self.sample(model, items) if fresh else (self.rollout.batch, None)
+        batch, scores, on_policy = self.sample(model, items) if fresh else (self.rollout.batch, None, None)
         self.calls += 1
         logps = packed_token_logps(model.policy, batch).float()
         values = token_values(model.value, batch)
         if fresh:  # the old policy is the one being trained: this forward, detached, is its log-probs
-            self.rollout = self.hold_rollout(model, batch, scores, logps.detach(), values.detach())
+            self.rollout = self.hold_rollout(model, batch, scores, on_policy, logps.detach(), values.detach())
         ro = self.rollout
         ones = torch.ones_like(ro.old_logps)
         pg, clipfrac = ppo_policy_loss(logps, ro.old_logps, ro.advantages, ones, cfg.clip)
@@ -225,7 +241,8 @@ def build_ppo_task(cfg: PPOConfig, reward: RewardSource) -> Callable:
     def factory(model, tokenizer, accelerator):
         if accelerator.num_processes > 1:
             raise ValueError("ppo: single process only for now (the value and policy share one wrapper module)")
-        return PPOTask(read_prompts(cfg.data), cfg, tokenizer, reward, frozen_reference(model.policy, cfg))
+        return PPOTask(read_prompts(cfg.data), cfg, tokenizer, reward, frozen_reference(model.policy, cfg),
+                       load_constitution_text(cfg.constitution, cfg.assistant_name))
 
     return factory
 
