@@ -296,7 +296,8 @@ def test_ppo_guided_replies_follow_the_plain_prompt_and_carry_no_kl(tiny_model_d
     for r, msgs in zip(rolls, prompts):  # every reply is trained after the PLAIN prompt
         ids = tok(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
         assert r.seq.input_ids[:len(ids["input_ids"])] == ids["input_ids"]
-    ro = task.collect(both, prompts)  # the same sampling seed: the same rollouts
+    task.micro_loss(both, prompts, {}, 1)  # the same sampling seed: the same rollouts, now held
+    ro = task.rollout
     returns = per_sequence(ro.returns, ro.batch)[0]
     assert returns[2:].abs().max() < 1e-6 and returns[:2].abs().max() > 1e-3  # score 0: only the KL shapes returns
     with torch.no_grad():

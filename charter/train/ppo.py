@@ -37,7 +37,7 @@ from charter.train.grpo import GuidedConfig, frozen_reference, guided_rollouts, 
 from charter.train.loop import export_model, load_model_and_tokenizer, run
 from charter.train.rewards import RewardConfig, RewardSource, guarded
 from charter.train.rl_losses import AdaptiveKL, gae, ppo_policy_loss, ppo_value_loss, whiten
-from charter.train.rollout import SamplingTask, read_prompts, sample_rollouts, user_text
+from charter.train.rollout import Rollout, SamplingTask, read_prompts, sample_rollouts, user_text
 
 VALUE_DIR = "value"
 
@@ -152,10 +152,10 @@ class PPOTask(SamplingTask):
     def window_norm(self, window: Sequence) -> dict[str, float]:
         return {"replies": float(len(window))}
 
-    def sample(self, model, items) -> tuple[Packed, list[float], list[bool]]:
-        """One reply per prompt, packed, with its guarded score and whether it is the policy's own
-        sample: the window's last `guided_share` of prompts are answered with the constitution as
-        system prompt (GRPO's `guided_rollouts`) and trained as replies to the plain prompt."""
+    def sample(self, model, items) -> tuple[list[Rollout], list[bool]]:
+        """One reply per prompt, and whether it is the policy's own sample: the window's last
+        `guided_share` of prompts are answered with the constitution as system prompt (GRPO's
+        `guided_rollouts`) and trained as replies to the plain prompt."""
         cfg, items = self.cfg, list(items)
         seed, k = cfg.seed * 1_000_003 + self.calls, round(len(items) * cfg.guided_share)
         plain = items[:len(items) - k]
@@ -164,11 +164,13 @@ class PPOTask(SamplingTask):
         if k:
             rolls += guided_rollouts(model.policy, self.tokenizer, items[len(plain):], self.system,
                                      cfg.sampling(seed + 500_001), cfg)
+        return rolls, [i < len(plain) for i in range(len(items))]
+
+    def scores(self, rolls: list[Rollout]) -> list[float]:
+        """The reward source's scores, after the format guard."""
         replies = [r.reply for r in rolls]
-        scores = guarded(self.reward.rewards([user_text(r.messages) for r in rolls], replies), replies,
-                         [r.finished for r in rolls], cfg.reward)
-        on_policy = [i < len(plain) for i in range(len(items))]
-        return pack([r.seq for r in rolls]).to(next(model.parameters()).device), scores, on_policy
+        return guarded(self.reward.rewards([user_text(r.messages) for r in rolls], replies), replies,
+                       [r.finished for r in rolls], self.cfg.reward)
 
     def hold_rollout(self, model, batch: Packed, scores: list[float], on_policy: list[bool], logps,
                      values) -> Rollouts:
@@ -198,12 +200,17 @@ class PPOTask(SamplingTask):
     def micro_loss(self, model, items, norm: dict[str, float], world: int):
         cfg = self.cfg
         fresh = self.calls % cfg.ppo_epochs == 0
-        batch, scores, on_policy = self.sample(model, items) if fresh else (self.rollout.batch, None, None)
+        if fresh:
+            rolls, on_policy = self.sample(model, items)
+            batch = pack([r.seq for r in rolls]).to(next(model.parameters()).device)
+        else:
+            batch = self.rollout.batch
         self.calls += 1
         logps = packed_token_logps(model.policy, batch).float()
         values = token_values(model.value, batch)
         if fresh:  # the old policy is the one being trained: this forward, detached, is its log-probs
-            self.rollout = self.hold_rollout(model, batch, scores, on_policy, logps.detach(), values.detach())
+            self.rollout = self.hold_rollout(model, batch, self.scores(rolls), on_policy, logps.detach(),
+                                            values.detach())
         ro = self.rollout
         ones = torch.ones_like(ro.old_logps)
         pg, clipfrac = ppo_policy_loss(logps, ro.old_logps, ro.advantages, ones, cfg.clip)
