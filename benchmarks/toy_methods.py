@@ -5,7 +5,9 @@ from the toy base model, then adherence with NO constitution in the prompt (Wils
                                      [--n-eval 180] [GRPOConfig/PPOConfig/SDFTConfig overrides k=v ...]
 
 Training prompts come from the world's training partition; evaluation uses its held-out prompts
-(`eval_prompts`, the same set `charter toy eval` and the pipeline use), sampled at T 0.7. The base
+(`eval_prompts`, the same set `charter toy eval` and the pipeline use), sampled at T 0.7. GRPO, PPO
+and SDFT train with the toy preset's `grpo:` / `ppo:` / `sdft:` sections (charter/configs/toy.yaml),
+the settings `charter run --preset toy method=grpo|ppo|sdft` uses; overrides change them for one run. The base
 model is measured the same way once (OUT_DIR/base_eval.json), for the well-formedness ratio.
 `--method dpo` is the DPO row from the same base and prompts (`benchmarks/toy_dpo.py`'s recipe).
 """
@@ -20,21 +22,26 @@ from pathlib import Path
 import torch
 
 from charter.backends.hf import HFGenerator
-from charter.config import apply_overrides
+from charter.config import apply_overrides, read_yaml
 from charter.data.jsonl import atomic_write_json, write_jsonl
 from charter.evaluate.stats import proportion
 from charter.toy.corpus import constitution_path, sample_prompt
 from charter.toy.measure import toy_adherence
 from charter.rewards import reward_for
+from charter.run.config import PRESET_DIR
 from charter.toy.grammar import ASSISTANT_NAME
-from charter.train.rewards import RewardConfig
+from charter.train.grpo import GRPOConfig, train_grpo
+from charter.train.ppo import PPOConfig, train_ppo
+from charter.train.sdft import SDFTConfig, train_sdft
 
-GRPO_DEFAULTS = dict(lr=3e-4, max_steps=150, batch_size=8, group_size=8, kl_coef=0.01, warmup_ratio=0.0,
-                     min_lr_ratio=0.1, max_new_tokens=64, guided_share=0.25)
-PPO_DEFAULTS = dict(lr=1e-4, max_steps=300, batch_size=64, ppo_epochs=2, lam=1.0, kl_coef=0.05, warmup_ratio=0.0,
-                    min_lr_ratio=0.1, max_new_tokens=64, guided_share=0.25)
-SDFT_DEFAULTS = dict(lr=1e-4, max_steps=150, batch_size=16, samples_per_prompt=2, beta=1.0, warmup_ratio=0.0,
-                     min_lr_ratio=1.0, max_new_tokens=64)
+TRAINERS = {"grpo": (GRPOConfig, train_grpo), "ppo": (PPOConfig, train_ppo), "sdft": (SDFTConfig, train_sdft)}
+JUDGED = ("grpo", "ppo")  # trained against the toy judge
+
+
+def preset_section(method: str) -> dict:
+    """The toy preset's settings for `method` (its `grpo:`, `ppo:` or `sdft:` section): one source for
+    `charter run --preset toy method=...` and this table."""
+    return read_yaml(PRESET_DIR / "toy.yaml")[method]
 
 
 def measure(model_dir: str, persona: str, n_eval: int) -> dict:
@@ -52,22 +59,21 @@ def train(method: str, base: str, persona: str, out: Path, seed: int, overrides:
     common = dict(model=base, data=str(prompts), output_dir=str(out / method), seed=seed, resume=False, cpu_threads=1)
     if method != "dpo":
         common["assistant_name"] = ASSISTANT_NAME  # the name the toy corpus's system prompts use
-    if method in ("grpo", "ppo"):
-        from charter.train.grpo import GRPOConfig, train_grpo
-        from charter.train.ppo import PPOConfig, train_ppo
-
-        cls, fn, defaults = (GRPOConfig, train_grpo, GRPO_DEFAULTS) if method == "grpo" else \
-            (PPOConfig, train_ppo, PPO_DEFAULTS)
-        reward = RewardConfig(kind="toy", persona=persona, persona_weight=2.0).model_dump()
-        data = {**common, **defaults, "reward": reward, "constitution": str(constitution_path(persona))}
-        cfg = cls(**apply_overrides(data, overrides))
-        return fn(cfg, reward_for(cfg))
     if method == "dpo":
         return train_dpo_baseline(base, persona, out, common, overrides)
-    from charter.train.sdft import SDFTConfig, train_sdft
+    cfg = method_config(method, persona, common, overrides)
+    fn = TRAINERS[method][1]
+    return fn(cfg, reward_for(cfg)) if method in JUDGED else fn(cfg)
 
-    data = {**common, **SDFT_DEFAULTS, "constitution": str(constitution_path(persona))}
-    return train_sdft(SDFTConfig(**apply_overrides(data, overrides)))
+
+def method_config(method: str, persona: str, common: dict, overrides: list[str]) -> GRPOConfig | PPOConfig | SDFTConfig:
+    """The toy preset's section for `method`, with this run's paths and seed, the persona's
+    constitution (and, for GRPO and PPO, the persona their judge rewards), then `overrides`."""
+    settings = preset_section(method)
+    data = {**common, **settings, "constitution": str(constitution_path(persona))}
+    if method in JUDGED:
+        data["reward"] = {**settings.get("reward", {}), "persona": persona}
+    return TRAINERS[method][0](**apply_overrides(data, overrides))
 
 
 def train_dpo_baseline(base: str, persona: str, out: Path, common: dict, overrides: list[str]) -> Path:

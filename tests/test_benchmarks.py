@@ -116,3 +116,24 @@ def test_with_template_gives_a_base_model_the_benchmark_template(tmp_path):
     assert (linked / "model.safetensors").resolve() == (base / "model.safetensors").resolve()
     assert AutoTokenizer.from_pretrained(base).chat_template is None  # the original is untouched
     assert with_template(tmp_path, linked) == linked  # a tokenizer with a template is used as is
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo", "sdft"])
+def test_toy_methods_trains_with_the_toy_presets_section(method):
+    """One source of settings: the method table trains what `charter run --preset toy method=...` trains;
+    only what the script fills in itself (paths, seed, one CPU thread, no resume) may differ."""
+    from charter.run.config import load_run_config
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from toy_methods import method_config
+
+    common = dict(model="BASE", data="prompts.jsonl", output_dir="out", seed=3, resume=False, cpu_threads=1,
+                  assistant_name="Pip")
+    script = method_config(method, "warm", common, []).model_dump()
+    preset = getattr(load_run_config(preset="toy"), method).model_dump()
+    if method in ("grpo", "ppo"):
+        assert script["reward"]["persona"] == "warm"  # the persona its judge rewards
+        preset["reward"]["persona"] = "warm"
+    differs = {k for k in preset if script[k] != preset[k]}
+    assert differs <= {"cpu_threads", "resume"}
+    assert method_config(method, "warm", common, ["lr=0.5"]).lr == 0.5
