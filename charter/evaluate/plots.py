@@ -102,7 +102,7 @@ def plot_robustness_matrix(rates: dict[str, dict[str, dict]], path: Path, title:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Robustness per attack kind (Wilson 95% CI)", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: never over a bar
     return _save(fig, path)
 
 
