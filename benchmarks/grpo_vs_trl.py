@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from dpo_vs_trl import with_template  # this script's folder is on sys.path
+
 
 def reward_fn(replies: list[str]) -> list[float]:
     return [float(len(r) % 7) for r in replies]
@@ -121,7 +123,8 @@ def main() -> None:
         return child(a)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = a.model or build_model(work / "model")
+    # a base model (no chat template) gets dpo_vs_trl's template, so both trainers render prompts alike
+    model = str(with_template(work, Path(a.model))) if a.model else build_model(work / "model")
     rates: dict[str, dict] = {}
     for who in ("charter", "trl"):
         cmd = [sys.executable, __file__, "--only", who, "--model", model, "--work", str(work), "--steps", str(a.steps),
