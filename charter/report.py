@@ -27,7 +27,7 @@ from charter.data.jsonl import atomic_write_json, atomic_write_text, read_jsonl,
 from charter.evaluate import plots
 from charter.evaluate.stats import mcnemar_paired, proportion, wilson_ci
 from charter.evaluate.systems import display_name
-from charter.run.layout import MANIFEST, RunLayout
+from charter.run.layout import MANIFEST, RunLayout, load_manifest
 
 SYSTEMS = ["base", "base+constitution", "dpo", "dpo+sft"]
 CURVE_KEYS = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"]
@@ -143,9 +143,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     summary["samples"] = _samples(rows, systems, personas)
     suite = layout.suite()  # the eval stage's full suite: robustness, coherence, preferences, paired under attack
     summary["suite"] = json.loads(suite.read_text()) if suite.exists() else None
-    manifest = layout.root / MANIFEST
-    if manifest.exists():
-        m = json.loads(manifest.read_text())
+    if (layout.root / MANIFEST).exists():
+        m = load_manifest(layout.root)
         summary["seed"] = m.get("seed")
         summary["method"] = m.get("config", {}).get("method", "dpo")  # the first training stage's
         summary["config_hash"] = m.get("config_hash")

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from charter.config import ConfigError
 from charter.data.jsonl import atomic_write_json
 from charter.integrity import output_record, outputs_intact
-from charter.run.layout import MANIFEST
+from charter.run.layout import MANIFEST, load_manifest
 
 
 @dataclass
@@ -102,18 +102,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST
-    if not path.exists():
-        return {"stages": {}}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: corrupt manifest ({e.msg}); delete it to start the run afresh") from None
-    data.setdefault("stages", {})
-    return data
 
 
 def _now() -> str:

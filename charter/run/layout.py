@@ -19,11 +19,25 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from charter.config import ConfigError
 
 MANIFEST = "manifest.json"
 MODEL_STAGES = ["merge", "sft", "dpo", "base"]  # the stages that leave a model, latest first
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest (every stage's status, key, seconds); `{"stages": {}}` before its first stage."""
+    path = run_dir / MANIFEST
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: corrupt manifest ({e.msg}); delete it to start the run afresh") from None
+    data.setdefault("stages", {})
+    return data
 
 
 @dataclass(frozen=True)
@@ -92,9 +106,7 @@ class RunLayout:
         return sorted(p.parent.name for p in self.stage(stage).glob("*/done.json"))
 
     def finished_stages(self) -> list[str]:
-        path = self.root / MANIFEST
-        stages = json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
-        return [s for s, rec in stages.items() if rec.get("status") == "done"]
+        return [s for s, rec in load_manifest(self.root)["stages"].items() if rec.get("status") == "done"]
 
 
 def model_in_run(root: str | Path, stage: str | None = None, persona: str | None = None) -> str:

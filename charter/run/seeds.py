@@ -98,7 +98,7 @@ def seeds_table(agg: dict[str, Any]) -> str:
     def name(system: str) -> str:
         return display_name(system, agg.get("method"))
 
-    lines = [f"| system | adherence, no attack | in character under the attack kinds | under multi-turn |",
+    lines = ["| system | adherence, no attack | in character under the attack kinds | under multi-turn |",
              "|---|---|---|---|"]
     lines += [f"| {name(s)} | {_cell(agg['adherence'][s])} | {_cell(agg['under_attack'][s])} | {_cell(agg['multiturn'][s])} |"
               for s in agg["systems"]]

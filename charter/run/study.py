@@ -17,7 +17,6 @@ the same base model, eval prompts and sampling seed.
 from __future__ import annotations
 
 import html
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence, get_args
@@ -30,7 +29,7 @@ from charter.evaluate import plots
 from charter.evaluate.stats import proportion_of_unique
 from charter.evaluate.systems import FIRST_TRAINED, display_name, is_trained
 from charter.run.config import Method, RunConfig, StudySection
-from charter.run.layout import MANIFEST, RunLayout
+from charter.run.layout import RunLayout, load_manifest
 from charter.report import img_html, png_base64
 from charter.run.seeds import read_summaries, seed_dir, spread
 
@@ -116,8 +115,7 @@ def meets_bar(summary: dict[str, Any], system: str) -> bool | None:
 
 def stage_seconds(run: Path, stages: Sequence[str]) -> float | None:
     """Seconds the run's manifest records for `stages` together (its own work, resumes included)."""
-    path = run / MANIFEST
-    recs = json.loads(path.read_text())["stages"] if path.exists() else {}
+    recs = load_manifest(run)["stages"]
     found = [recs[s]["seconds"] for s in stages if "seconds" in recs.get(s, {})]
     return sum(found) if found else None
 
